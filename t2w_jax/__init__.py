@@ -1,0 +1,1 @@
+"""t2w_jax: Text2Weight in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""t2w_jax.weights."""
