@@ -1,0 +1,56 @@
+"""Corpus config: the embedded procedural dataset, MiniLM text, 1,000+ subtask nets.
+
+Run (from the repository root):
+
+  python launch/make_corpus.py --config=configs/corpus.py --workdir=runs/default
+  python launch/make_corpus.py --config=configs/corpus.py:tiny --workdir=/tmp/t2w_tiny
+  python launch/make_corpus.py --config=configs/corpus.py --workdir=DIR --config.num_seen=200
+
+``get_config(arg)``: arg "" (default) or "tiny" (a few nets, for tests and smoke runs).
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Data: the embedded procedural dataset, trained at 16x16 for speed on CPU.
+  c.dataset = "shapes"
+  c.data_dir = ml_collections.config_dict.placeholder(str)
+  c.image_size = 16
+  # Text.
+  c.text_encoder = "minilm"
+  c.template = "a photo of a {}"
+  # Subtask CNN (18.7K parameters with MiniLM's 384-d text space).
+  c.model = ml_collections.ConfigDict(dict(widths=(8, 16, 32), strides=(1, 2, 2),
+                                           logit_scale=10.0))
+  # Tasks and splits.
+  c.num_seen = 1000
+  c.num_unseen = 48
+  c.num_heldout = 48
+  c.min_classes = 8
+  c.max_classes = 32
+  c.heldout_frac = 0.1
+  # Shared base net, trained on all seen classes.
+  c.base = ml_collections.ConfigDict(dict(steps=3000, batch_size=128, learning_rate=3e-3))
+  # Per-task fine-tuning from the base, many nets per compiled call.
+  c.trainer = ml_collections.ConfigDict(dict(
+      steps=150, batch_size=64, learning_rate=3e-3, eval_per_class=100,
+      # Backend-dependent shape (see zoo/masstrain.py): im2col survives vmap on XLA:CPU.
+      conv_impl="im2col", nets_per_chunk=8))
+  c.shard_size = 64  # nets per compiled call and per on-disk shard (rounded to the mesh)
+
+  if arg == "tiny":
+    c.num_seen, c.num_unseen, c.num_heldout = 8, 4, 4
+    c.min_classes, c.max_classes = 3, 6
+    c.base.steps = 100
+    c.trainer.steps = 40
+    c.trainer.eval_per_class = 20
+    c.trainer.nets_per_chunk = 2
+    c.shard_size = 4
+    c.dataset_kwargs = ml_collections.ConfigDict(dict(train_per_class=60, test_per_class=20))
+  elif arg:
+    raise ValueError(f"unknown corpus config variant {arg!r}; use '' or 'tiny'")
+  if "dataset_kwargs" not in c:
+    c.dataset_kwargs = ml_collections.ConfigDict()
+  return c

@@ -1,0 +1,129 @@
+"""Tasks (class subsets) and their three splits.
+
+* ``seen``: tasks over the seen classes; the generator trains on these.
+* ``unseen``: new combinations of seen classes (no seen task has the same class set).
+* ``heldout``: tasks that contain held-out classes, names that no seen or unseen task
+  contains; about half of each such task's classes are held out, the rest are seen.
+
+Everything is a pure function of the seed, so a resumed corpus run draws the same plan.
+"""
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+SPLITS = ("seen", "unseen", "heldout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One classification task: an ordered class subset of a dataset."""
+  task_id: int
+  split: str
+  class_ids: tuple[int, ...]
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPlan:
+  """Which classes are held out, and every task of every split, in corpus order."""
+  heldout_classes: tuple[int, ...]
+  tasks: tuple[Task, ...]
+
+  def split(self, name: str) -> list[Task]:
+    if name not in SPLITS:
+      raise ValueError(f"unknown split {name!r}; known: {SPLITS}")
+    return [t for t in self.tasks if t.split == name]
+
+  def to_json(self) -> dict:
+    return {"heldout_classes": list(self.heldout_classes),
+            "tasks": [dataclasses.asdict(t) | {"class_ids": list(t.class_ids)}
+                      for t in self.tasks]}
+
+  @classmethod
+  def from_json(cls, d) -> "TaskPlan":
+    return cls(tuple(d["heldout_classes"]),
+               tuple(Task(t["task_id"], t["split"], tuple(t["class_ids"]), t["seed"])
+                     for t in d["tasks"]))
+
+
+def heldout_classes(num_classes: int, frac: float, seed: int) -> tuple[int, ...]:
+  """A seeded ``frac`` of the class ids (at least one when frac > 0), sorted."""
+  if not 0.0 <= frac < 1.0:
+    raise ValueError(f"heldout fraction must be in [0, 1), got {frac}")
+  n = int(round(num_classes * frac))
+  if frac > 0:
+    n = max(n, 1)
+  rng = np.random.default_rng([seed, 7919])
+  return tuple(sorted(int(c) for c in rng.choice(num_classes, n, replace=False)))
+
+
+def make_plan(num_classes: int, *, num_seen: int, num_unseen: int, num_heldout: int,
+              min_classes: int = 8, max_classes: int = 32, heldout_frac: float = 0.1,
+              seed: int = 0) -> TaskPlan:
+  """Draws the task plan.
+
+  Args:
+    num_classes: classes in the dataset.
+    num_seen / num_unseen / num_heldout: tasks per split.
+    min_classes / max_classes: task size range (inclusive), clipped to what is available.
+    heldout_frac: fraction of classes held out of seen and unseen tasks.
+    seed: the plan's seed; net seeds derive from it.
+
+  Returns:
+    A TaskPlan whose tasks have ids 0..N-1 in the order seen, unseen, heldout.
+  """
+  if min_classes < 2 or max_classes < min_classes:
+    raise ValueError(f"need 2 <= min_classes <= max_classes, got {min_classes}, {max_classes}")
+  held = heldout_classes(num_classes, heldout_frac, seed)
+  seen_pool = np.array(sorted(set(range(num_classes)) - set(held)))
+  if len(seen_pool) < min_classes:
+    raise ValueError(f"only {len(seen_pool)} seen classes for tasks of >= {min_classes}")
+  if num_heldout and not held:
+    raise ValueError("heldout tasks requested but heldout_frac gives no held-out classes")
+  rng = np.random.default_rng([seed, 104729])
+  tasks: list[Task] = []
+  used: set[frozenset] = set()
+
+  def size(pool_size: int) -> int:
+    return int(rng.integers(min(min_classes, pool_size), min(max_classes, pool_size) + 1))
+
+  def add(split: str, ids: Sequence[int]):
+    tasks.append(Task(len(tasks), split, tuple(int(i) for i in ids),
+                      int(rng.integers(0, 2**31 - 1))))
+
+  for _ in range(num_seen):
+    ids = rng.choice(seen_pool, size(len(seen_pool)), replace=False)
+    used.add(frozenset(ids.tolist()))
+    add("seen", ids)
+  for _ in range(num_unseen):
+    for _attempt in range(1000):
+      ids = rng.choice(seen_pool, size(len(seen_pool)), replace=False)
+      if frozenset(ids.tolist()) not in used:
+        break
+    else:
+      raise ValueError("could not draw an unseen combination; too few seen classes")
+    used.add(frozenset(ids.tolist()))
+    add("unseen", ids)
+  held_arr = np.array(held)
+  for _ in range(num_heldout):
+    k = size(len(seen_pool) + len(held))
+    m = min(max(1, k // 2), len(held))
+    ids = np.concatenate([rng.choice(held_arr, m, replace=False),
+                          rng.choice(seen_pool, k - m, replace=False)])
+    add("heldout", rng.permutation(ids))
+  return TaskPlan(held, tuple(tasks))
+
+
+def pad_tasks(tasks: Sequence[Task], max_classes: int):
+  """(n, K) class ids (padding repeats the first class) and (n, K) validity mask."""
+  ids = np.zeros((len(tasks), max_classes), np.int32)
+  mask = np.zeros((len(tasks), max_classes), bool)
+  for i, t in enumerate(tasks):
+    k = len(t.class_ids)
+    if k > max_classes:
+      raise ValueError(f"task {t.task_id} has {k} classes, more than max_classes={max_classes}")
+    ids[i, :k] = t.class_ids
+    ids[i, k:] = t.class_ids[0]
+    mask[i, :k] = True
+  return ids, mask

@@ -1,0 +1,195 @@
+"""Train many subtask nets at once: vmap over nets, lax.scan over steps, lax.map over chunks.
+
+Every net starts from the shared base net and has its own classes, batches, optimizer state
+and seed. The image data stays on the device; a net's batches are gathered inside the
+compiled loop, so one call trains a whole shard of nets with no host round trips.
+
+How the nets are spread is a config choice per backend (``TrainerSpec``):
+
+* ``nets_per_chunk``: nets trained side by side under ``vmap``. On GPU/TPU this is large
+  (hundreds); on XLA:CPU a vmapped ``lax.conv`` becomes a slow grouped convolution, so use
+  ``conv_impl="im2col"`` (batched matmuls) there.
+* the nets axis is sharded over all local devices (a 1-D mesh named ``nets``): on a GPU box
+  or a TPU host each chip trains its own slice of nets; on a 2-core CPU, running with
+  ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
+"""
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from t2w_jax.zoo.cnn import SubtaskCNN
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSpec:
+  """How to train one net and how to batch nets. Hashable: used as a jit static."""
+  steps: int = 200
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  nets_per_chunk: int = 8
+  eval_per_class: int = 100
+
+
+class TaskBatch(NamedTuple):
+  """A batch of n tasks, padded to K classes.
+
+  classes: (n, K) int32 global class ids (padding entries are any valid id).
+  mask: (n, K) bool, True for the task's real classes.
+  seeds: (n,) uint32, one per net.
+  """
+  classes: Any
+  mask: Any
+  seeds: Any
+
+
+class DeviceData(NamedTuple):
+  """Dataset arrays placed on the device once (replicated over the nets mesh).
+
+  images / test_images: uint8 (N, H, W, 3).
+  class_index / test_index: (C, max_per_class) int32 row ids of each class's examples.
+  class_count / test_count: (C,) int32 number of valid entries per row.
+  class_emb: (C, d) float32 text embedding of every class.
+  """
+  images: Any
+  class_index: Any
+  class_count: Any
+  test_images: Any
+  test_index: Any
+  test_count: Any
+  class_emb: Any
+
+
+def _index_by_class(labels: np.ndarray, num_classes: int, limit: int | None = None):
+  order = np.argsort(labels, kind="stable")
+  counts = np.bincount(labels, minlength=num_classes)
+  if limit is not None:
+    counts = np.minimum(counts, limit)
+  width = max(int(counts.max()), 1)
+  index = np.zeros((num_classes, width), np.int32)
+  starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))[:-1]])
+  for c in range(num_classes):
+    index[c, :counts[c]] = order[starts[c]:starts[c] + counts[c]]
+  return index, counts.astype(np.int32)
+
+
+def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | None = None):
+  """Place a dataset and its class embeddings on the device(s), replicated.
+
+  Args:
+    dataset: an ``ImageDataset`` (images already at the training resolution).
+    class_emb: (C, d) text embeddings, one per class of the dataset, in label order.
+    eval_per_class: test images used per class when measuring a task's accuracy.
+    mesh: the nets mesh (arrays are replicated over it); None for the default device.
+
+  Returns:
+    DeviceData.
+  """
+  c = len(dataset.class_names)
+  if class_emb.shape[0] != c:
+    raise ValueError(f"{class_emb.shape[0]} class embeddings for {c} classes")
+  class_index, class_count = _index_by_class(dataset.train_labels, c)
+  test_index, test_count = _index_by_class(dataset.test_labels, c, eval_per_class)
+  arrays = DeviceData(dataset.train_images, class_index, class_count, dataset.test_images,
+                      test_index, test_count, class_emb.astype(np.float32))
+  if mesh is None:
+    return DeviceData(*[jnp.asarray(a) for a in arrays])
+  rep = NamedSharding(mesh, P())
+  return DeviceData(*[jax.device_put(a, rep) for a in arrays])
+
+
+def masked_logits(model: SubtaskCNN, params, images, emb, mask):
+  """Logits over a task's K (padded) classes; padded classes get -inf."""
+  logits = model.apply({"params": params}, images, emb)
+  return jnp.where(mask[None, :], logits, -jnp.inf)
+
+
+def _train_one(model, spec, data, base_params, classes, mask, seed):
+  """Train one net from the base on one task; returns final params and the loss curve."""
+  emb = data.class_emb[classes]
+  k = jnp.sum(mask)
+  tx = optax.adam(spec.learning_rate)
+
+  def loss_fn(params, x, y):
+    logits = masked_logits(model, params, x, emb, mask)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(carry, key):
+    params, opt_state = carry
+    k_cls, k_img = jax.random.split(key)
+    # Balanced over the task's classes: pick a local class, then one of its images.
+    local = jax.random.randint(k_cls, (spec.batch_size,), 0, k)
+    cls = classes[local]
+    j = jax.random.randint(k_img, (spec.batch_size,), 0, data.class_count[cls])
+    x = data.images[data.class_index[cls, j]]
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, local)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  keys = jax.random.split(jax.random.PRNGKey(seed), spec.steps)
+  (params, _), losses = jax.lax.scan(step, (base_params, tx.init(base_params)), keys)
+  return params, losses
+
+
+def task_accuracy(model, spec, data, params, classes, mask):
+  """Test accuracy of one net on one task's classes (up to eval_per_class images each)."""
+  kmax = classes.shape[0]
+  per = data.test_index.shape[1]
+  rows = data.test_index[classes]                            # (K, per)
+  valid = (jnp.arange(per)[None, :] < data.test_count[classes][:, None]) & mask[:, None]
+  labels = jnp.broadcast_to(jnp.arange(kmax)[:, None], (kmax, per))
+  x = data.test_images[rows.reshape(-1)]
+  pred = jnp.argmax(masked_logits(model, params, x, data.class_emb[classes], mask), axis=-1)
+  hits = (pred == labels.reshape(-1)) & valid.reshape(-1)
+  return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
+
+
+class TrainResult(NamedTuple):
+  params: Any          # pytree with a leading nets axis
+  base_acc: Any        # (n,)
+  trained_acc: Any     # (n,)
+  final_loss: Any      # (n,) mean loss over the last 10% of steps
+
+
+def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None):
+  """Compile-ready function ``(data, base_params, tasks) -> TrainResult`` for n tasks.
+
+  n must be a multiple of ``nets_per_chunk * mesh.size``. Inside: the nets axis is sharded
+  over the mesh; each device ``lax.map``s over its chunks; each chunk ``vmap``s over nets;
+  each net ``lax.scan``s over its steps.
+  """
+  tail = max(spec.steps // 10, 1)
+
+  def per_net(data, base_params, classes, mask, seed):
+    params, losses = _train_one(model, spec, data, base_params, classes, mask, seed)
+    base_acc = task_accuracy(model, spec, data, base_params, classes, mask)
+    acc = task_accuracy(model, spec, data, params, classes, mask)
+    return TrainResult(params, base_acc, acc, jnp.mean(losses[-tail:]))
+
+  def run(data, base_params, tasks: TaskBatch):
+    n = tasks.seeds.shape[0]
+    c = spec.nets_per_chunk
+    chunked = jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tasks)
+    chunk_fn = jax.vmap(functools.partial(per_net, data, base_params))
+    out = jax.lax.map(lambda t: chunk_fn(t.classes, t.mask, t.seeds), chunked)
+    return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+
+  if mesh is None:
+    return jax.jit(run)
+  # shard_map gives each device its own slice of nets and its own lax.map over chunks:
+  # no communication at all, so the devices (cores, chips) run independently.
+  rep, nets = P(), P("nets")
+  sharded = jax.shard_map(run, mesh=mesh, in_specs=(rep, rep, nets), out_specs=nets,
+                          check_vma=False)
+  return jax.jit(sharded)
+
+
+def nets_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named ``nets`` over the given (default: all local) devices."""
+  devices = jax.local_devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ("nets",))
