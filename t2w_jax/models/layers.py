@@ -1,0 +1,357 @@
+"""Small shared pieces of the weight-space models: embeddings, projections, attention.
+
+Every kernel is wrapped with ``nn.with_logical_partitioning`` so that a ``Mesh`` with axes
+('data', 'model') can shard it through logical axis rules (see ``LOGICAL_AXIS_RULES``), and
+activations pass through ``constrain_tokens`` (("batch", "tokens", "embed")).
+
+Without a mesh everything runs as plain Linen: ``init`` then returns ``nn.Partitioned``
+boxes in the params tree; ``apply`` accepts the boxed tree as it is, and
+``nn.meta.unbox(params)`` (or ``unbox`` below) gives plain arrays for optimisers,
+checkpoints or arithmetic on the params.
+
+Logical axis names used on parameters:
+  "embed": the model width; "mlp": MLP hidden / modulation outputs; "heads": attention
+  heads; "kv": per-head feature dim; "tokens": weight-token position (per-token
+  projections); "block": the block size P (token feature dim); "text": the text-encoder
+  dim. Activations use "batch", "tokens", "embed".
+"""
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# Default rules: data parallel over 'data', tensor parallel (heads, MLP hidden) over
+# 'model'; everything else replicated. A config can swap in FSDP rules such as
+# ("embed", "data") for large models.
+LOGICAL_AXIS_RULES: tuple[tuple[str, Optional[str]], ...] = (
+    ("batch", "data"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("tokens", None),
+    ("block", None),
+    ("text", None),
+)
+
+# Added to attention logits at masked keys. Finite (not -inf) so that a row that is fully
+# masked gives a uniform softmax instead of NaN, and far below any real logit so that
+# masked keys get exactly zero weight after exp underflows.
+_MASK_VALUE = -1e30
+
+default_kernel_init = nn.initializers.lecun_normal()
+embed_init = nn.initializers.normal(stddev=0.02)
+
+
+def partitioned(init: Initializer, axes: Sequence[Optional[str]]) -> Initializer:
+  """Shorthand for ``nn.with_logical_partitioning(init, axes)``."""
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def unbox(tree: Any) -> Any:
+  """Strips ``nn.Partitioned`` boxes from a params (or variables) tree.
+
+  Args:
+    tree: output of ``Module.init`` (or its "params" collection).
+
+  Returns:
+    The same tree with plain arrays at the leaves.
+  """
+  return nn.meta.unbox(tree)
+
+
+def constrain_tokens(x: Array) -> Array:
+  """Logical sharding constraint for (batch, tokens, embed) activations (no-op without rules)."""
+  return nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
+
+
+def dense(features: int, axes: tuple[Optional[str], Optional[str]], *, dtype: Dtype,
+          zero_init: bool = False, use_bias: bool = True, name: Optional[str] = None
+          ) -> nn.Dense:
+  """``nn.Dense`` with logically partitioned kernel (axes) and bias (axes[1]).
+
+  Args:
+    features: output features.
+    axes: logical names of the (in, out) kernel axes.
+    dtype: compute dtype (params stay float32).
+    zero_init: zero kernel and bias (adaLN-Zero modulations, gates).
+    use_bias: whether to add a bias.
+    name: module name.
+
+  Returns:
+    The Dense module.
+  """
+  kinit = nn.initializers.zeros_init() if zero_init else default_kernel_init
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=partitioned(kinit, axes),
+      bias_init=partitioned(nn.initializers.zeros_init(), (axes[1],)), name=name)
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+  """Sinusoidal embedding of (possibly fractional) timesteps, as in DiT / ADM.
+
+  Args:
+    t: (B,) timesteps (int or float).
+    dim: embedding size (even sizes get cos|sin halves; odd sizes get a zero pad).
+    max_period: lowest frequency's period.
+
+  Returns:
+    (B, dim) float32 embedding.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """Sinusoidal timestep features -> Dense -> SiLU -> Dense.
+
+  Attributes:
+    features: output width.
+    frequency_dim: size of the sinusoidal features.
+    dtype: compute dtype.
+  """
+  features: int
+  frequency_dim: int = 256
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: Array) -> Array:
+    h = timestep_embedding(t, self.frequency_dim).astype(self.dtype)
+    h = dense(self.features, (None, "mlp"), dtype=self.dtype, name="fc1")(h)
+    h = nn.silu(h)
+    return dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+  """adaLN modulation: x * (1 + scale) + shift, with (B, D) shift/scale over (B, L, D) x."""
+  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+class PerTokenProjection(nn.Module):
+  """A separate affine map per token position, as ONE batched einsum (as in G.pt).
+
+  Kernel (L, in, out) and bias (L, out); token l of every example uses kernel[l]. L is
+  taken from the input at init, so apply must see the same number of tokens.
+
+  Attributes:
+    features: output features per token.
+    axes: logical names of the kernel axes (tokens, in, out).
+    zero_init: zero kernel (output projection of an adaLN-Zero model).
+    dtype: compute dtype.
+  """
+  features: int
+  axes: tuple[str, str, str]
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Args: x (B, L, in). Returns: (B, L, features)."""
+    num_tokens, in_features = x.shape[-2], x.shape[-1]
+    if self.zero_init:
+      kinit = nn.initializers.zeros_init()
+    else:
+      # Fan-in per token position: token axis is a batch axis of the initializer.
+      kinit = nn.initializers.variance_scaling(
+          1.0, "fan_in", "truncated_normal", in_axis=1, out_axis=2, batch_axis=(0,))
+    kernel = self.param("kernel", partitioned(kinit, self.axes),
+                        (num_tokens, in_features, self.features), jnp.float32)
+    bias = self.param("bias", partitioned(nn.initializers.zeros_init(),
+                                          (self.axes[0], self.axes[2])),
+                      (num_tokens, self.features), jnp.float32)
+    x = jnp.asarray(x, self.dtype)
+    y = jnp.einsum("bli,lio->blo", x, kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+def attention_weights(q: Array, k: Array, bias: Optional[Array],
+                             mask: Optional[Array]) -> Array:
+  """Softmax attention weights in float32.
+
+  Args:
+    q: (B, Lq, H, Dh) queries.
+    k: (B, Lk, H, Dh) keys.
+    bias: additive logit bias broadcastable to (B, H, Lq, Lk), or None.
+    mask: boolean, broadcastable to (B, H, Lq, Lk); False keys get zero weight, or None.
+
+  Returns:
+    (B, H, Lq, Lk) float32 weights.
+  """
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+class Attention(nn.Module):
+  """Multi-head attention (self when ``kv`` is None, else cross) with bias and key mask.
+
+  Attributes:
+    num_heads: number of heads; the query width must be divisible by it.
+    dtype: compute dtype (softmax always in float32).
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Optional[Array] = None, *,
+               bias: Optional[Array] = None, mask: Optional[Array] = None) -> Array:
+    """Args:
+      x: (B, Lq, D) queries' source.
+      kv: (B, Lk, D) keys/values' source; None means self-attention on x.
+      bias: additive logit bias broadcastable to (B, H, Lq, Lk).
+      mask: boolean key mask broadcastable to (B, H, Lq, Lk).
+
+    Returns:
+      (B, Lq, D).
+    """
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    head_dim = width // self.num_heads
+    kv = x if kv is None else kv
+
+    # Kernels are created directly (not via nn.DenseGeneral): DenseGeneral initialises a
+    # flattened 2-D kernel and reshapes it, and its shape check under a mesh applies the
+    # 3-D logical constraint to the 2-D value, which fails.
+    def proj(name, src):
+      kernel = self.param(
+          f"{name}_kernel",
+          partitioned(nn.initializers.variance_scaling(
+              1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2)),
+                      ("embed", "heads", "kv")),
+          (src.shape[-1], self.num_heads, head_dim), jnp.float32)
+      bias = self.param(f"{name}_bias",
+                        partitioned(nn.initializers.zeros_init(), ("heads", "kv")),
+                        (self.num_heads, head_dim), jnp.float32)
+      src = jnp.asarray(src, self.dtype)
+      return (jnp.einsum("bld,dhk->blhk", src, kernel.astype(self.dtype))
+              + bias.astype(self.dtype))
+
+    q = proj("query", x)
+    k = proj("key", kv)
+    v = proj("value", kv)
+    weights = attention_weights(q, k, bias, mask)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+    out_kernel = self.param(
+        "out_kernel",
+        partitioned(nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2),
+                    ("heads", "kv", "embed")),
+        (self.num_heads, head_dim, width), jnp.float32)
+    out_bias = self.param("out_bias", partitioned(nn.initializers.zeros_init(), ("embed",)),
+                          (width,), jnp.float32)
+    return (jnp.einsum("bqhd,hdo->bqo", out, out_kernel.astype(self.dtype))
+            + out_bias.astype(self.dtype))
+
+
+class Mlp(nn.Module):
+  """Dense -> GELU(tanh) -> Dense.
+
+  Attributes:
+    hidden: hidden width.
+    dtype: compute dtype.
+  """
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    width = x.shape[-1]
+    h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    h = nn.gelu(h, approximate=True)
+    return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+def layer_norm(*, affine: bool, dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
+  """LayerNorm (eps 1e-6) with logically partitioned scale/bias; affine=False for adaLN."""
+  return nn.LayerNorm(
+      epsilon=1e-6, use_scale=affine, use_bias=affine, dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=partitioned(nn.initializers.ones_init(), ("embed",)),
+      bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)), name=name)
+
+
+class TokenEmbedding(nn.Module):
+  """Weight tokens -> width: per-token projection + layer-id and block-id embeddings.
+
+  The per-token projection's bias (L, width) doubles as a learned per-position embedding;
+  the layer-id and block-id tables let positions share what they have in common.
+
+  Attributes:
+    width: model width.
+    num_layers: size of the layer-id table (ids in [0, num_layers)).
+    max_blocks: size of the block-id table (ids in [0, max_blocks)).
+    dtype: compute dtype.
+  """
+  width: int
+  num_layers: int
+  max_blocks: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Array, layer_ids: Array, block_ids: Array) -> Array:
+    """Args: tokens (B, L, P); layer_ids, block_ids (L,) int. Returns (B, L, width)."""
+    h = PerTokenProjection(self.width, ("tokens", "block", "embed"), dtype=self.dtype,
+                           name="in_proj")(tokens)
+    layer_table = self.param("layer_embed", partitioned(embed_init, (None, "embed")),
+                             (self.num_layers, self.width), jnp.float32)
+    block_table = self.param("block_embed", partitioned(embed_init, (None, "embed")),
+                             (self.max_blocks, self.width), jnp.float32)
+    # mode="clip" keeps gather well defined under jit; ranges are checked eagerly by callers.
+    pos = (jnp.take(layer_table, layer_ids, axis=0, mode="clip")
+           + jnp.take(block_table, block_ids, axis=0, mode="clip"))
+    return h + pos.astype(self.dtype)[None]
+
+
+def check_token_ids(name: str, ids: Any, num_tokens: int, size: int) -> None:
+  """Validates static token metadata; value checks only when ``ids`` is concrete.
+
+  Args:
+    name: argument name for the error message.
+    ids: (L,) integer ids.
+    num_tokens: expected L.
+    size: ids must lie in [0, size).
+
+  Raises:
+    ValueError: wrong shape, dtype or range.
+  """
+  shape = tuple(jnp.shape(ids))
+  if shape != (num_tokens,):
+    raise ValueError(f"{name} must have shape ({num_tokens},) to match the tokens, "
+                     f"got {shape}")
+  if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
+    raise ValueError(f"{name} must be integer, got {jnp.result_type(ids)}")
+  if isinstance(ids, jax.core.Tracer):
+    return
+  lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+  if lo < 0 or hi >= size:
+    raise ValueError(f"{name} must lie in [0, {size}), got range [{lo}, {hi}]")
+
+
+def param_count(params: Any) -> int:
+  """Number of scalars in a params tree (``nn.Partitioned`` boxes are unboxed first).
+
+  Args:
+    params: a params pytree, boxed or not (e.g. ``variables["params"]``).
+
+  Returns:
+    Total element count.
+  """
+  leaves = jax.tree_util.tree_leaves(unbox(params))
+  return int(sum(int(jnp.size(x)) for x in leaves))

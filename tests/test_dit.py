@@ -1,0 +1,282 @@
+"""Tests for t2w_jax.models: the prior-attention DiT and the weight discriminator."""
+import itertools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t2w_jax import models
+from t2w_jax.models import DiT, LOGICAL_AXIS_RULES, WeightDiscriminator
+
+B, L, P, K, D = 4, 6, 8, 5, 16
+LAYER_IDS = jnp.array([0, 0, 1, 1, 1, 2], jnp.int32)
+BLOCK_IDS = jnp.array([0, 1, 0, 1, 2, 0], jnp.int32)
+
+
+def make_model(**switches):
+  kw = dict(width=32, depth=1, num_heads=4, mlp_ratio=2.0, block_size=P, num_layers=3,
+            max_blocks=3, text_dim=D)
+  kw.update(switches)
+  return DiT(**kw)
+
+
+def make_inputs(seed=0, drop=None):
+  ks = jax.random.split(jax.random.key(seed), 5)
+  mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+                   bool)
+  class_emb = jax.random.normal(ks[0], (B, K, D))
+  logits = jax.random.normal(ks[1], (B, K))
+  log_prior = jnp.where(mask, jax.nn.log_softmax(jnp.where(mask, logits, -1e9)), -1e9)
+  prior = jnp.exp(log_prior)
+  text = {
+      "class_emb": class_emb,
+      "class_mask": mask,
+      "log_prior": log_prior,
+      "fused": jnp.einsum("bk,bkd->bd", prior, class_emb),
+      "drop": jnp.zeros((B,), bool) if drop is None else jnp.asarray(drop),
+  }
+  x_t = jax.random.normal(ks[2], (B, L, P))
+  t = jax.random.randint(ks[3], (B,), 0, 1000)
+  return x_t, t, text
+
+
+def perturb(variables, seed=1, scale=0.1):
+  """Random params (unboxed) so that zero-init gates open and the output depends on inputs."""
+  params = models.unbox(variables)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def init_apply(model, x_t, t, text, variables=None):
+  if variables is None:
+    variables = model.init(jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  return variables, model.apply(variables, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+
+
+VALID_SWITCHES = [
+    dict(cond_adaln=a, cross_attention=c, prior_bias=p, text_as_token=tt)
+    for a, c, p, tt in itertools.product([False, True], repeat=4) if not (p and not c)
+]
+
+
+@pytest.mark.parametrize("switches", VALID_SWITCHES, ids=lambda s: "-".join(
+    k for k, v in s.items() if v) or "none")
+def test_shapes_and_zero_at_init(switches):
+  model = make_model(**switches)
+  x_t, t, text = make_inputs(drop=[False, True, False, True])
+  variables, out = init_apply(model, x_t, t, text)
+  chex.assert_shape(out, (B, L, P))
+  chex.assert_type(out, jnp.float32)
+  # adaLN-Zero invariant: exactly zero at init, for any input.
+  np.testing.assert_array_equal(np.asarray(out), 0.0)
+  out_p = model.apply(perturb(variables), x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  chex.assert_shape(out_p, (B, L, P))
+  chex.assert_tree_all_finite(out_p)
+  assert float(jnp.abs(out_p).max()) > 1e-3
+
+
+def test_prior_bias_without_cross_attention_rejected():
+  x_t, t, text = make_inputs()
+  with pytest.raises(ValueError, match="prior_bias"):
+    make_model(cross_attention=False, prior_bias=True).init(
+        jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS, text)
+
+
+TEXT_SWITCHES = {
+    "adaln": dict(cond_adaln=True, cross_attention=False, prior_bias=False),
+    "cross": dict(cond_adaln=False, cross_attention=True, prior_bias=False),
+    "cross_prior": dict(cond_adaln=False, cross_attention=True, prior_bias=True),
+    "token": dict(cond_adaln=False, cross_attention=False, prior_bias=False,
+                  text_as_token=True),
+    "all": dict(cond_adaln=True, cross_attention=True, prior_bias=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_SWITCHES))
+def test_output_depends_on_text_and_t_but_not_when_dropped(name):
+  model = make_model(**TEXT_SWITCHES[name])
+  x_t, t, text = make_inputs(drop=[False, False, True, True])
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  out = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+
+  _, _, other = make_inputs(seed=7, drop=[False, False, True, True])
+  other["class_mask"] = text["class_mask"]
+  out_text = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, other)
+  diff = jnp.abs(out_text - out).max(axis=(1, 2))
+  assert float(diff[:2].min()) > 1e-4, "conditional examples ignore the text"
+  np.testing.assert_allclose(out_text[2:], out[2:], atol=1e-6,
+                             err_msg="dropped examples must not see the text")
+
+  out_t = model.apply(params, x_t, (t + 137) % 1000, LAYER_IDS, BLOCK_IDS, text)
+  assert float(jnp.abs(out_t - out).max(axis=(1, 2)).min()) > 1e-4, "output ignores t"
+
+
+def test_prior_changes_output_only_with_prior_bias():
+  x_t, t, text = make_inputs()
+  flipped = dict(text, log_prior=jnp.where(text["class_mask"], -text["log_prior"], -1e9))
+  for prior_bias, should_change in [(True, True), (False, False)]:
+    model = make_model(cond_adaln=False, cross_attention=True, prior_bias=prior_bias)
+    variables, _ = init_apply(model, x_t, t, text)
+    params = perturb(variables)
+    a = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+    b = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, flipped)
+    assert (float(jnp.abs(a - b).max()) > 1e-4) == should_change
+
+
+def test_masked_class_tokens_do_not_matter():
+  model = make_model(cond_adaln=True, cross_attention=True, prior_bias=True)
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  out = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  mask = text["class_mask"][..., None]
+  garbage = 50.0 * jax.random.normal(jax.random.key(3), text["class_emb"].shape)
+  changed = dict(text,
+                 class_emb=jnp.where(mask, text["class_emb"], garbage),
+                 log_prior=jnp.where(text["class_mask"], text["log_prior"], -jnp.inf))
+  out2 = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, changed)
+  np.testing.assert_array_equal(np.asarray(out2), np.asarray(out))
+  # -inf padding in the log prior must not poison gradients.
+  grads = jax.grad(lambda p: jnp.sum(
+      model.apply(p, x_t, t, LAYER_IDS, BLOCK_IDS, changed) ** 2))(params)
+  chex.assert_tree_all_finite(grads)
+
+
+def test_class_permutation_invariance():
+  model = make_model(cond_adaln=True, cross_attention=True, prior_bias=True)
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  out = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  perm = jnp.array([3, 0, 4, 2, 1])
+  permuted = dict(text, class_emb=text["class_emb"][:, perm],
+                  class_mask=text["class_mask"][:, perm], log_prior=text["log_prior"][:, perm])
+  out2 = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, permuted)
+  np.testing.assert_allclose(out2, out, atol=1e-5)
+  # ...whereas permuting embeddings alone (not the prior with them) changes the output.
+  wrong = dict(text, class_emb=text["class_emb"][:, perm])
+  out3 = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, wrong)
+  assert float(jnp.abs(out3 - out).max()) > 1e-4
+
+
+def test_jit_matches_eager_and_bf16_runs():
+  model = make_model()
+  x_t, t, text = make_inputs(drop=[True, False, False, True])
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  eager = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  jitted = jax.jit(model.apply)(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  np.testing.assert_allclose(jitted, eager, atol=1e-5)
+  out16 = make_model(dtype=jnp.bfloat16).apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  chex.assert_type(out16, jnp.float32)
+  np.testing.assert_allclose(out16, eager, atol=0.1 * float(jnp.abs(eager).max()))
+
+
+def test_bad_inputs_raise():
+  model = make_model()
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(model, x_t, t, text)
+  with pytest.raises(ValueError, match="x_t"):
+    model.apply(variables, x_t[..., :4], t, LAYER_IDS, BLOCK_IDS, text)
+  with pytest.raises(ValueError, match="layer_ids"):
+    model.apply(variables, x_t, t, LAYER_IDS.at[0].set(9), BLOCK_IDS, text)
+  with pytest.raises(ValueError, match="block_ids"):
+    model.apply(variables, x_t, t, LAYER_IDS, BLOCK_IDS[:3], text)
+  with pytest.raises(KeyError, match="class_emb"):
+    model.apply(variables, x_t, t, LAYER_IDS, BLOCK_IDS,
+                {k: v for k, v in text.items() if k != "class_emb"})
+  with pytest.raises(ValueError, match="fused"):
+    model.apply(variables, x_t, t, LAYER_IDS, BLOCK_IDS, dict(text, fused=text["fused"][:, :3]))
+
+
+def test_param_specs_have_logical_names():
+  model = make_model()
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(model, x_t, t, text)
+  specs = nn.get_partition_spec(variables)["params"]
+  assert tuple(specs["embed"]["in_proj"]["kernel"]) == ("tokens", "block", "embed")
+  assert tuple(specs["final"]["out_proj"]["kernel"]) == ("tokens", "embed", "block")
+  assert tuple(specs["block_0"]["attn"]["query_kernel"]) == ("embed", "heads", "kv")
+  assert tuple(specs["block_0"]["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
+  shapes = jax.tree_util.tree_map(jnp.shape, models.unbox(variables))["params"]
+  assert shapes["embed"]["in_proj"]["kernel"] == (L, P, 32)
+  assert shapes["final"]["out_proj"]["kernel"] == (L, 32, P)
+
+
+def test_mesh_sharded_apply_matches_unsharded():
+  assert jax.device_count() >= 8, "conftest should provide 8 CPU devices"
+  # Auto axis types (the Mesh constructor's default; jax.make_mesh defaults to Explicit),
+  # so that logical rules and sharding constraints steer XLA's propagation.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+  model = make_model(cond_adaln=True, cross_attention=True, prior_bias=True,
+                     text_as_token=True)
+  x_t, t, text = make_inputs(drop=[False, True, False, False])
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  expected = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+
+  specs = nn.get_partition_spec(variables)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+  mlp_spec = shardings["params"]["block_0"]["mlp"]["fc1"]["kernel"].spec
+  assert tuple(mlp_spec) == (None, "model")
+  sharded_params = jax.device_put(params, shardings)
+  assert len(sharded_params["params"]["block_0"]["mlp"]["fc1"]["kernel"]
+             .addressable_shards) == 8
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  x_s, t_s, text_s = jax.device_put((x_t, t, text), batch)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    fn = jax.jit(model.apply, in_shardings=(shardings, batch, None, None, None, batch),
+                 out_shardings=batch)
+    out = fn(sharded_params, x_s, t_s, LAYER_IDS, BLOCK_IDS, text_s)
+    hlo = fn.lower(sharded_params, x_s, t_s, LAYER_IDS, BLOCK_IDS, text_s).as_text()
+  # The activation constraints are real under the rules (not silently dropped).
+  assert "sharding_constraint" in hlo or "@Sharding" in hlo
+  assert out.sharding.is_equivalent_to(batch, out.ndim)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("text_conditioned", [False, True])
+def test_discriminator(text_conditioned):
+  disc = WeightDiscriminator(width=32, depth=2, num_heads=4, mlp_ratio=2.0, block_size=P,
+                             num_layers=3, max_blocks=3, text_dim=D,
+                             text_conditioned=text_conditioned)
+  x_t, _, text = make_inputs()
+  variables = disc.init(jax.random.key(0), x_t, LAYER_IDS, BLOCK_IDS, text["fused"])
+  logits = jax.jit(disc.apply)(variables, x_t, LAYER_IDS, BLOCK_IDS, text["fused"])
+  chex.assert_shape(logits, (B,))
+  chex.assert_type(logits, jnp.float32)
+  other = disc.apply(variables, x_t, LAYER_IDS, BLOCK_IDS, -text["fused"])
+  changed = float(jnp.abs(other - logits).max()) > 1e-5
+  assert changed == text_conditioned
+  shapes = jax.tree_util.tree_map(jnp.shape, models.unbox(variables))["params"]
+  assert shapes["embed"]["in_proj"]["kernel"] == (L, P, 32)
+  if text_conditioned:
+    with pytest.raises(ValueError, match="fused"):
+      disc.apply(variables, x_t, LAYER_IDS, BLOCK_IDS)
+
+
+def test_param_count_and_flops_estimate():
+  model = make_model(cond_adaln=True, cross_attention=True, prior_bias=True)
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(model, x_t, t, text)
+  n = models.param_count(variables)
+  assert n == sum(x.size for x in jax.tree_util.tree_leaves(models.unbox(variables)))
+  assert n > L * P * 32 * 2
+  # The analytic forward estimate should agree with XLA's count of the compiled forward.
+  est = models.model_flops_per_example(model, num_tokens=L, max_classes=K, training=False)
+  compiled = jax.jit(model.apply).lower(
+      variables, x_t, t, LAYER_IDS, BLOCK_IDS, text).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla = float(cost["flops"]) / B
+  assert 0.6 < est / xla < 1.4, (est, xla)
+  assert models.model_flops_per_example(model, num_tokens=L, max_classes=K) == 3 * est
+  with pytest.raises(KeyError, match="num_tokens"):
+    models.model_flops_per_example(model)
