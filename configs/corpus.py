@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=150, batch_size=64, learning_rate=3e-3, eval_per_class=100,
       # Backend-dependent shape (see zoo/masstrain.py): im2col survives vmap on XLA:CPU.
       conv_impl="im2col", nets_per_chunk=8))
+  c.num_devices = 0  # devices the nets are spread over (0: all local devices)
   c.shard_size = 64  # nets per compiled call and per on-disk shard (rounded to the mesh)
 
   if arg == "tiny":

@@ -109,6 +109,12 @@ class SubtaskCNN(nn.Module):
 
   def __call__(self, images, class_emb):
     """Logits (B, K) of images against K class embeddings (K, embed_dim)."""
+    if class_emb.ndim != 2 or class_emb.shape[0] == 0:
+      raise ValueError(f"need a non-empty class list: class embeddings of shape (K>0, "
+                       f"{self.embed_dim}), got {class_emb.shape}")
+    if class_emb.shape[1] != self.embed_dim:
+      raise ValueError(f"class embeddings have dim {class_emb.shape[1]}, the net's text space "
+                       f"has {self.embed_dim}")
     return self.logit_scale * self.embed(images) @ _normalize(class_emb).T
 
 

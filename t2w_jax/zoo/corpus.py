@@ -73,7 +73,8 @@ class CorpusWriter:
 
   def __init__(self, path: str, meta: dict):
     self.path = path
-    self.meta = dict(meta, format_version=FORMAT_VERSION)
+    # Through JSON once, so tuples and lists compare equal to what a reopen reads back.
+    self.meta = json.loads(json.dumps(dict(meta, format_version=FORMAT_VERSION)))
     os.makedirs(os.path.join(path, "shards"), exist_ok=True)
     meta_path = os.path.join(path, "meta.json")
     if os.path.exists(meta_path):

@@ -80,7 +80,19 @@ def make_corpus(config, workdir: str) -> dict:
 
   model = build_model(config, encoder.dim)
   layout = ParamLayout.from_params(init_params(model, jax.random.PRNGKey(0), config.image_size))
-  writer = corpus_lib.CorpusWriter(path, corpus_meta(config, layout, encoder.name, dataset))
+  devices = jax.local_devices()
+  mesh = masstrain.nets_mesh(devices[:config.num_devices] if config.num_devices else devices)
+  spec = masstrain.TrainerSpec(
+      steps=config.trainer.steps, batch_size=config.trainer.batch_size,
+      learning_rate=config.trainer.learning_rate,
+      nets_per_chunk=config.trainer.nets_per_chunk,
+      eval_per_class=config.trainer.eval_per_class)
+  unit = spec.nets_per_chunk * mesh.size
+  shard = max(unit, int(math.ceil(config.shard_size / unit)) * unit)
+  # The shard size depends on the mesh; it is part of the corpus's identity so that a
+  # resume on another device count is refused instead of silently re-sharding.
+  meta = dict(corpus_meta(config, layout, encoder.name, dataset), nets_per_shard=shard)
+  writer = corpus_lib.CorpusWriter(path, meta)
   plan = _plan(config, len(names))
   plan_path = os.path.join(path, "plan.json")
   if not os.path.exists(plan_path):
@@ -101,14 +113,6 @@ def make_corpus(config, workdir: str) -> dict:
         learning_rate=config.base.learning_rate, seed=config.seed)
     corpus_lib.atomic_save_npy(base_path, np.asarray(layout.flatten(base_params)))
 
-  mesh = masstrain.nets_mesh()
-  spec = masstrain.TrainerSpec(
-      steps=config.trainer.steps, batch_size=config.trainer.batch_size,
-      learning_rate=config.trainer.learning_rate,
-      nets_per_chunk=config.trainer.nets_per_chunk,
-      eval_per_class=config.trainer.eval_per_class)
-  unit = spec.nets_per_chunk * mesh.size
-  shard = max(unit, int(math.ceil(config.shard_size / unit)) * unit)
   data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh)
   train = masstrain.make_trainer(model, spec, mesh)
   all_tasks = list(plan.tasks)

@@ -1,0 +1,136 @@
+"""The corpus: splits, en-masse training beats the base, round trip, resume after kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import corpus as corpus_config
+from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.weights.layout import ParamLayout
+from t2w_jax.zoo import corpus as corpus_lib
+from t2w_jax.zoo import make_corpus as make_corpus_lib
+from t2w_jax.zoo import masstrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  c = corpus_config.get_config("tiny")
+  c.num_devices = 2  # 2 nets per chunk x 2 devices: shards of 4, so 16 nets = 4 shards
+  return c
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("corpus_a"))
+  summary = make_corpus_lib.make_corpus(tiny_config(), workdir)
+  return workdir, summary, corpus_lib.open_corpus(os.path.join(workdir, "corpus"))
+
+
+def test_plan_splits():
+  plan = tasks_lib.make_plan(100, num_seen=200, num_unseen=30, num_heldout=30, seed=3)
+  held = set(plan.heldout_classes)
+  assert len(held) == 10
+  seen_sets = {frozenset(t.class_ids) for t in plan.split("seen")}
+  for t in plan.split("seen") + plan.split("unseen"):
+    assert not held & set(t.class_ids)
+    assert 8 <= len(t.class_ids) <= 32 and len(set(t.class_ids)) == len(t.class_ids)
+  for t in plan.split("unseen"):
+    assert frozenset(t.class_ids) not in seen_sets
+  for t in plan.split("heldout"):
+    assert held & set(t.class_ids)
+  again = tasks_lib.make_plan(100, num_seen=200, num_unseen=30, num_heldout=30, seed=3)
+  assert again == plan and tasks_lib.TaskPlan.from_json(plan.to_json()) == plan
+  with pytest.raises(ValueError, match="unknown split"):
+    plan.split("train")
+
+
+def test_trained_nets_beat_base(built):
+  _, summary, corpus = built
+  assert summary["nets"] == len(corpus) == 16
+  for split in tasks_lib.SPLITS:
+    assert summary[split]["gain_points"] > 5.0, summary
+  gains = [r["trained_acc"] - r["base_acc"] for r in corpus.records]
+  assert np.mean(np.array(gains) > 0) >= 0.75
+
+
+def test_round_trip_reproduces_recorded_accuracy(built):
+  """A stored row, unflattened, is a working net with exactly the recorded accuracy."""
+  workdir, _, corpus = built
+  config = tiny_config()
+  dataset = make_corpus_lib.load_data(config)
+  model = make_corpus_lib.build_model(config, corpus.class_emb.shape[1])
+  spec = masstrain.TrainerSpec(eval_per_class=config.trainer.eval_per_class)
+  data = masstrain.put_data(dataset, corpus.class_emb, spec.eval_per_class)
+  assert corpus.class_names == dataset.class_names
+  for i in (0, 9, 15):
+    rec = corpus.records[i]
+    ids, mask = tasks_lib.pad_tasks([tasks_lib.Task(0, "x", tuple(rec["class_ids"]), 0)],
+                                    config.max_classes)
+    params = corpus.layout.unflatten(jnp.asarray(corpus.weights[i]))
+    acc = masstrain.task_accuracy(model, spec, data, params, ids[0], mask[0])
+    assert abs(float(acc) - rec["trained_acc"]) < 1e-6
+    assert rec["classes"] == [corpus.class_names[c] for c in rec["class_ids"]]
+  assert set(corpus.indices("unseen")) == {i for i, r in enumerate(corpus.records)
+                                            if r["split"] == "unseen"}
+
+
+def test_refuses_other_layout_and_encoder(built):
+  workdir, _, corpus = built
+  path = os.path.join(workdir, "corpus")
+  other = ParamLayout(corpus.layout.paths, ((7,),) + corpus.layout.shapes[1:])
+  with pytest.raises(ValueError, match="another parameter layout"):
+    corpus_lib.open_corpus(path, layout=other)
+  with pytest.raises(ValueError, match="text encoder"):
+    corpus_lib.open_corpus(path, encoder_name="clip:nowhere")
+  corpus_lib.open_corpus(path, layout=corpus.layout, encoder_name=corpus.meta["encoder"])
+  with pytest.raises(FileNotFoundError, match="no corpus"):
+    corpus_lib.open_corpus(os.path.join(workdir, "nothing"))
+
+
+def test_reopening_with_other_settings_is_refused(built):
+  workdir, _, _ = built
+  config = tiny_config()
+  config.trainer.steps = 41
+  with pytest.raises(ValueError, match="other settings.*trainer"):
+    make_corpus_lib.make_corpus(config, workdir)
+
+
+def test_unknown_dataset(tmp_path):
+  config = tiny_config()
+  config.dataset = "no_such_data"
+  with pytest.raises(ValueError, match="no_such_data"):
+    make_corpus_lib.make_corpus(config, str(tmp_path))
+
+
+def test_resume_after_kill_matches_uninterrupted(built, tmp_path):
+  """kill -9 after the first shard lands; the resumed corpus equals the uninterrupted one."""
+  _, _, reference = built
+  workdir = str(tmp_path)
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "make_corpus.py"),
+         f"--config={os.path.join(ROOT, 'configs', 'corpus.py')}:tiny",
+         f"--workdir={workdir}", "--config.num_devices=2"]
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = os.path.join(workdir, "corpus", "shards", "00000.jsonl")
+  deadline = time.time() + 300
+  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(first), "the child never wrote its first shard"
+  assert not os.path.exists(os.path.join(workdir, "corpus", "weights.npy"))
+  make_corpus_lib.make_corpus(tiny_config(), workdir)
+  resumed = corpus_lib.open_corpus(os.path.join(workdir, "corpus"))
+  np.testing.assert_array_equal(resumed.weights, reference.weights)
+  assert resumed.records == reference.records
+  np.testing.assert_array_equal(resumed.base, reference.base)
+  leftovers = [f for f in os.listdir(os.path.join(workdir, "corpus")) if ".tmp" in f]
+  assert not leftovers
