@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Dtype = Any
@@ -339,7 +340,9 @@ def check_token_ids(name: str, ids: Any, num_tokens: int, size: int) -> None:
     raise ValueError(f"{name} must be integer, got {jnp.result_type(ids)}")
   if isinstance(ids, jax.core.Tracer):
     return
-  lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+  # numpy, not jnp: under an outer jit, jnp ops on a concrete constant still trace.
+  ids_np = np.asarray(ids)
+  lo, hi = int(ids_np.min()), int(ids_np.max())
   if lo < 0 or hi >= size:
     raise ValueError(f"{name} must lie in [0, {size}), got range [{lo}, {hi}]")
 

@@ -62,7 +62,17 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     meta = self.read_meta(step)
     check_meta(meta, self.meta, where=f"{self.directory} step {step}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(x):
+      # Leaves without a sharding (e.g. from jax.eval_shape) land on one local device, so a
+      # checkpoint written on another topology (8 devices -> 1) still restores.
+      s = ocp.utils.to_shape_dtype_struct(x)
+      if getattr(s, "sharding", None) is None:
+        s = jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=default)
+      return s
+
+    abstract = jax.tree.map(leaf, target)
     out = self._mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
     logging.info("restored step %d from %s", step, self.directory)

@@ -1,0 +1,104 @@
+"""Generator (prior-attention DiT) config, with size variants.
+
+Launch (from the repository root; the corpus must exist in WORKDIR/corpus or at
+--config.corpus_dir):
+
+  python launch/train.py --config=configs/dit.py --workdir=runs/default            # small (CPU)
+  python launch/train.py --config=configs/dit.py:tiny --workdir=/tmp/t2w_tiny      # tests
+  python launch/train.py --config=configs/dit.py:base --workdir=gs://.../run       # one GPU
+  python launch/train.py --config=configs/dit.py:large --workdir=gs://.../run \\
+      --config.mesh.data=-1 --config.mesh.model=4                                   # TPU pod
+
+``get_config(arg)``: "small" (default; minutes on a 2-core CPU), "tiny", "base" (the
+PyTorch T2W's size: width 1024, 6 layers, 8 heads, 576-value tokens), "large".
+On several hosts, launch the same command on every host; train.py calls
+``jax.distributed.initialize()`` when it sees more than one process.
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or "small"
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.corpus_dir = ml_collections.config_dict.placeholder(str)  # default: WORKDIR/corpus
+  # Tokenizer: blocks of one size that never cross parameters.
+  c.block_size = 256
+  c.token_group = "param"
+  c.max_classes = 32  # class tokens per task (padded)
+  c.prior_temperature = 1.0
+  # DiT and its ablation switches.
+  c.model = ml_collections.ConfigDict(dict(
+      width=128, depth=4, num_heads=4, mlp_ratio=4.0,
+      cond_adaln=True, cross_attention=True, prior_bias=True, text_as_token=False,
+      dtype="float32"))
+  # Discriminator on predicted x0 (adversarial loss with a real, non-zero weight).
+  c.disc = ml_collections.ConfigDict(dict(width=64, depth=1, num_heads=4, mlp_ratio=2.0,
+                                          text_conditioned=True, learning_rate=1e-4))
+  c.adv_weight = 0.01
+  c.adv_start = 200  # steps of pure diffusion before the adversarial term joins
+  c.perturb_eps = 0.0  # adversarial (FGSM) perturbation of x_t in normalised units; 0 = off
+  c.permute_aug = True  # hidden-unit permutations as data augmentation
+  # Diffusion.
+  c.schedule = "cosine"
+  c.num_timesteps = 1000
+  c.text_dropout = 0.1  # classifier-free guidance
+  c.layer_loss_weights = "uniform"  # or "size": weight layers by 1/sqrt(#values)
+  # Optimisation.
+  c.batch_size = 64
+  c.num_steps = 1500
+  c.learning_rate = 1e-3
+  c.warmup_steps = 100
+  c.weight_decay = 0.01
+  c.grad_clip = 1.0
+  c.ema_decay = 0.995
+  # Mesh: data x model; -1 means "all remaining devices".
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  # Bookkeeping.
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  # Sampling defaults used by generate() and the evaluators.
+  c.sampler = "ddim"
+  c.sample_steps = 50
+  c.guidance = 1.0
+
+  if arg == "tiny":
+    c.block_size = 64
+    c.model.update(width=32, depth=1, num_heads=2, mlp_ratio=2.0)
+    c.disc.update(width=16, depth=1, num_heads=2)
+    c.batch_size = 8
+    c.num_steps = 30
+    c.adv_start = 10
+    c.warmup_steps = 5
+    c.log_every = 10
+    c.checkpoint_every = 10
+    c.max_classes = 6
+    c.num_timesteps = 100
+    c.sample_steps = 10
+  elif arg == "small":
+    pass
+  elif arg == "base":
+    c.block_size = 576
+    c.model.update(width=1024, depth=6, num_heads=8, dtype="bfloat16")
+    c.disc.update(width=256, depth=2, num_heads=4)
+    c.batch_size = 256
+    c.num_steps = 100_000
+    c.learning_rate = 2e-4
+    c.warmup_steps = 2000
+    c.checkpoint_every = 5000
+    c.log_every = 200
+  elif arg == "large":
+    c.block_size = 576
+    c.model.update(width=2048, depth=24, num_heads=16, dtype="bfloat16")
+    c.disc.update(width=512, depth=4, num_heads=8)
+    c.batch_size = 2048
+    c.num_steps = 200_000
+    c.learning_rate = 1e-4
+    c.warmup_steps = 5000
+    c.checkpoint_every = 5000
+    c.log_every = 200
+    c.mesh.model = 4
+  else:
+    raise ValueError(f"unknown dit config variant {arg!r}; use tiny, small, base or large")
+  return c

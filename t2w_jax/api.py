@@ -1,0 +1,226 @@
+"""The public functional API: ``load(workdir)`` and ``generate(generator, text, ...)``.
+
+    import jax
+    from t2w_jax import api
+    gen = api.load("runs/default")
+    params = api.generate(gen, "red circle, blue star and green heart",
+                          rng=jax.random.PRNGKey(0), num_samples=4)
+    net, emb = api.subtask_net(gen), api.class_embeddings(gen, "red circle, blue star ...")
+    logits = net.apply({"params": api.take(params, 0)}, images, emb)
+
+``generate`` is a pure function of (generator, text, rng, settings): no state is kept
+between calls except compiled functions. The whole reverse chain runs in one ``lax.scan``
+under ``jit``.
+"""
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t2w_jax import text as text_lib
+from t2w_jax.diffusion import get_sampler, get_schedule
+from t2w_jax.text.condition import text_condition
+from t2w_jax.train import checkpoint as ckpt_lib
+from t2w_jax.train import state as state_lib
+from t2w_jax.weights import ParamLayout
+from t2w_jax.zoo.cnn import SubtaskCNN
+
+
+@dataclasses.dataclass(eq=False)
+class Generator:
+  """What ``generate`` needs: the spec (config, layout, tokenizer, normalisation), the EMA
+  DiT parameters, and the text encoder (loaded lazily on first text)."""
+  spec: state_lib.GeneratorSpec
+  params: Any
+  workdir: str | None = None
+  step: int | None = None
+  _encoder: Any = None
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def encoder(self):
+    if self._encoder is None:
+      self._encoder = text_lib.get_encoder(self.spec.encoder)
+    return self._encoder
+
+  @property
+  def config(self) -> dict:
+    return self.spec.config
+
+  @property
+  def layout(self) -> ParamLayout:
+    return self.spec.layout
+
+
+def load(workdir: str, *, step: int | None = None, encoder=None) -> Generator:
+  """Loads a trained generator (EMA parameters of the latest or given checkpoint).
+
+  Args:
+    workdir: the training run's directory.
+    step: a checkpoint step; None for the latest.
+    encoder: an already loaded text encoder to use (must have the spec's name).
+
+  Raises:
+    FileNotFoundError: no generator or no checkpoint in ``workdir``.
+    ValueError: the checkpoint was written with another config.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"workdir {workdir!r} does not exist")
+  spec = state_lib.GeneratorSpec.load(workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+                               save_every=0)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first")
+  config = _config_dict(spec.config)
+  abstract = jax.eval_shape(
+      lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)), jax.random.PRNGKey(0))
+  state = ckpt.restore(abstract, step)
+  ckpt.close()
+  if encoder is not None and encoder.name != spec.encoder:
+    raise ValueError(f"generator was trained with text encoder {spec.encoder!r}, "
+                     f"got {encoder.name!r}")
+  return Generator(spec, state.ema_params, workdir, int(state.step), encoder)
+
+
+def _config_dict(d: dict):
+  import ml_collections
+  return ml_collections.ConfigDict(d)
+
+
+def class_names(text: str | Sequence[str]) -> list[str]:
+  """A description ("a, b and c") or a list of class names -> cleaned class names."""
+  if isinstance(text, str):
+    names = text_lib.split_description(text)
+  else:
+    names = [text_lib.clean_class_name(str(n)) for n in text]
+  if not names or any(not n.strip() for n in names):
+    raise ValueError(f"empty description: need at least one class name, got {text!r}")
+  return names
+
+
+def class_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
+  """(K, d) embeddings of the described classes, with the generator's prompt template."""
+  names = class_names(text)
+  return gen.encoder.encode(text_lib.apply_template(names, gen.spec.template))
+
+
+def subtask_net(gen: Generator, conv_impl: str = "lax") -> SubtaskCNN:
+  """The SubtaskCNN module whose ``apply`` takes the generated parameters."""
+  c = gen.spec.cnn
+  return SubtaskCNN(widths=tuple(c["widths"]), strides=tuple(c["strides"]),
+                    embed_dim=int(c["embed_dim"]), logit_scale=float(c["logit_scale"]),
+                    conv_impl=conv_impl)
+
+
+def pad_classes(class_emb: np.ndarray, max_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """(K, d) -> (K', d) zero-padded to at least max_classes, and the (K',) mask."""
+  k = class_emb.shape[0]
+  kp = max(k, max_classes)
+  out = np.zeros((kp, class_emb.shape[1]), np.float32)
+  out[:k] = class_emb
+  return out, np.arange(kp) < k
+
+
+def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
+  """A jitted (params, class_emb, mask, rng, guidance) -> flat (B, D) weights."""
+  key = (sampler, steps, guidance_on)
+  if key in gen._cache:
+    return gen._cache[key]
+  spec = gen.spec
+  dit = state_lib.build_dit(spec)
+  tok, norms = spec.tokenizer, spec.norms
+  lids, bids = jnp.asarray(tok.layer_ids), jnp.asarray(tok.block_ids)
+  schedule = get_schedule(spec.config["schedule"], spec.config["num_timesteps"])
+  smp = get_sampler(sampler, num_steps=steps) if sampler == "ddim" else get_sampler(sampler)
+  temperature = spec.config["prior_temperature"]
+
+  def run(params, class_emb, mask, rng, guidance):
+    b = class_emb.shape[0]
+    cond = text_condition(class_emb, mask, temperature)
+    null = dict(cond, drop=jnp.ones((b,), bool))
+
+    def denoise(x_t, t, c):
+      return dit.apply({"params": params}, x_t, t, lids, bids, c)
+
+    tokens = smp(denoise, schedule, rng, (b,) + tok.token_shape, cond,
+                 null_cond=null if guidance_on else None,
+                 guidance=guidance if guidance_on else 1.0)
+    return tok.detokenize(norms.denormalize(tokens))
+
+  fn = jax.jit(run)
+  gen._cache[key] = fn
+  return fn
+
+
+def sample_flat(gen: Generator, class_emb, class_mask, *, rng, steps: int | None = None,
+                guidance: float | None = None, sampler: str | None = None) -> jax.Array:
+  """Batched core of ``generate``: (B, K, d) embeddings + (B, K) masks -> (B, D) weights."""
+  c = gen.spec.config
+  sampler = sampler or c["sampler"]
+  steps = int(steps or c["sample_steps"])
+  guidance = float(c["guidance"] if guidance is None else guidance)
+  fn = _sampler_fn(gen, sampler, steps, guidance != 1.0)
+  return fn(gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool),
+            rng, jnp.float32(guidance))
+
+
+def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int = 1,
+             steps: int | None = None, guidance: float | None = None,
+             sampler: str | None = None) -> dict:
+  """Generates subtask-CNN parameters for the described task.
+
+  Args:
+    gen: from ``load``.
+    text: class names, or one string split on commas and "and".
+    rng: PRNG key; the same key gives the same nets.
+    num_samples: nets to generate.
+    steps: sampler steps (DDIM); default from the config (50).
+    guidance: classifier-free guidance scale (1.0 = conditional only).
+    sampler: "ddim" or "ddpm".
+
+  Returns:
+    A params pytree with a leading ``num_samples`` axis; ``take(params, i)`` is the i-th
+    net, ready for ``subtask_net(gen).apply({"params": ...}, images, class_emb)``.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  emb = class_embeddings(gen, text)
+  padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
+  flat = sample_flat(gen, np.repeat(padded[None], num_samples, 0),
+                     np.repeat(mask[None], num_samples, 0), rng=rng, steps=steps,
+                     guidance=guidance, sampler=sampler)
+  return gen.layout.unflatten(flat)
+
+
+def take(params, i: int):
+  """The i-th net of a batched params pytree."""
+  return jax.tree.map(lambda a: a[i], params)
+
+
+def save_net(path: str, gen: Generator, params, text: str | Sequence[str]) -> None:
+  """Writes one generated net as a standalone .npz (weights, layout, CNN, class texts)."""
+  from t2w_jax.zoo.corpus import atomic_save_npz
+  names = class_names(text)
+  flat = np.asarray(gen.layout.flatten(params))
+  meta = {"layout": gen.layout.to_json(), "cnn": gen.spec.cnn, "classes": names,
+          "encoder": gen.spec.encoder, "template": gen.spec.template,
+          "image_size": gen.spec.image_size}
+  atomic_save_npz(path, weights=flat, class_emb=class_embeddings(gen, names),
+                  meta=np.array(json.dumps(meta)))
+
+
+def load_net(path: str):
+  """Reads a net written by ``save_net``: (params, SubtaskCNN, class names, class_emb)."""
+  with np.load(path) as z:
+    meta = json.loads(str(z["meta"]))
+    layout = ParamLayout.from_json(meta["layout"])
+    params = layout.unflatten(jnp.asarray(z["weights"]))
+    c = meta["cnn"]
+    net = SubtaskCNN(widths=tuple(c["widths"]), strides=tuple(c["strides"]),
+                     embed_dim=int(c["embed_dim"]), logit_scale=float(c["logit_scale"]))
+    return params, net, meta["classes"], z["class_emb"]

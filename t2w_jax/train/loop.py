@@ -1,0 +1,149 @@
+"""The training loop: corpus → sharded train state → steps → checkpoints.
+
+``train(config, workdir)`` is what ``launch/train.py`` calls. It resumes from the latest
+checkpoint in ``workdir/checkpoints``; batches are a pure function of (seed, step), so a
+run stopped at step N and resumed reaches the same state as an uninterrupted run.
+"""
+import functools
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.train import checkpoint as ckpt_lib
+from t2w_jax.train import mesh as mesh_lib
+from t2w_jax.train import reporting
+from t2w_jax.train import state as state_lib
+from t2w_jax.train.step import make_train_step
+from t2w_jax.zoo import corpus as corpus_lib
+
+
+class CorpusBatches:
+  """Seen-split corpus rows with their padded class embeddings, batched by step.
+
+  Args:
+    corpus: an opened Corpus.
+    max_classes: K, class slots per example.
+    batch_size: global batch size.
+    seed: batches are drawn from ``default_rng([seed, step])``.
+  """
+
+  def __init__(self, corpus, max_classes: int, batch_size: int, seed: int):
+    rows = corpus.indices("seen")
+    self.weights = np.asarray(corpus.weights[rows], np.float32)
+    tasks = [tasks_lib.Task(0, "seen", tuple(corpus.records[i]["class_ids"]), 0) for i in rows]
+    self.class_ids, self.mask = tasks_lib.pad_tasks(tasks, max_classes)
+    self.class_emb = np.asarray(corpus.class_emb, np.float32)
+    self.batch_size = batch_size
+    self.seed = seed
+
+  def __len__(self):
+    return len(self.weights)
+
+  def __call__(self, step: int) -> dict:
+    idx = np.random.default_rng([self.seed, step]).integers(0, len(self), self.batch_size)
+    return {"weights": self.weights[idx], "class_emb": self.class_emb[self.class_ids[idx]],
+            "class_mask": self.mask[idx]}
+
+
+def open_training_corpus(config, workdir: str):
+  return corpus_lib.open_corpus(config.corpus_dir or os.path.join(workdir, "corpus"))
+
+
+def load_or_make_spec(config, workdir: str, corpus) -> state_lib.GeneratorSpec:
+  """Reads workdir/generator.json when resuming (checking it matches), else writes it."""
+  fresh = state_lib.spec_from_corpus(config, corpus)
+  if os.path.exists(os.path.join(workdir, state_lib.SPEC_FILE)):
+    stored = state_lib.GeneratorSpec.load(workdir)
+    ckpt_lib.check_meta(stored.identity(), fresh.identity(),
+                        where=os.path.join(workdir, state_lib.SPEC_FILE))
+    return stored
+  fresh.save(workdir)
+  return fresh
+
+
+def create_sharded_state(spec, config, mesh):
+  """Initialises the TrainState directly into its shardings; returns (state, shardings)."""
+  init = functools.partial(state_lib.init_state, spec, config)
+  rng = jax.random.PRNGKey(config.seed)
+  with mesh_lib.activate(mesh):
+    abstract = jax.eval_shape(init, rng)
+    shardings = mesh_lib.state_shardings(abstract, mesh)
+    state = jax.jit(lambda r: state_lib.unbox(init(r)), out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def compile_step(spec, config, mesh, shardings):
+  """The jitted train step with in/out shardings and the state donated."""
+  step = make_train_step(spec, config)
+  return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, None), donate_argnums=0)
+
+
+def put_batch(batch: dict, mesh) -> dict:
+  """Host batch -> global arrays split over 'data' (each process feeds its own rows)."""
+  sharding = mesh_lib.batch_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  n, i = jax.process_count(), jax.process_index()
+  local = jax.tree.map(lambda a: a[i * len(a) // n:(i + 1) * len(a) // n], batch)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), local)
+
+
+def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
+  """Trains (or resumes) the generator in ``workdir``.
+
+  Args:
+    config: a configs/dit.py ConfigDict.
+    workdir: run directory (checkpoints, generator.json, TensorBoard events).
+    stop_after: stop (with a checkpoint) once this step is reached; for tests and for
+      splitting a long run.
+
+  Returns:
+    Final metrics (floats) and ``steps_per_sec``.
+  """
+  mesh_lib.maybe_initialize_distributed()
+  os.makedirs(workdir, exist_ok=True)
+  corpus = open_training_corpus(config, workdir)
+  spec = load_or_make_spec(config, workdir, corpus)
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.model)
+  if config.batch_size % mesh.shape["data"]:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the data axis "
+                     f"({mesh.shape['data']} devices)")
+  state, shardings = create_sharded_state(spec, config, mesh)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+                               save_every=config.checkpoint_every, keep=config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+  start = int(state.step)
+  batches = CorpusBatches(corpus, config.max_classes, config.batch_size, config.seed)
+  logging.info("generator: %d seen nets, %d tokens of %d, mesh %s, steps %d -> %d",
+               len(batches), spec.tokenizer.num_tokens, spec.tokenizer.block_size,
+               dict(mesh.shape), start, config.num_steps)
+  step_fn = compile_step(spec, config, mesh, shardings)
+  writer = reporting.MetricWriter(os.path.join(workdir, "tb") if jax.process_index() == 0
+                                  else None)
+  progress = reporting.ProgressReporter(config.num_steps, every_secs=15.0)
+  end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
+  history, last, t0 = [], {}, time.time()
+  with mesh_lib.activate(mesh):
+    for step in range(start, end):
+      state, metrics = step_fn(state, put_batch(batches(step), mesh))
+      history.append(metrics)
+      done = step + 1
+      if done % config.log_every == 0 or done == end:
+        last = {k: float(np.mean([m[k] for m in history])) for k in history[0]}
+        writer.write_scalars(done, last)
+        history = []
+      progress(done)
+      ckpt.save(done, state)
+  ckpt.save(int(state.step), state, force=True)
+  ckpt.close()
+  writer.close()
+  last["steps_per_sec"] = (end - start) / max(time.time() - t0, 1e-9)
+  last["step"] = int(state.step)
+  return last

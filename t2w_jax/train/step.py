@@ -1,0 +1,118 @@
+"""The pure train step: diffusion loss + adversarial loss, a discriminator step, EMA.
+
+One call of ``train_step(state, batch)``:
+
+1. augments each corpus net with a random hidden-unit permutation (same function,
+   different weights), tokenizes and normalises it: x0 (B, L, P);
+2. draws t and noise, forms x_t, drops the text of a ``text_dropout`` fraction
+   (classifier-free guidance), and optionally nudges x_t adversarially (FGSM on the
+   diffusion loss, ``perturb_eps``);
+3. updates the DiT on ``x0_loss + adv_weight * softplus(-D(x0_pred))`` (non-saturating; the
+   adversarial term joins after ``adv_start`` steps);
+4. updates the discriminator on real x0 against the (stopped) predictions;
+5. updates the EMA parameters.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
+from t2w_jax.text.condition import text_condition
+from t2w_jax.train.state import (GeneratorSpec, TrainState, build_disc, build_dit,
+                                 build_optimizers)
+from t2w_jax.weights import permute_flat
+
+
+def layer_token_weights(spec: GeneratorSpec) -> np.ndarray | None:
+  """Per-token loss weights: None (uniform) or 1/sqrt(layer size), mean 1 over tokens."""
+  how = spec.config["layer_loss_weights"]
+  if how == "uniform":
+    return None
+  if how != "size":
+    raise ValueError(f"unknown layer_loss_weights {how!r}; use 'uniform' or 'size'")
+  tok = spec.tokenizer
+  w = 1.0 / np.sqrt(np.asarray(tok.layer_sizes, np.float64))[tok.layer_ids]
+  return (w / w.mean()).astype(np.float32)
+
+
+def make_train_step(spec: GeneratorSpec, config):
+  """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+
+  ``batch`` holds ``weights`` (B, D) raw flat corpus rows, ``class_emb`` (B, K, d) and
+  ``class_mask`` (B, K).
+  """
+  dit, disc = build_dit(spec), build_disc(spec)
+  tx, disc_tx = build_optimizers(config)
+  tok, norms, layout = spec.tokenizer, spec.norms, spec.layout
+  schedule = get_schedule(config.schedule, config.num_timesteps)
+  lids, bids = jnp.asarray(tok.layer_ids), jnp.asarray(tok.block_ids)
+  mask = jnp.asarray(tok.mask)
+  layer_w = layer_token_weights(spec)
+  layer_w = None if layer_w is None else jnp.asarray(layer_w)
+  use_adv = config.adv_weight > 0
+
+  def denoise(params, x_t, t, text):
+    return dit.apply({"params": params}, x_t, t, lids, bids, text)
+
+  def critic(disc_params, tokens, fused):
+    return disc.apply({"params": disc_params}, tokens, lids, bids, fused)
+
+  def train_step(state: TrainState, batch):
+    rng, k_perm, k_t, k_noise, k_drop = jax.random.split(state.rng, 5)
+    flat = batch["weights"]
+    if config.permute_aug:
+      flat = permute_flat(k_perm, flat, layout)
+    x0 = norms.normalize(tok.tokenize(flat))
+    b = x0.shape[0]
+    t = jax.random.randint(k_t, (b,), 0, schedule.num_timesteps)
+    noise = jax.random.normal(k_noise, x0.shape) * mask
+    x_t = q_sample(schedule, x0, t, noise)
+    drop = jax.random.uniform(k_drop, (b,)) < config.text_dropout
+    text = text_condition(batch["class_emb"], batch["class_mask"], config.prior_temperature,
+                          drop)
+    if config.perturb_eps > 0:
+      # Adversarial weight perturbation: move x_t a step up the diffusion loss.
+      g = jax.grad(lambda x: x0_loss(denoise(state.params, x, t, text), x0, mask))(x_t)
+      x_t = jax.lax.stop_gradient(x_t + config.perturb_eps * jnp.sign(g) * mask)
+    adv_scale = jnp.where(state.step >= config.adv_start, config.adv_weight, 0.0)
+
+    def loss_fn(params):
+      pred = denoise(params, x_t, t, text)
+      diff = x0_loss(pred, x0, mask, layer_w)
+      if not use_adv:
+        return diff, (diff, jnp.zeros(()), pred)
+      adv = jnp.mean(jax.nn.softplus(-critic(state.disc_params, pred * mask, text["fused"])))
+      return diff + adv_scale * adv, (diff, adv, pred)
+
+    (loss, (diff, adv, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p,
+                       state.ema_params, params)
+    metrics = {"loss": loss, "diffusion_loss": diff, "adv_loss": adv,
+               "grad_norm": optax.global_norm(grads)}
+
+    disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+    if use_adv:
+      fake = jax.lax.stop_gradient(pred) * mask
+
+      def disc_loss_fn(dp):
+        real_logits = critic(dp, x0, text["fused"])
+        fake_logits = critic(dp, fake, text["fused"])
+        loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+        return loss, jnp.mean((real_logits > 0) == (fake_logits < 0))
+
+      (d_loss, d_acc), d_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(disc_params)
+      d_updates, disc_opt_state = disc_tx.update(d_grads, disc_opt_state, disc_params)
+      disc_params = optax.apply_updates(disc_params, d_updates)
+      metrics.update(disc_loss=d_loss, disc_acc=d_acc)
+
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                              opt_state=opt_state, disc_params=disc_params,
+                              disc_opt_state=disc_opt_state, rng=rng)
+    return new_state, metrics
+
+  return train_step
