@@ -26,6 +26,7 @@ from t2w_jax import text as text_lib
 from t2w_jax.diffusion import get_sampler, get_schedule
 from t2w_jax.text.condition import text_condition
 from t2w_jax.train import checkpoint as ckpt_lib
+from t2w_jax.train import reporting
 from t2w_jax.train import state as state_lib
 from t2w_jax.weights import ParamLayout
 from t2w_jax.zoo.cnn import SubtaskCNN
@@ -72,6 +73,7 @@ def load(workdir: str, *, step: int | None = None, encoder=None) -> Generator:
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir!r} does not exist")
   spec = state_lib.GeneratorSpec.load(workdir)
+  reporting.quiet_library_logs()
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
                                save_every=0)
   if ckpt.latest_step() is None:

@@ -107,6 +107,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     Final metrics (floats) and ``steps_per_sec``.
   """
   mesh_lib.maybe_initialize_distributed()
+  reporting.quiet_library_logs()
   os.makedirs(workdir, exist_ok=True)
   corpus = open_training_corpus(config, workdir)
   spec = load_or_make_spec(config, workdir, corpus)

@@ -43,7 +43,8 @@ def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict
   """What identifies a corpus: a reopened directory must match it exactly."""
   return {
       "layout": layout.to_json(), "encoder": encoder_name, "template": config.template,
-      "dataset": config.dataset, "num_classes": len(dataset.class_names),
+      "dataset": config.dataset, "dataset_kwargs": config.dataset_kwargs.to_dict(),
+      "num_classes": len(dataset.class_names),
       "image_size": config.image_size, "model": config.model.to_dict(),
       "trainer": config.trainer.to_dict(), "base": config.base.to_dict(),
       "seed": config.seed, "shard_size": config.shard_size,

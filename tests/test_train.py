@@ -1,0 +1,158 @@
+"""Generator training: loss goes down, exact resume, 8-device == 1-device, API, errors."""
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import corpus as corpus_config
+from configs import dit as dit_config
+from t2w_jax import api
+from t2w_jax.train import loop
+from t2w_jax.train import mesh as mesh_lib
+from t2w_jax.zoo import make_corpus as make_corpus_lib
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("train_corpus"))
+  c = corpus_config.get_config("tiny")
+  c.num_devices = 2
+  make_corpus_lib.make_corpus(c, workdir)
+  return os.path.join(workdir, "corpus")
+
+
+def tiny(corpus_dir, **overrides):
+  c = dit_config.get_config("tiny")
+  c.corpus_dir = corpus_dir
+  c.mesh.data = 2  # 2 of the 8 simulated devices: cheaper to compile than 8
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _leaves_close(a, b, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("gen"))
+  metrics = loop.train(tiny(corpus_dir, num_steps=60, log_every=30, adv_start=30), workdir)
+  return workdir, metrics
+
+
+def test_loss_goes_down(corpus_dir, tmp_path):
+  config = tiny(corpus_dir, num_steps=60, log_every=60, adv_weight=0.0, learning_rate=3e-3)
+  corpus = loop.open_training_corpus(config, str(tmp_path))
+  spec = loop.load_or_make_spec(config, str(tmp_path), corpus)
+  mesh = mesh_lib.make_mesh(1, 1)
+  state, shardings = loop.create_sharded_state(spec, config, mesh)
+  step = loop.compile_step(spec, config, mesh, shardings)
+  batches = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)
+  losses = []
+  with mesh_lib.activate(mesh):
+    for i in range(config.num_steps):
+      state, m = step(state, loop.put_batch(batches(i), mesh))
+      losses.append(float(m["diffusion_loss"]))
+  first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+  assert last < 0.9 * first, (first, last)
+
+
+def test_resume_reaches_same_state(corpus_dir, tmp_path):
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  config = tiny(corpus_dir, num_steps=20, checkpoint_every=10)
+  loop.train(config, a)
+  loop.train(config, b, stop_after=10)  # "killed" after the step-10 checkpoint
+  loop.train(config, b)
+  ga, gb = api.load(a), api.load(b)
+  assert ga.step == gb.step == 20
+  _leaves_close(ga.params, gb.params, atol=1e-6)
+
+
+def test_eight_devices_match_one(corpus_dir, tmp_path):
+  """One train step on a (4 data x 2 model) mesh equals the step on one device."""
+  assert len(jax.devices()) >= 8
+  config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01)
+  corpus = loop.open_training_corpus(config, str(tmp_path))
+  spec = loop.load_or_make_spec(config, str(tmp_path), corpus)
+  batch = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)(0)
+  out = {}
+  for shape in ((1, 1), (4, 2)):
+    mesh = mesh_lib.make_mesh(*shape)
+    state, shardings = loop.create_sharded_state(spec, config, mesh)
+    step = loop.compile_step(spec, config, mesh, shardings)
+    with mesh_lib.activate(mesh):
+      state, metrics = step(state, loop.put_batch(batch, mesh))
+      state, metrics = step(state, loop.put_batch(batch, mesh))
+    out[shape] = (jax.device_get(state), jax.device_get(metrics))
+  (s1, m1), (s8, m8) = out[(1, 1)], out[(4, 2)]
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], atol=1e-5, rtol=1e-5)
+  _leaves_close(s1.params, s8.params, atol=1e-5)
+  _leaves_close(s1.disc_params, s8.disc_params, atol=1e-5)
+
+
+def test_generate_plugs_into_apply(trained):
+  workdir, _ = trained
+  gen = api.load(workdir)
+  text = "red circle, blue star and green heart"
+  params = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5)
+  net, emb = api.subtask_net(gen), api.class_embeddings(gen, text)
+  images = jnp.zeros((4, gen.spec.image_size, gen.spec.image_size, 3), jnp.uint8)
+  logits = net.apply({"params": api.take(params, 1)}, images, emb)
+  assert logits.shape == (4, 3) and np.all(np.isfinite(logits))
+  again = api.generate(gen, ["red circle", "blue star", "green heart"],
+                       rng=jax.random.PRNGKey(0), num_samples=3, steps=5)
+  _leaves_close(params, again, atol=0)  # same rng, same nets
+  other = api.generate(gen, text, rng=jax.random.PRNGKey(1), num_samples=3, steps=5)
+  assert not np.allclose(params["head"]["kernel"], other["head"]["kernel"])
+  guided = api.generate(gen, text, rng=jax.random.PRNGKey(0), steps=5, guidance=3.0)
+  assert np.all(np.isfinite(guided["head"]["kernel"]))
+
+
+def test_saved_net_round_trip(trained, tmp_path):
+  workdir, _ = trained
+  gen = api.load(workdir)
+  params = api.take(api.generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0),
+                                 steps=3), 0)
+  path = str(tmp_path / "net.npz")
+  api.save_net(path, gen, params, "red circle and blue star")
+  back, net, names, emb = api.load_net(path)
+  assert names == ["red circle", "blue star"]
+  _leaves_close(params, back, atol=0)
+  x = jnp.ones((2, gen.spec.image_size, gen.spec.image_size, 3))
+  np.testing.assert_allclose(net.apply({"params": back}, x, emb),
+                             api.subtask_net(gen).apply({"params": params}, x, emb), atol=1e-6)
+
+
+def test_errors(trained, corpus_dir, tmp_path):
+  workdir, _ = trained
+  gen = api.load(workdir)
+  for empty in ("", "  ,  and ", []):
+    with pytest.raises(ValueError, match="empty description|names no class"):
+      api.generate(gen, empty, rng=jax.random.PRNGKey(0))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    api.load(str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="no generator"):
+    api.load(str(tmp_path))
+  # A checkpoint written with another config is refused by name, both when resuming
+  # training and when loading.
+  other = str(tmp_path / "other")
+  shutil.copytree(workdir, other)
+  bigger = tiny(corpus_dir, num_steps=70)
+  bigger.model.width = 48
+  with pytest.raises(ValueError, match="another config.*model"):
+    loop.train(bigger, other)
+  spec_path = os.path.join(other, "generator.json")
+  import json
+  with open(spec_path) as f:
+    spec = json.load(f)
+  spec["config"]["model"]["depth"] = 3
+  with open(spec_path, "w") as f:
+    json.dump(spec, f)
+  with pytest.raises(ValueError, match="another config.*model"):
+    api.load(other)
