@@ -12,6 +12,7 @@ Importing this package does not import transformers; encoders load it on first u
 from t2w_jax.text.cache import EmbeddingCache
 from t2w_jax.text.encoders import TextEncoder
 from t2w_jax.text.encoders import get_encoder
+from t2w_jax.text.encoders import get_encoder_with_fallback
 from t2w_jax.text.encoders import known_encoders
 from t2w_jax.text.prior import MASKED_LOG_PRIOR
 from t2w_jax.text.prior import fuse
@@ -32,6 +33,7 @@ __all__ = [
     "clean_class_name",
     "fuse",
     "get_encoder",
+    "get_encoder_with_fallback",
     "known_encoders",
     "log_prior",
     "prior_logits",

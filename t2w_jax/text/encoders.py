@@ -301,3 +301,22 @@ class JitTextEncoder:
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+def get_encoder_with_fallback(name: str, fallback: str | None = "minilm",
+                              **kwargs: Any) -> TextEncoder:
+  """``get_encoder(name)``, or, if its weights cannot be loaded, ``get_encoder(fallback)``.
+
+  The real-data configs ask for CLIP ViT-B/32 (a local folder or a hub name); on a machine
+  without those weights (offline, no cache) they fall back to the packaged MiniLM with a
+  logged warning rather than failing. The encoder actually used is recorded by name in the
+  corpus, so nothing downstream can mix the two.
+  """
+  try:
+    return get_encoder(name, **kwargs)
+  except (OSError, ImportError, ValueError, EnvironmentError) as e:
+    if not fallback or fallback == name:
+      raise
+    logging.warning("text encoder %r is not available (%s: %s); falling back to %r",
+                    name, type(e).__name__, str(e).splitlines()[0][:200], fallback)
+    return get_encoder(fallback)

@@ -73,7 +73,8 @@ def make_corpus(config, workdir: str) -> dict:
   os.makedirs(path, exist_ok=True)
   dataset = load_data(config)
   names = dataset.class_names
-  encoder = text_lib.get_encoder(config.text_encoder)
+  encoder = text_lib.get_encoder_with_fallback(config.text_encoder,
+                                               config.get("text_fallback"))
   class_emb = text_lib.EmbeddingCache(encoder, template=config.template).get(names)
   logging.info("dataset %s: %d classes, %d train images at %dpx; text %s (d=%d)",
                config.dataset, len(names), len(dataset.train_labels), config.image_size,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job on the embedded default, from a fresh clone: corpus -> generator -> evaluation,
+# ending with the results table. Resumable: rerun with the same WORKDIR to continue.
+#   bash scripts/run_default.sh [WORKDIR]      (default: runs/default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKDIR=${1:-runs/default}
+bash scripts/setup_env.sh
+. .venv/bin/activate
+export JAX_PLATFORMS=${JAX_PLATFORMS:-} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+[ -n "$JAX_PLATFORMS" ] || unset JAX_PLATFORMS
+mkdir -p "$WORKDIR"
+start=$(date +%s)
+stage() { echo "== $1 ($(( $(date +%s) - start )) s elapsed)"; }
+# run LOG FILTER CMD...: full output to LOG, the lines matching FILTER to the terminal;
+# stops the job (naming the log) if CMD fails.
+run() {
+  local log=$1 filter=$2; shift 2
+  set +e
+  "$@" 2>&1 | tee "$log" | grep --line-buffered -E "$filter"
+  local status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then echo "failed ($status): see $log" >&2; exit "$status"; fi
+}
+stage "corpus"
+run "$WORKDIR/corpus.log" 'corpus:|base net:|^\||nets in' \
+  python launch/make_corpus.py --config=configs/corpus.py --workdir="$WORKDIR"
+stage "generator"
+run "$WORKDIR/train.log" 'progress:|step [0-9]+:|done:' \
+  python launch/train.py --config=configs/dit.py --workdir="$WORKDIR"
+stage "evaluation"
+run "$WORKDIR/eval.log" '^[^IW]|^I.*(evaluat|progress)' \
+  python launch/evaluate.py --config=configs/eval.py --workdir="$WORKDIR"
+stage "done"
