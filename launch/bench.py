@@ -1,0 +1,83 @@
+"""Benchmarks: the corpus trainer and the DiT.
+
+  python launch/bench.py corpus [--quick] [--json PATH] [--repeats N] [--nets N] ...
+  python launch/bench.py dit [--quick] [--json PATH] [--repeats N] [--dtype bfloat16] ...
+
+``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
+core) against a plain per-net loop in a subprocess with default threading, both in
+net-steps/s and GFLOP/s, against a large matmul. ``dit``: DiT train samples/s and denoising
+latency at the PyTorch T2W's CIFAR-100 size, MFU, and DDIM-50 generation time at the small
+config, with the PyTorch reference figures. ``--quick`` runs tiny sizes once (smoke test).
+See t2w_jax/bench/ for what exactly is timed.
+"""
+import argparse
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+from t2w_jax import platform  # noqa: E402  (must run before JAX is imported)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="which", required=True)
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
+  common.add_argument("--json", help="also write the results to this JSON file")
+  common.add_argument("--repeats", type=int, help="timed repeats (median reported)")
+  common.add_argument("--matmul_size", type=int, help="n of the n^3 peak matmul")
+
+  c = sub.add_parser("corpus", parents=[common], help="en-masse trainer vs per-net loop")
+  c.add_argument("--variant", default="", help="configs/corpus.py variant ('' or 'tiny')")
+  c.add_argument("--nets", type=int, help="nets per trainer call (default 2 x chunk x devices)")
+  c.add_argument("--baseline_nets", type=int, help="nets of the per-net loop per repeat")
+  c.add_argument("--steps", type=int, help="train steps per net (default: config)")
+  c.add_argument("--nets_per_chunk", type=int, help="override the config's vmap chunk")
+  c.add_argument("--conv_impl", choices=["lax", "im2col"], help="override the trainer's conv")
+  c.add_argument("--data", choices=["auto", "shapes", "synthetic"],
+                 help="dataset (default auto: the embedded shapes, else synthetic)")
+
+  d = sub.add_parser("dit", parents=[common], help="DiT training, denoising and sampling")
+  d.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                 help="DiT compute dtype at the CIFAR size (auto: f32 on CPU, bf16 else)")
+  d.add_argument("--host_devices", action="store_true",
+                 help="one single-threaded XLA device per CPU core (batch split over them)")
+  d.add_argument("--train_steps", type=int, help="train steps per timed repeat")
+  return parser
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if args.which == "corpus" or args.host_devices:
+    platform.setup_host_devices()
+  import logging  # noqa: PLC0415  (after the platform set-up, like every JAX import)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "no TPU backend" notices
+  from t2w_jax import bench  # noqa: PLC0415
+
+  if args.which == "corpus":
+    from configs import corpus as corpus_config  # noqa: PLC0415
+    from t2w_jax.bench import corpus_bench  # noqa: PLC0415
+    settings = corpus_bench.settings_from_config(
+        corpus_config.get_config(args.variant), quick=args.quick, repeats=args.repeats,
+        matmul_size=args.matmul_size, nets=args.nets, baseline_nets=args.baseline_nets,
+        steps=args.steps, nets_per_chunk=args.nets_per_chunk, conv_impl=args.conv_impl,
+        data=args.data)
+    result = corpus_bench.run(settings)
+    report = corpus_bench.format_report(result)
+  else:
+    from configs import dit as dit_config  # noqa: PLC0415
+    from t2w_jax.bench import dit_bench  # noqa: PLC0415
+    result = dit_bench.run(dit_config.get_config("tiny" if args.quick else "small"),
+                           quick=args.quick, repeats=args.repeats, dtype=args.dtype,
+                           matmul_size=args.matmul_size, train_steps=args.train_steps)
+    report = dit_bench.format_report(result)
+  print(report, flush=True)
+  if args.json:
+    bench.write_json(args.json, result)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,154 @@
+"""t2w_jax.bench: benchmarks of the corpus trainer and of the DiT, and their timing helpers.
+
+    python launch/bench.py corpus [--quick] [--json PATH]   # corpus_bench.py (corpus issue)
+    python launch/bench.py dit [--quick] [--json PATH]      # dit_bench.py (generator issue)
+
+Every figure is the median of a few timed repeats taken after a warm-up (compilation), with
+``jax.block_until_ready`` on the outputs, so asynchronous dispatch cannot flatter a number.
+The helpers here (machine description, timing, matmul peak, tables, JSON output) are shared
+by both benchmarks and know nothing about either.
+"""
+import json
+import os
+import platform as py_platform
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return py_platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+  """What the numbers were measured on: CPU, cores, JAX backend and devices, XLA flags."""
+  devices = jax.local_devices()
+  return {
+      "cpu": cpu_model(),
+      "cpu_cores": os.cpu_count(),
+      "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
+      "num_devices": len(devices),
+      "device_kind": devices[0].device_kind if devices else "none",
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def describe_machine(info: dict) -> str:
+  """One line naming the machine of ``machine_info``."""
+  return (f"{info['cpu']}, {info['cpu_cores']} cores; jax {info['jax_version']} "
+          f"{info['backend']}: {info['num_devices']} x {info['device_kind']}"
+          + (f"; XLA_FLAGS={info['xla_flags']}" if info["xla_flags"] else ""))
+
+
+def time_calls(fn: Callable[..., Any], *args, repeats: int = 3, warmup: int = 1) -> list[float]:
+  """Wall-clock seconds of ``repeats`` calls of ``fn(*args)``, after ``warmup`` calls.
+
+  Each call is timed up to ``jax.block_until_ready`` of its output.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}")
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def median(xs: Sequence[float]) -> float:
+  """The median of a non-empty sequence."""
+  if not xs:
+    raise ValueError("median of an empty sequence")
+  return float(statistics.median(xs))
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled program from XLA's cost analysis.
+
+  Beware: XLA counts the body of a while loop (``lax.scan``, ``lax.map``) once, not once per
+  iteration, so use this on loop-free programs and scale by the trip count yourself.
+  """
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per device program
+    cost = cost[0]
+  if not cost or "flops" not in cost:
+    raise ValueError("XLA cost analysis gave no flop count for this program")
+  return float(cost["flops"])
+
+
+def default_matmul_size() -> int:
+  """n of the peak matmul: 2048 on CPU (seconds per call), 8192 on accelerators."""
+  return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 3,
+                devices: Sequence[Any] | None = None) -> dict:
+  """GFLOP/s of an n x n x n matmul on every device at once (one matmul per device).
+
+  With one single-threaded XLA device per core this measures the whole CPU under the same
+  set-up as a program sharded over those devices; with one device (a GPU, or a CPU device
+  using all cores) it is the usual single-matmul figure. float32 runs at XLA's default
+  precision, which on recent NVIDIA GPUs means TF32 tensor cores.
+
+  Args:
+    n: matrix size.
+    dtype: "float32" or "bfloat16" (inputs and output; XLA accumulates bf16 in f32).
+    repeats: timed repeats (the median is reported).
+    devices: devices to use (default: all local devices).
+
+  Returns:
+    dict with n, dtype, devices, seconds (median), gflops_per_s (all devices together),
+    gflops_per_s_per_device.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  k = len(devices)
+  mesh = Mesh(np.asarray(devices), ("d",))
+  sharding = NamedSharding(mesh, P("d"))
+  rng = np.random.default_rng(0)
+  # Random values, not ones: some backends shortcut trivial inputs.
+  a, b = (jax.device_put(rng.standard_normal((k, n, n), np.float32).astype(jnp.dtype(dtype)),
+                         sharding) for _ in range(2))
+  mm = jax.jit(lambda x, y: jnp.einsum("kij,kjl->kil", x, y), out_shardings=sharding)
+  seconds = median(time_calls(mm, a, b, repeats=repeats))
+  gflops = k * 2.0 * n**3 / seconds / 1e9
+  return {"n": n, "dtype": dtype, "devices": k, "seconds": seconds, "gflops_per_s": gflops,
+          "gflops_per_s_per_device": gflops / k}
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table; floats get 4 significant digits."""
+  def cell(v):
+    if isinstance(v, float):
+      return f"{v:.4g}"
+    return str(v)
+  lines = ["| " + " | ".join(headers) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON, atomically (temp file, then os.replace)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)

@@ -1,0 +1,388 @@
+"""Benchmark of the DiT: training and denoising at the PyTorch T2W's CIFAR-100 size, and
+DDIM-50 generation at the small config.
+
+``python launch/bench.py dit`` measures:
+
+* **train samples/s** at the PyTorch T2W's CIFAR-100 size (DiT width 1024, 6 layers, 8
+  heads, 34 tokens of 576 values, batch 32; text dim 512, up to 32 classes; adaLN text
+  conditioning, cross-attention and the prior bias on). This is the **DiT-only step**:
+  random tokens -> q_sample -> x0 loss -> AdamW (the training optimiser of
+  ``train.state.build_optimizers``), jitted with donated buffers. The full ``train_step``
+  needs a corpus spec and adds the discriminator, permutation augmentation and EMA; none of
+  those is timed here. With several local devices (``--host_devices`` on a CPU) the batch is
+  split over them.
+* **the latency of one denoising call** (one DiT forward) at batch 1, same size.
+* **model FLOP utilisation**: ``models.model_flops_per_example`` x samples/s over the
+  GFLOP/s of a large matmul measured in the same run (bfloat16 when the DiT runs in
+  bfloat16). XLA's cost analysis of the compiled step is reported beside it as a check.
+* **generation time** of 1 and of 64 nets at the small config (configs/dit.py "small":
+  width 128, depth 4, block 256; the default SubtaskCNN's layout gives 77 tokens, D=18704)
+  with DDIM-50: the jitted sampler of ``api.sample_flat`` on random (untrained) parameters,
+  random class embeddings and unit normalisation; text encoding is not included.
+
+The PyTorch T2W reference figures (measured on the 2-core CPU this project started on) are
+printed beside ours with the ratios.
+"""
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from t2w_jax import api
+from t2w_jax import bench
+from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
+from t2w_jax.models import DiT, model_flops_per_example, param_count, unbox
+from t2w_jax.text.condition import text_condition
+from t2w_jax.train import state as state_lib
+from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
+from t2w_jax.zoo.cnn import SubtaskCNN, init_params
+
+# The PyTorch Text2Weight at its CIFAR-100 size, measured on the project's 2-core CPU.
+PYTORCH_REFERENCE = {
+    "train_samples_per_s": 3.1,
+    "denoise_seconds": 1.06,
+    "ddpm_steps": 1000,
+    "minutes_per_net": 18.0,  # 1000-step DDPM: about 1000 x 1.06 s
+    "machine": "2-core CPU (AMD EPYC), PyTorch, float32",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTSize:
+  """The DiT and batch timed for training and denoising."""
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  block_size: int
+  num_tokens: int
+  batch_size: int
+  text_dim: int
+  max_classes: int
+
+  def flops_config(self) -> dict:
+    """What ``model_flops_per_example`` reads (conditioning as timed: all on, no token)."""
+    return dict(dataclasses.asdict(self), cond_adaln=True, cross_attention=True,
+                text_as_token=False)
+
+
+CIFAR_SIZE = DiTSize(width=1024, depth=6, num_heads=8, mlp_ratio=4.0, block_size=576,
+                     num_tokens=34, batch_size=32, text_dim=512, max_classes=32)
+QUICK_SIZE = DiTSize(width=32, depth=1, num_heads=2, mlp_ratio=2.0, block_size=16,
+                     num_tokens=6, batch_size=4, text_dim=16, max_classes=4)
+# The small config generates for the corpus's default SubtaskCNN (MiniLM text space).
+DEFAULT_CNN = dict(widths=(8, 16, 32), strides=(1, 2, 2), logit_scale=10.0, embed_dim=384)
+QUICK_CNN = dict(widths=(4, 8), strides=(1, 2), logit_scale=10.0, embed_dim=16)
+
+
+def build_dit(size: DiTSize, dtype) -> DiT:
+  """The timed DiT; every token is its own layer (the embedding tables are tiny anyway)."""
+  return DiT(width=size.width, depth=size.depth, num_heads=size.num_heads,
+             mlp_ratio=size.mlp_ratio, block_size=size.block_size, num_layers=size.num_tokens,
+             max_blocks=1, text_dim=size.text_dim, cond_adaln=True, cross_attention=True,
+             prior_bias=True, text_as_token=False, dtype=jnp.dtype(dtype))
+
+
+def random_text(rng: np.random.Generator, batch: int, max_classes: int, dim: int):
+  """(B, K, d) unit class embeddings and (B, K) masks with 2..K real classes per task."""
+  emb = rng.standard_normal((batch, max_classes, dim)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+  k = rng.integers(min(2, max_classes), max_classes + 1, batch)
+  return emb, np.arange(max_classes)[None, :] < k[:, None]
+
+
+def random_params(module, seed: int, *args, scale: float = 0.02):
+  """Random "untrained" params of ``module``: N(0, scale^2) in every entry, drawn in numpy.
+
+  Only the shapes come from ``module.init`` (through ``jax.eval_shape``): compiling a real
+  init (hundreds of threefry draws) takes longer on a busy CPU than everything it is for,
+  and the timings do not depend on the values. Every entry is non-zero, so adaLN-Zero's
+  gates are open as in a trained model.
+  """
+  shapes = unbox(jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)["params"])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda x: jnp.asarray(scale * rng.standard_normal(x.shape, dtype=np.float32)), shapes)
+
+
+def init_dit_params(dit: DiT, size: DiTSize, seed: int):
+  """Random plain-array params of the timed DiT."""
+  x = jnp.zeros((1, size.num_tokens, size.block_size))
+  emb, mask = random_text(np.random.default_rng(0), 1, size.max_classes, size.text_dim)
+  text = text_condition(emb, mask)
+  ids = jnp.arange(size.num_tokens)
+  return random_params(dit, seed, x, jnp.zeros((1,), jnp.int32), ids, jnp.zeros_like(ids), text)
+
+
+def make_dit_train_step(dit: DiT, size: DiTSize, config):
+  """The DiT-only train step: ``(params, opt_state, batch, rng) -> (params, opt_state, loss)``.
+
+  Random t and noise, text dropout (classifier-free guidance), x0 loss, and the AdamW
+  (+ warmup/cosine, clipping) of ``train.state.build_optimizers(config)``.
+  """
+  tx, _ = state_lib.build_optimizers(config)
+  schedule = get_schedule(config.schedule, config.num_timesteps)
+  lids = jnp.arange(size.num_tokens)
+  bids = jnp.zeros_like(lids)
+  mask = jnp.ones((size.num_tokens, size.block_size), bool)
+
+  def train_step(params, opt_state, batch, rng):
+    k_t, k_noise, k_drop = jax.random.split(rng, 3)
+    x0 = batch["x0"]
+    b = x0.shape[0]
+    t = jax.random.randint(k_t, (b,), 0, schedule.num_timesteps)
+    x_t = q_sample(schedule, x0, t, jax.random.normal(k_noise, x0.shape))
+    drop = jax.random.uniform(k_drop, (b,)) < config.text_dropout
+    text = text_condition(batch["class_emb"], batch["class_mask"], 1.0, drop)
+
+    def loss_fn(p):
+      return x0_loss(dit.apply({"params": p}, x_t, t, lids, bids, text), x0, mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return tx, train_step
+
+
+def _batch_mesh(batch: int):
+  """A 1-D ('data',) mesh over the local devices when they split the batch, else None."""
+  devices = jax.local_devices()
+  if len(devices) > 1 and batch % len(devices) == 0:
+    return Mesh(np.asarray(devices), ("data",))
+  return None
+
+
+def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: int,
+                seed: int = 0) -> dict:
+  """Times the DiT-only train step; returns samples/s, FLOPs and compile time."""
+  dit = build_dit(size, dtype)
+  params = init_dit_params(dit, size, seed)
+  tx, step_fn = make_dit_train_step(dit, size, config)
+  opt_state = tx.init(params)
+  rng = np.random.default_rng(seed)
+  emb, mask = random_text(rng, size.batch_size, size.max_classes, size.text_dim)
+  batch = {"x0": rng.standard_normal((size.batch_size, size.num_tokens, size.block_size),
+                                     dtype=np.float32),
+           "class_emb": emb, "class_mask": mask}
+  mesh = _batch_mesh(size.batch_size)
+  if mesh is not None:
+    rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    params, opt_state = jax.device_put((params, opt_state), rep)
+    batch = jax.device_put(batch, split)
+  else:
+    batch = jax.device_put(batch)
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
+  key = jax.random.PRNGKey(seed)
+  start = time.perf_counter()
+  compiled = step.lower(params, opt_state, batch, key).compile()
+  compile_s = time.perf_counter() - start
+  xla = bench.xla_flops(compiled)
+
+  def run_steps(params, opt_state, n, offset):
+    for i in range(n):
+      params, opt_state, loss = step(params, opt_state, batch,
+                                     jax.random.fold_in(key, offset + i))
+    jax.block_until_ready((params, opt_state, loss))
+    return params, opt_state, float(loss)
+
+  params, opt_state, _ = run_steps(params, opt_state, 1, 0)  # warm-up run
+  times = []
+  for r in range(repeats):
+    start = time.perf_counter()
+    params, opt_state, loss = run_steps(params, opt_state, train_steps, 1 + r * train_steps)
+    times.append(time.perf_counter() - start)
+  sec = bench.median(times) / train_steps
+  return {"dtype": dtype, "batch_size": size.batch_size, "devices": 1 if mesh is None
+          else mesh.size, "params": param_count(params), "compile_seconds": compile_s,
+          "steps_per_repeat": train_steps, "seconds": times, "seconds_per_step": sec,
+          "samples_per_s": size.batch_size / sec, "final_loss": loss,
+          "xla_flops_per_example": xla / size.batch_size, "_params": params}
+
+
+def bench_denoise(size: DiTSize, params, dtype: str, repeats: int, seed: int = 0) -> dict:
+  """Latency of one DiT forward (one denoising call) at batch 1 on one device."""
+  dit = build_dit(size, dtype)
+  params = jax.device_put(params, jax.local_devices()[0])
+  emb, mask = random_text(np.random.default_rng(seed + 1), 1, size.max_classes, size.text_dim)
+  text = text_condition(emb, mask)
+  x_t = jax.random.normal(jax.random.PRNGKey(seed), (1, size.num_tokens, size.block_size))
+  t = jnp.full((1,), 500, jnp.int32)
+  ids = jnp.arange(size.num_tokens)
+  fn = jax.jit(lambda p, x, t, c: dit.apply({"params": p}, x, t, ids, jnp.zeros_like(ids), c))
+  times = bench.time_calls(fn, params, x_t, t, text, repeats=repeats, warmup=1)
+  return {"batch_size": 1, "seconds": times, "seconds_median": bench.median(times)}
+
+
+def small_generator(config: ml_collections.ConfigDict, cnn: dict, image_size: int = 16,
+                    seed: int = 0) -> api.Generator:
+  """A Generator of the given DiT config for the given SubtaskCNN, with random params.
+
+  The tokenizer comes from the CNN's parameter layout; the normalisation is the identity
+  (zero means, unit stds), since no corpus is involved.
+  """
+  model = SubtaskCNN(widths=tuple(cnn["widths"]), strides=tuple(cnn["strides"]),
+                     embed_dim=int(cnn["embed_dim"]), logit_scale=float(cnn["logit_scale"]))
+  # Shapes only: the layout needs no parameter values.
+  layout = ParamLayout.from_params(
+      jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(seed), image_size)))
+  tok = BlockTokenizer(layout, config.block_size, group=config.token_group)
+  norms = LayerNorms(tok, (0.0,) * tok.num_layers, (1.0,) * tok.num_layers)
+  spec = state_lib.GeneratorSpec(
+      config=config.to_dict(), tokenizer=tok, norms=norms, encoder="minilm",
+      template="a photo of a {}",
+      cnn=dict(widths=list(cnn["widths"]), strides=list(cnn["strides"]),
+               logit_scale=float(cnn["logit_scale"]), embed_dim=int(cnn["embed_dim"])),
+      image_size=image_size, corpus_fingerprint=layout.fingerprint())
+  x, t, text = state_lib.dummy_inputs(spec)
+  params = random_params(state_lib.build_dit(spec), seed, x, t, jnp.asarray(tok.layer_ids),
+                         jnp.asarray(tok.block_ids), text)
+  return api.Generator(spec, params)
+
+
+def bench_generate(gen: api.Generator, batch_sizes, steps: int, repeats: int,
+                   seed: int = 0) -> dict:
+  """Seconds to generate each batch of nets with DDIM-``steps`` (first call: + compile)."""
+  cfg = gen.spec.config
+  k, d = cfg["max_classes"], gen.spec.text_dim
+  out = {"sampler": "ddim", "steps": steps, "guidance": float(cfg["guidance"]),
+         "num_tokens": gen.spec.tokenizer.num_tokens, "D": gen.spec.layout.total,
+         "block_size": gen.spec.tokenizer.block_size, "params": param_count(gen.params),
+         "runs": []}
+  for b in batch_sizes:
+    emb, mask = random_text(np.random.default_rng(seed + b), b, k, d)
+
+    def sample(emb=emb, mask=mask):
+      return api.sample_flat(gen, emb, mask, rng=jax.random.PRNGKey(seed), steps=steps,
+                             sampler="ddim", guidance=float(cfg["guidance"]))
+
+    start = time.perf_counter()
+    flat = jax.block_until_ready(sample())
+    first = time.perf_counter() - start
+    if flat.shape != (b, gen.spec.layout.total):
+      raise AssertionError(f"sampler gave {flat.shape}, expected {(b, gen.spec.layout.total)}")
+    times = bench.time_calls(sample, repeats=repeats, warmup=0)
+    sec = bench.median(times)
+    out["runs"].append({"nets": b, "first_call_seconds": first, "seconds": times,
+                        "seconds_median": sec, "nets_per_s": b / sec})
+  return out
+
+
+def run(config: ml_collections.ConfigDict, *, quick: bool = False, repeats: int | None = None,
+        dtype: str = "auto", matmul_size: int | None = None, train_steps: int | None = None,
+        seed: int = 0) -> dict:
+  """The whole DiT benchmark.
+
+  Args:
+    config: the DiT config used for generation (configs/dit.py "small"; "tiny" with quick);
+      its optimiser and schedule settings also drive the timed train step.
+    quick: tiny sizes, one repeat (smoke test).
+    repeats: timed repeats (default 3; 1 with quick).
+    dtype: DiT compute dtype at the CIFAR size; "auto": float32 on CPU, bfloat16 elsewhere.
+    matmul_size: n of the peak matmul (default 2048 on CPU, 8192 elsewhere; 256 quick).
+    train_steps: train steps per timed repeat (default 2 on CPU, 20 elsewhere; 1 quick).
+    seed: data and parameter seed.
+
+  Returns:
+    JSON-ready results (see ``format_report``).
+  """
+  backend = jax.default_backend()
+  on_cpu = backend == "cpu"
+  if dtype == "auto":
+    dtype = "float32" if on_cpu else "bfloat16"
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+  repeats = repeats or (1 if quick else 3)
+  size = QUICK_SIZE if quick else CIFAR_SIZE
+  matmul_size = matmul_size or (256 if quick else bench.default_matmul_size())
+  train_steps = train_steps or (1 if quick else 2 if on_cpu else 20)
+
+  matmul = {"float32": bench.matmul_peak(matmul_size, "float32", repeats)}
+  if not on_cpu or dtype == "bfloat16":
+    matmul["bfloat16"] = bench.matmul_peak(matmul_size, "bfloat16", repeats)
+  train = bench_train(size, config, dtype, repeats, train_steps, seed)
+  params = train.pop("_params")
+  denoise = bench_denoise(size, params, dtype, max(repeats, 1 if quick else 10), seed)
+  del params
+  flops = model_flops_per_example(size.flops_config(), training=True)
+  peak = matmul[dtype]["gflops_per_s"] * 1e9
+  achieved = flops * train["samples_per_s"]
+
+  cnn = QUICK_CNN if quick else DEFAULT_CNN
+  gen = small_generator(config, cnn, seed=seed)
+  steps = 3 if quick else 50
+  generate = bench_generate(gen, (1, 4) if quick else (1, 64), steps, repeats, seed)
+
+  ref = PYTORCH_REFERENCE
+  lat = denoise["seconds_median"]
+  one_net = generate["runs"][0]["seconds_median"]
+  return {
+      "benchmark": "dit", "quick": quick, "machine": bench.machine_info(),
+      "size": dataclasses.asdict(size), "matmul": matmul, "train": train, "denoise": denoise,
+      "model_flops_per_example": flops, "achieved_gflops_per_s": achieved / 1e9,
+      "mfu": achieved / peak, "mfu_peak": f"matmul {matmul_size}^3 {dtype}",
+      "generate": generate, "generate_config": "tiny" if quick else "small",
+      "pytorch_reference": ref,
+      "ratios": {
+          "train_samples_per_s": train["samples_per_s"] / ref["train_samples_per_s"],
+          "denoise_speedup": ref["denoise_seconds"] / lat,
+          "ddpm1000_minutes_per_net": ref["ddpm_steps"] * lat / 60.0,
+          "ddim50_minutes_per_net_at_cifar_size": 50 * lat / 60.0,
+          "small_ddim_one_net_speedup_vs_pytorch_ddpm": ref["minutes_per_net"] * 60 / one_net,
+      },
+  }
+
+
+def format_report(r: dict) -> str:
+  """The printed report: machine, the CIFAR-size table with the PyTorch figures, MFU, and
+  the generation table."""
+  s, t, dn, g, ref, q = (r["size"], r["train"], r["denoise"], r["generate"],
+                         r["pytorch_reference"], r["ratios"])
+  lat = dn["seconds_median"]
+  lines = [
+      "DiT benchmark" + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
+      f"machine: {bench.describe_machine(r['machine'])}",
+      f"DiT-only train step (x0 loss + AdamW; no discriminator, permutation augmentation or "
+      f"EMA): width {s['width']}, {s['depth']} layers, {s['num_heads']} heads, "
+      f"{s['num_tokens']} tokens x {s['block_size']}, text dim {s['text_dim']}, <= "
+      f"{s['max_classes']} classes, adaLN + cross-attention + prior bias; {t['dtype']}, "
+      f"{t['params'] / 1e6:.1f} M params, batch {t['batch_size']} over {t['devices']} "
+      f"device(s); compile {t['compile_seconds']:.1f} s; median of {len(t['seconds'])} x "
+      f"{t['steps_per_repeat']} step(s)",
+      "",
+      bench.format_table(
+          ["figure", "t2w_jax", "PyTorch T2W", "ratio"],
+          [["train samples/s", t["samples_per_s"], ref["train_samples_per_s"],
+            f"{q['train_samples_per_s']:.2f}x"],
+           ["one denoising call, batch 1 (s)", lat, ref["denoise_seconds"],
+            f"{q['denoise_speedup']:.2f}x faster"],
+           ["1000-step DDPM per net (min, 1000 calls)", q["ddpm1000_minutes_per_net"],
+            ref["minutes_per_net"],
+            f"{ref['minutes_per_net'] / q['ddpm1000_minutes_per_net']:.2f}x faster"],
+           ["DDIM-50 per net at this size (min)", q["ddim50_minutes_per_net_at_cifar_size"],
+            "", ""]]),
+      f"PyTorch reference: {ref['machine']}"
+      + ("" if r["machine"]["backend"] == "cpu" else " (ratios compare different machines)"),
+      "",
+      f"model FLOPs/example (train, models.model_flops_per_example): "
+      f"{r['model_flops_per_example'] / 1e9:.4g} GFLOP (XLA cost analysis: "
+      f"{t['xla_flops_per_example'] / 1e9:.4g}); achieved {r['achieved_gflops_per_s']:.4g} "
+      f"GFLOP/s; MFU {100 * r['mfu']:.1f}% of {r['mfu_peak']} "
+      f"({r['matmul'][t['dtype']]['gflops_per_s']:.4g} GFLOP/s over "
+      f"{r['matmul'][t['dtype']]['devices']} device(s))",
+      "",
+      f"generation at the {r['generate_config']} config: DDIM-{g['steps']}, guidance "
+      f"{g['guidance']:g}, {g['num_tokens']} tokens x {g['block_size']} (D={g['D']}), "
+      f"{g['params'] / 1e6:.2f} M params, random weights and class embeddings",
+      bench.format_table(["nets", "seconds", "nets/s", "first call incl. compile (s)"],
+                         [[x["nets"], x["seconds_median"], x["nets_per_s"],
+                           x["first_call_seconds"]] for x in g["runs"]]),
+      f"one net: {q['small_ddim_one_net_speedup_vs_pytorch_ddpm']:.4g}x faster than the "
+      f"PyTorch T2W's ~{ref['minutes_per_net']:g} min (1000-step DDPM at CIFAR size)",
+  ]
+  return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Smoke tests of the benchmarks (launch/bench.py) in --quick mode.
+
+No timing assertions: the CPU is shared, so only the presence and consistency of the
+reported figures, and the device set-up of each side, are checked.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import corpus as corpus_config
+from configs import dit as dit_config
+from t2w_jax.bench import corpus_bench, dit_bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_baseline_env_drops_host_device_flags_only():
+  env = corpus_bench.baseline_env({
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
+                   " intra_op_parallelism_threads=1 --xla_dump_to=/tmp/x",
+      "PYTHONPATH": "/elsewhere"})
+  assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+  assert env["PYTHONPATH"].split(os.pathsep) == [ROOT, "/elsewhere"]
+  env = corpus_bench.baseline_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert "XLA_FLAGS" not in env
+
+
+def test_settings_round_trip_and_errors():
+  s = corpus_bench.settings_from_config(corpus_config.get_config(""), quick=True, nets=6,
+                                       steps=None)
+  assert s.nets == 6 and s.steps == 4 and s.data == "synthetic" and s.conv_impl == "im2col"
+  assert corpus_bench.Settings.from_json(json.loads(json.dumps(s.to_json()))) == s
+  with pytest.raises(KeyError, match="no_such_field"):
+    corpus_bench.Settings.from_json(dict(s.to_json(), no_such_field=1))
+  with pytest.raises(ValueError, match="data"):
+    corpus_bench.Settings(data="imagenet")
+  with pytest.raises(ValueError, match="steps"):
+    corpus_bench.Settings(steps=0)
+
+
+def test_small_generator_matches_the_default_cnn():
+  """The generation benchmark's small config: 77 tokens of 256 for the 18,704-value CNN."""
+  gen = dit_bench.small_generator(dit_config.get_config("small"), dit_bench.DEFAULT_CNN)
+  assert gen.spec.layout.total == 18704
+  assert gen.spec.tokenizer.token_shape == (77, 256)
+  assert gen.config["model"]["width"] == 128 and gen.config["model"]["depth"] == 4
+
+
+@pytest.mark.slow
+def test_corpus_bench_cli_quick(tmp_path):
+  """Trainer on one single-threaded device per core; baseline subprocess on one device."""
+  out = tmp_path / "corpus.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # let the launch script set up its own host devices
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "corpus",
+                         "--quick", "--json", str(out)], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "net-steps/s" in proc.stdout and "ratio trainer / per-net loop" in proc.stdout
+  r = json.loads(out.read_text())
+  t, b = r["trainer"], r["baseline"]
+  ncores = os.cpu_count()
+  assert r["machine"]["num_devices"] == ncores and t["devices"] == ncores
+  assert b["machine"]["num_devices"] == 1
+  assert "device_count" not in b["machine"]["xla_flags"]
+  assert t["nets"] % (t["nets_per_chunk"] * t["devices"]) == 0
+  assert t["conv_impl"] == "im2col" and b["conv_impl"] == "lax"
+  for x in (t["net_steps_per_s"], b["net_steps_per_s"], b["train_only_net_steps_per_s"],
+            t["gflops_per_s"], b["gflops_per_s"], r["matmul"]["float32"]["gflops_per_s"],
+            b["matmul"]["float32"]["gflops_per_s"], t["flops_per_net_step"]):
+    assert x > 0
+  assert r["ratio"] == pytest.approx(t["net_steps_per_s"] / b["net_steps_per_s"])
+  assert b["steps"] == t["steps"] == r["settings"]["steps"]
+  assert r["data"] == b["data"] == "synthetic"
+
+
+@pytest.mark.slow
+def test_dit_bench_quick():
+  r = dit_bench.run(dit_config.get_config("tiny"), quick=True)
+  assert r["train"]["samples_per_s"] > 0 and r["denoise"]["seconds_median"] > 0
+  assert r["train"]["final_loss"] == r["train"]["final_loss"]  # not NaN
+  assert 0 < r["mfu"] and r["model_flops_per_example"] > 0
+  assert r["train"]["xla_flops_per_example"] > 0
+  g = r["generate"]
+  assert [x["nets"] for x in g["runs"]] == [1, 4] and g["steps"] == 3
+  # The tokenizer comes from the quick SubtaskCNN's layout: (4, 8) widths, 16-d text.
+  assert g["D"] == (27 * 4 + 4) + (36 * 8 + 8) + (8 * 16 + 16)
+  assert r["ratios"]["denoise_speedup"] == pytest.approx(
+      r["pytorch_reference"]["denoise_seconds"] / r["denoise"]["seconds_median"])
+  text = dit_bench.format_report(r)
+  for needle in ("train samples/s", "one denoising call, batch 1", "MFU", "DDIM-3",
+                 "PyTorch reference"):
+    assert needle in text
+  json.dumps(r)  # JSON-ready
