@@ -1,0 +1,252 @@
+"""Fine-tune curves: test accuracy against steps when fine-tuning from different inits.
+
+A generated net is only worth having if it is a better start than what a user already has.
+On unseen tasks this fine-tunes, with the corpus trainer's recipe (``zoo/masstrain.py``:
+Adam, class-balanced batches drawn on the device, the task's own seed), from
+
+* ``generated``: the net the generator makes from the task's text;
+* ``base``: the shared base net every corpus net was fine-tuned from;
+* ``random``: a fresh random init of the subtask CNN,
+
+and records test accuracy every ``eval_every`` steps. All methods use the same seed per
+task, so they see the same batches and differ only in where they start. Fine-tuning from
+``base`` for the corpus trainer's step count reproduces the task's corpus (oracle) net.
+
+Nets are trained side by side: ``vmap`` over a chunk of nets, ``lax.map`` over chunks, a
+``lax.scan`` over evaluation segments around a ``lax.scan`` over steps: one compiled call.
+"""
+import csv
+import io
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t2w_jax import api
+from t2w_jax.evaluate import plots
+from t2w_jax.evaluate import registry
+from t2w_jax.weights import ParamLayout
+from t2w_jax.zoo import corpus as corpus_lib
+from t2w_jax.zoo import masstrain
+from t2w_jax.zoo.cnn import SubtaskCNN
+from t2w_jax.zoo.cnn import init_params
+
+METHODS = ("generated", "base", "random")
+
+
+def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout,
+               eval_every: int, data, init_flat, classes, mask, seed):
+  """Fine-tunes one net from ``init_flat``; returns (accuracies (S+1,), final flat (D,)).
+
+  The step is the corpus trainer's (``masstrain._train_one``): same optimiser, same
+  class-balanced batch draw, same per-step keys ``split(PRNGKey(seed), steps)``; it is
+  restated here only because that one does not stop to measure accuracy.
+  """
+  params0 = layout.unflatten(init_flat)
+  emb = data.class_emb[classes]
+  k = jnp.sum(mask)
+  tx = optax.adam(spec.learning_rate)
+
+  def loss_fn(params, x, y):
+    logits = masstrain.masked_logits(model, params, x, emb, mask)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(carry, key):
+    params, opt_state = carry
+    k_cls, k_img = jax.random.split(key)
+    local = jax.random.randint(k_cls, (spec.batch_size,), 0, k)
+    cls = classes[local]
+    j = jax.random.randint(k_img, (spec.batch_size,), 0, data.class_count[cls])
+    x = data.images[data.class_index[cls, j]]
+    grads = jax.grad(loss_fn)(params, x, local)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  def accuracy(params):
+    return masstrain.task_accuracy(model, spec, data, params, classes, mask)
+
+  def segment(carry, seg_keys):
+    carry, _ = jax.lax.scan(step, carry, seg_keys)
+    return carry, accuracy(carry[0])
+
+  keys = jax.random.split(jax.random.PRNGKey(seed), spec.steps)
+  keys = keys.reshape((spec.steps // eval_every, eval_every) + keys.shape[1:])
+  (params, _), accs = jax.lax.scan(segment, (params0, tx.init(params0)), keys)
+  return jnp.concatenate([accuracy(params0)[None], accs]), layout.flatten(params)
+
+
+def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout, data,
+                 init_flat, classes, mask, seeds, *, eval_every: int):
+  """Fine-tunes n nets from given inits, measuring test accuracy every ``eval_every`` steps.
+
+  Args:
+    model: the subtask CNN (``conv_impl="im2col"`` survives vmap on CPU).
+    spec: the trainer recipe; ``spec.steps`` steps, ``spec.nets_per_chunk`` nets per vmap.
+    layout: the flat layout of the nets.
+    data: ``masstrain.DeviceData``.
+    init_flat: (n, D) initial weights, one net per task.
+    classes / mask: (n, K) global class ids and validity mask of each net's task.
+    seeds: (n,) per-net seeds (the task's corpus seed reproduces the corpus trainer).
+    eval_every: steps between measurements; must divide ``spec.steps``.
+
+  Returns:
+    (accuracies (n, steps // eval_every + 1) at steps 0, eval_every, ..., steps;
+    final weights (n, D)), as numpy arrays.
+
+  Raises:
+    ValueError: inconsistent shapes, or eval_every not dividing the step count.
+  """
+  if eval_every < 1 or spec.steps < 1 or spec.steps % eval_every:
+    raise ValueError(f"eval_every={eval_every} must be >= 1 and divide steps={spec.steps}")
+  init_flat = np.asarray(init_flat, np.float32)
+  classes, mask = np.asarray(classes, np.int32), np.asarray(mask, bool)
+  seeds = np.asarray(seeds, np.uint32)
+  n = init_flat.shape[0]
+  if (init_flat.shape[1:] != (layout.total,) or classes.shape[0] != n or mask.shape != classes.shape
+      or seeds.shape != (n,)):
+    raise ValueError(f"need (n, {layout.total}) inits with n tasks and seeds; got inits "
+                     f"{init_flat.shape}, classes {classes.shape}, mask {mask.shape}, "
+                     f"seeds {seeds.shape}")
+  c = max(1, min(spec.nets_per_chunk, n))
+  pad = -n % c
+
+  def padded(a):  # repeat the last net: a fixed chunk shape, one compile
+    return np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
+
+  args = [padded(a) for a in (init_flat, classes, mask, seeds)]
+  args = [a.reshape((-1, c) + a.shape[1:]) for a in args]
+  one = lambda d, *a: _curve_one(model, spec, layout, eval_every, d, *a)  # noqa: E731
+  chunk_fn = jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
+
+  @jax.jit
+  def run(d, *chunks):
+    return jax.lax.map(lambda a: chunk_fn(d, *a), chunks)
+
+  accs, final = run(data, *args)
+  accs = np.asarray(accs).reshape((-1, accs.shape[-1]))[:n]
+  final = np.asarray(final).reshape((-1, layout.total))[:n]
+  return accs, final
+
+
+def random_inits(model: SubtaskCNN, layout: ParamLayout, image_size: int, rng,
+                 n: int) -> np.ndarray:
+  """(n, D) fresh random inits of the subtask CNN (its own initialisers)."""
+  keys = jax.random.split(rng, n)
+  # Under jit: an eager vmap of init dispatches op by op (seconds on a busy CPU).
+  fn = jax.jit(jax.vmap(lambda k: layout.flatten(init_params(model, k, image_size))))
+  return np.asarray(fn(keys))
+
+
+def curves_csv(results: dict) -> str:
+  """The curves as CSV text: step, method, mean_acc, std_acc, num_tasks."""
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(["step", "method", "mean_acc", "std_acc", "num_tasks"])
+  for method, c in results["curves"].items():
+    for s, m, sd in zip(results["steps"], c["mean"], c["std"]):
+      w.writerow([s, method, f"{m:.6f}", f"{sd:.6f}", results["num_tasks"]])
+  return buf.getvalue()
+
+
+def _markdown(results: dict) -> str:
+  steps = results["steps"]
+  cols = sorted({0, steps[len(steps) // 4], steps[len(steps) // 2], steps[-1]})
+  idx = [steps.index(s) for s in cols]
+  head = "| init | " + " | ".join(f"step {s}" for s in cols) + " |"
+  lines = [f"### Fine-tune curves ({results['num_tasks']} {results['split']} tasks, "
+           "test accuracy mean ± std)", "", head, "|---" * (len(cols) + 1) + "|"]
+  for method, c in results["curves"].items():
+    cells = [f"{c['mean'][i]:.3f} ± {c['std'][i]:.3f}" for i in idx]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+@registry.register("finetune")
+def finetune_curves(ctx, cfg, rng) -> dict:
+  """Fine-tune curves from the generated net, the base net and a random init.
+
+  Config keys (all optional): ``split`` ("unseen"), ``num_tasks`` (8), ``methods``
+  (generated, base, random; "generated" is skipped with a warning when the context has no
+  generator), ``steps`` / ``batch_size`` / ``learning_rate`` / ``nets_per_chunk`` (the
+  corpus trainer's), ``eval_every`` (10), ``sample_steps`` / ``guidance`` / ``sampler``
+  (the generator's defaults), ``out_dir`` (None: no files written).
+
+  Args:
+    ctx: the ``EvalContext``.
+    cfg: this evaluator's config (ConfigDict or dict).
+    rng: PRNG key (generation and the random inits).
+
+  Returns:
+    JSON-ready dict: split, num_tasks, eval_every, steps (list), curves {method: {mean,
+    std}}, initial / final {method: mean acc}, per_task {task_ids, initial / final {method:
+    [acc per task]}}, csv / png paths (when written) and markdown.
+  """
+  trainer = ctx.corpus.meta["trainer"]
+  split = cfg.get("split", "unseen")
+  rows = ctx.rows(split, int(cfg.get("num_tasks", 8)))
+  if len(rows) == 0:
+    raise ValueError(f"the corpus has no {split!r} tasks to fine-tune on")
+  tasks = ctx.tasks(rows)
+  methods = list(cfg.get("methods", METHODS))
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"unknown fine-tune methods {unknown}; known: {list(METHODS)}")
+  if "generated" in methods and ctx.gen is None:
+    logging.warning("finetune: no generator in the context; skipping the 'generated' curve")
+    methods.remove("generated")
+  if "generated" in methods and ctx.gen.layout.fingerprint() != ctx.corpus.layout.fingerprint():
+    raise ValueError("the generator was trained for another net layout than the corpus's")
+  spec = masstrain.TrainerSpec(
+      steps=int(cfg.get("steps", trainer["steps"])),
+      batch_size=int(cfg.get("batch_size", trainer["batch_size"])),
+      learning_rate=float(cfg.get("learning_rate", trainer["learning_rate"])),
+      nets_per_chunk=int(cfg.get("nets_per_chunk", trainer["nets_per_chunk"])))
+  eval_every = int(cfg.get("eval_every", 10))
+  layout, n = ctx.corpus.layout, len(tasks)
+  gen_rng, init_rng = jax.random.split(rng)
+
+  inits = {}
+  for method in methods:
+    if method == "generated":
+      emb, mask = ctx.class_text(tasks)
+      inits[method] = np.asarray(api.sample_flat(
+          ctx.gen, emb, mask, rng=gen_rng, steps=cfg.get("sample_steps"),
+          guidance=cfg.get("guidance"), sampler=cfg.get("sampler")))
+    elif method == "base":
+      inits[method] = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)
+    else:
+      inits[method] = random_inits(ctx.model, layout, int(ctx.corpus.meta["image_size"]),
+                                   init_rng, n)
+  ids, mask = ctx.padded(tasks)
+  seeds = np.array([t.seed for t in tasks], np.uint32)
+  m = len(methods)
+  accs, _ = train_curves(ctx.model, spec, layout, ctx.data,
+                         np.concatenate([inits[k] for k in methods]), np.tile(ids, (m, 1)),
+                         np.tile(mask, (m, 1)), np.tile(seeds, m), eval_every=eval_every)
+  accs = accs.reshape((m, n, -1))
+  steps = list(range(0, spec.steps + 1, eval_every))
+  results = {
+      "split": split, "num_tasks": n, "eval_every": eval_every, "steps": steps,
+      "curves": {k: {"mean": accs[i].mean(0).tolist(), "std": accs[i].std(0).tolist()}
+                 for i, k in enumerate(methods)},
+      "initial": {k: float(accs[i, :, 0].mean()) for i, k in enumerate(methods)},
+      "final": {k: float(accs[i, :, -1].mean()) for i, k in enumerate(methods)},
+      "per_task": {"task_ids": [t.task_id for t in tasks],
+                   "initial": {k: accs[i, :, 0].tolist() for i, k in enumerate(methods)},
+                   "final": {k: accs[i, :, -1].tolist() for i, k in enumerate(methods)}},
+  }
+  results["markdown"] = _markdown(results)
+  out_dir = cfg.get("out_dir")
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    results["csv"] = os.path.join(out_dir, "finetune_curves.csv")
+    corpus_lib.atomic_write_bytes(results["csv"], curves_csv(results).encode())
+    results["png"] = plots.plot_finetune_curves(results,
+                                                os.path.join(out_dir, "finetune_curves.png"))
+  logging.info("finetune (%d %s tasks): %s", n, split,
+               ", ".join(f"{k} {results['initial'][k]:.3f} -> {results['final'][k]:.3f}"
+                         for k in methods))
+  return results

@@ -1,0 +1,110 @@
+"""Plots of the evaluation figures (matplotlib, Agg backend: no display needed).
+
+Each function takes the results dict its evaluator returns and writes one PNG atomically
+(temporary name, then ``os.replace``), so a reader never sees half a file.
+"""
+import os
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# One colour per method, stable across plots.
+_COLORS = {"generated": "tab:blue", "base": "tab:orange", "random": "tab:gray",
+           "oracle": "tab:green", "average": "tab:red", "aligned": "tab:purple",
+           "parent_a": "tab:brown", "parent_b": "tab:pink"}
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}.png"
+  try:
+    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+  finally:
+    plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def plot_finetune_curves(results: Mapping, path: str) -> str:
+  """Test accuracy against fine-tuning steps, mean ± std band per method.
+
+  Args:
+    results: ``{"steps": [...], "curves": {method: {"mean": [...], "std": [...]}},
+      "num_tasks": n}``, as ``finetune.finetune_curves`` returns.
+    path: the PNG to write.
+
+  Returns:
+    ``path``.
+  """
+  steps = np.asarray(results["steps"])
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for method, c in results["curves"].items():
+    mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
+    color = _COLORS.get(method)
+    ax.plot(steps, mean, label=method, color=color, marker="o", markersize=3)
+    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+  ax.set_xlabel("fine-tuning steps")
+  ax.set_ylabel("test accuracy")
+  ax.set_ylim(0.0, 1.0)
+  ax.grid(alpha=0.3)
+  ax.set_title(f"Fine-tuning on {results.get('num_tasks', '?')} unseen tasks (mean ± std)")
+  ax.legend()
+  return _save(fig, path)
+
+
+def plot_enhancement(results: Mapping, path: str) -> str:
+  """Accuracy before and after noising to t and denoising, per source net, against t.
+
+  Args:
+    results: ``{"t": [...], "sources": {name: {"before": float, "after": [...],
+      "after_std": [...], "noised": [...]}}}``, as ``enhance.enhance`` returns.
+    path: the PNG to write.
+
+  Returns:
+    ``path``.
+  """
+  ts = np.asarray(results["t"])
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for name, s in results["sources"].items():
+    color = _COLORS.get(name)
+    after, std = np.asarray(s["after"]), np.asarray(s["after_std"])
+    ax.plot(ts, after, marker="o", color=color, label=f"{name}: denoised")
+    ax.fill_between(ts, after - std, after + std, color=color, alpha=0.2, linewidth=0)
+    ax.plot(ts, s["noised"], marker="x", linestyle=":", color=color, label=f"{name}: noised")
+    ax.axhline(s["before"], linestyle="--", color=color, label=f"{name}: before")
+  ax.set_xlabel("noise timestep t")
+  ax.set_ylabel("test accuracy")
+  ax.set_ylim(0.0, 1.0)
+  ax.grid(alpha=0.3)
+  ax.set_title("Weight enhancement (noise to t, denoise with the task's text)")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def plot_fusion(results: Mapping, path: str) -> str:
+  """Bar chart: accuracy on the union's classes per method (mean ± std over pairs).
+
+  Args:
+    results: ``{"methods": {name: {"mean": float, "std": float}}}``, as ``fusion.fusion``
+      returns.
+    path: the PNG to write.
+
+  Returns:
+    ``path``.
+  """
+  names = list(results["methods"])
+  means = [results["methods"][n]["mean"] for n in names]
+  stds = [results["methods"][n]["std"] for n in names]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.bar(names, means, yerr=stds, capsize=3,
+         color=[_COLORS.get(n.split("/")[0], "tab:cyan") for n in names])
+  ax.set_ylabel("accuracy on A ∪ B")
+  ax.set_ylim(0.0, 1.0)
+  ax.tick_params(axis="x", labelrotation=30)
+  ax.grid(axis="y", alpha=0.3)
+  ax.set_title(f"Text-guided fusion over {results.get('num_pairs', '?')} task pairs")
+  return _save(fig, path)
