@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Tokenizer: blocks of one size that never cross parameters.
   c.block_size = 256
   c.token_group = "param"
+  # "element": tokens are residuals from the corpus's mean net (zero output = mean net);
+  # "layer": one mean per layer, as in G.pt.
+  c.norm_center = "element"
   c.max_classes = 32  # class tokens per task (padded)
   c.prior_temperature = 1.0
   # DiT and its ablation switches.

@@ -225,3 +225,26 @@ def test_constant_layer_floor_and_json():
     norms.normalize(jnp.zeros((tok.num_tokens, 3)))
   with pytest.raises(ValueError, match="per-layer"):
     LayerNorms(tok, (0.0,), (1.0,))
+
+
+def test_element_centering_decodes_zero_to_the_mean_net():
+  layout = ParamLayout(("a/kernel", "a/bias", "b/kernel"), ((3, 5), (5,), (5, 7)))
+  tok = BlockTokenizer(layout, 8)
+  rng = np.random.default_rng(0)
+  corpus = rng.normal(size=(40, layout.total)) * np.linspace(0.01, 10, layout.total)
+  norms = LayerNorms.fit(corpus, tok, chunk_rows=7, center="element")
+  zero = np.zeros(tok.token_shape, np.float32)
+  np.testing.assert_allclose(np.asarray(tok.detokenize(norms.denormalize(zero))),
+                             corpus.mean(0), rtol=1e-5, atol=1e-5)
+  x = np.asarray(tok.tokenize(corpus[:3].astype(np.float32)))
+  back = np.asarray(norms.denormalize(norms.normalize(x)))
+  np.testing.assert_allclose(back, x, rtol=1e-5, atol=1e-5)
+  # Residual stds are per layer: each layer's normalised values have unit spread.
+  z = np.asarray(norms.normalize(np.asarray(tok.tokenize(corpus.astype(np.float32)))))
+  for lid in range(tok.num_layers):
+    vals = z[:, tok.layer_ids == lid][:, tok.mask[tok.layer_ids == lid]]
+    assert abs(vals.std() - 1) < 1e-3
+  again = LayerNorms.from_json(norms.to_json(), tokenizer=tok)
+  np.testing.assert_array_equal(again.mean_tokens, norms.mean_tokens)
+  with pytest.raises(ValueError, match="center must be"):
+    LayerNorms.fit(corpus, tok, center="row")

@@ -93,6 +93,7 @@ class GeneratorSpec:
     c = self.config
     return {"model": c["model"], "disc": c["disc"], "block_size": c["block_size"],
             "token_group": c["token_group"], "max_classes": c["max_classes"],
+            "norm_center": c.get("norm_center", "layer"),
             "layout": self.corpus_fingerprint, "encoder": self.encoder}
 
 
@@ -102,7 +103,8 @@ def spec_from_corpus(config: ml_collections.ConfigDict, corpus) -> GeneratorSpec
   seen = corpus.indices("seen")
   if len(seen) == 0:
     raise ValueError(f"corpus at {corpus.path} has no seen tasks to train on")
-  norms = LayerNorms.fit(np.asarray(corpus.weights[seen]), tok)
+  norms = LayerNorms.fit(np.asarray(corpus.weights[seen]), tok,
+                         center=config.get("norm_center", "layer"))
   meta = corpus.meta
   cnn = dict(meta["model"], embed_dim=int(corpus.class_emb.shape[1]))
   return GeneratorSpec(config.to_dict(), tok, norms, meta["encoder"], meta["template"], cnn,

@@ -38,7 +38,7 @@ def layer_stats(corpus, tokenizer: BlockTokenizer, chunk_rows: int = 1024):
   Raises:
     ValueError: on a corpus of the wrong shape, an empty corpus, or non-finite values.
   """
-  shape = tuple(np.shape(corpus))
+  shape = tuple(corpus.shape) if hasattr(corpus, "shape") else tuple(np.shape(corpus))
   if len(shape) != 2 or shape[1] != tokenizer.total:
     raise ValueError(f"corpus must be (N, {tokenizer.total}), got shape {shape}")
   if shape[0] == 0:
@@ -83,9 +83,15 @@ class LayerNorms:
   on it is multiplied by ~1e-8 on the way back, which is the behaviour we want for a layer
   that carries no information; raise ``min_std`` if small real spreads must not be blown up.
 
+  With ``center`` (a (D,) vector, the elementwise mean net of the corpus), tokens are
+  centred per element instead of per layer and ``std`` is the per-layer spread of the
+  residuals: a zero model output then decodes to the mean net (a working net) rather than
+  to a net whose every weight in a layer equals one scalar, and the model learns only the
+  task-dependent residuals, which is what a corpus fine-tuned from one base net varies in.
+
   Attributes:
     tokenizer: the tokenizer whose layers the statistics belong to.
-    mean: per-layer mean, (num_layers,) tuple of floats.
+    mean: per-layer mean, (num_layers,) tuple of floats (zeros when ``center`` is set).
     std: per-layer floored std, (num_layers,) tuple of floats.
     min_std: the floor that was applied to the std.
     mean_tokens: (L, block_size) float32, each token's layer mean, 0 at pad positions.
@@ -95,6 +101,7 @@ class LayerNorms:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   min_std: float = DEFAULT_MIN_STD
+  center: np.ndarray | None = dataclasses.field(default=None, repr=False)
   mean_tokens: np.ndarray = dataclasses.field(init=False, repr=False)
   std_tokens: np.ndarray = dataclasses.field(init=False, repr=False)
 
@@ -115,6 +122,12 @@ class LayerNorms:
     mask = self.tokenizer.mask
     lid = self.tokenizer.layer_ids
     mean_t = np.where(mask, mean[lid][:, None], 0.0).astype(np.float32)
+    if self.center is not None:
+      center = np.asarray(self.center, np.float32).reshape(-1)
+      if center.shape != (self.tokenizer.total,):
+        raise ValueError(f"center must have {self.tokenizer.total} values, got {center.shape}")
+      object.__setattr__(self, "center", center)
+      mean_t = mean_t + np.asarray(self.tokenizer.tokenize(center), np.float32)
     std_t = np.where(mask, std[lid][:, None], 1.0).astype(np.float32)
     mean_t.flags.writeable = False
     std_t.flags.writeable = False
@@ -123,7 +136,7 @@ class LayerNorms:
 
   @classmethod
   def fit(cls, corpus, tokenizer: BlockTokenizer, chunk_rows: int = 1024,
-          min_std: float = DEFAULT_MIN_STD) -> "LayerNorms":
+          min_std: float = DEFAULT_MIN_STD, center: str = "layer") -> "LayerNorms":
     """Fits per-layer statistics on an (N, D) corpus (see ``layer_stats``).
 
     Args:
@@ -131,10 +144,18 @@ class LayerNorms:
       tokenizer: defines the layers.
       chunk_rows: rows processed at a time.
       min_std: floor on the std (see the class docstring).
+      center: "layer" (one mean per layer) or "element" (the mean net; see the class
+        docstring).
 
     Returns:
       The fitted ``LayerNorms``.
     """
+    if center not in ("layer", "element"):
+      raise ValueError(f"center must be 'layer' or 'element', got {center!r}")
+    if center == "element":
+      elem = _elementwise_mean(corpus, chunk_rows)
+      _, std = layer_stats(_Centered(corpus, elem), tokenizer, chunk_rows)
+      return cls(tokenizer, (0.0,) * tokenizer.num_layers, tuple(std), min_std, center=elem)
     mean, std = layer_stats(corpus, tokenizer, chunk_rows)
     floored = [n for n, s in zip(tokenizer.layer_names, std) if s < min_std]
     if floored:
@@ -168,7 +189,8 @@ class LayerNorms:
     """JSON-ready dict (floats are written at full float64 precision)."""
     return {"tokenizer": self.tokenizer.to_json(),
             "layer_names": list(self.tokenizer.layer_names),
-            "mean": list(self.mean), "std": list(self.std), "min_std": self.min_std}
+            "mean": list(self.mean), "std": list(self.std), "min_std": self.min_std,
+            "center": None if self.center is None else [float(v) for v in self.center]}
 
   @classmethod
   def from_json(cls, d: Mapping[str, Any],
@@ -193,5 +215,29 @@ class LayerNorms:
     if names is not None and tuple(names) != stored.layer_names:
       raise ValueError(f"LayerNorms json layer names {names} do not match the tokenizer's "
                        f"{list(stored.layer_names)}")
+    center = d.get("center")
     return cls(stored, tuple(d["mean"]), tuple(d["std"]),
-               float(d.get("min_std", DEFAULT_MIN_STD)))
+               float(d.get("min_std", DEFAULT_MIN_STD)),
+               center=None if center is None else np.asarray(center, np.float32))
+
+
+def _elementwise_mean(corpus, chunk_rows: int) -> np.ndarray:
+  """(D,) float64 mean over the rows of an (N, D) array-like, streaming."""
+  n, d = corpus.shape
+  if n == 0:
+    raise ValueError("corpus has no rows; cannot fit normalisation statistics")
+  total = np.zeros(d)
+  for start in range(0, n, chunk_rows):
+    total += np.asarray(corpus[start:start + chunk_rows], np.float64).sum(axis=0)
+  return total / n
+
+
+class _Centered:
+  """Rows of ``corpus`` minus ``center``, read lazily (keeps fitting streaming)."""
+
+  def __init__(self, corpus, center):
+    self.corpus, self.center = corpus, center
+    self.shape = tuple(corpus.shape)
+
+  def __getitem__(self, index):
+    return np.asarray(self.corpus[index], np.float64) - self.center
