@@ -25,17 +25,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(widths=(8, 16, 32), strides=(1, 2, 2),
                                            logit_scale=10.0))
   # Tasks and splits.
-  c.num_seen = 1000
+  c.num_seen = 904  # + 48 + 48 = 1,000 nets
   c.num_unseen = 48
   c.num_heldout = 48
   c.min_classes = 8
   c.max_classes = 32
   c.heldout_frac = 0.1
-  # Shared base net, trained on all seen classes.
-  c.base = ml_collections.ConfigDict(dict(steps=3000, batch_size=128, learning_rate=3e-3))
+  # Shared base net, trained briefly on all seen classes: a generalist starting point.
+  # Trained to convergence (3,000 steps) it is nearly as good as the specialists on their
+  # own tasks (measured: base 69.8 %, fine-tuned 70.3 %), which leaves the corpus without
+  # task-dependent signal; 300 steps leaves room for +12 points of specialisation.
+  c.base = ml_collections.ConfigDict(dict(steps=300, batch_size=128, learning_rate=3e-3))
   # Per-task fine-tuning from the base, many nets per compiled call.
   c.trainer = ml_collections.ConfigDict(dict(
-      steps=150, batch_size=64, learning_rate=3e-3, eval_per_class=100,
+      steps=300, batch_size=64, learning_rate=3e-3, eval_per_class=50,
       # Backend-dependent shape (see zoo/masstrain.py): im2col survives vmap on XLA:CPU.
       conv_impl="im2col", nets_per_chunk=8))
   c.num_devices = 0  # devices the nets are spread over (0: all local devices)

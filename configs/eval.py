@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_per_class = _placeholder(int)  # test images per class; default: the corpus's
   c.splits = ("unseen", "heldout")
   c.max_tasks = _placeholder(int)       # tasks per split; default: all
+  c.chunk = 32                          # nets per compiled accuracy call (padded up to it)
 
   c.evals = ml_collections.ConfigDict()
   # Base, random init, mean of seen weights, NN retrieval, ridge, oracle.
@@ -47,7 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       guidance=_placeholder(float),  # default: the generator config's (1.0)
       min_denominator=0.02,
       novelty=True,
-      novelty_ref_rows=256))
+      novelty_ref_rows=256,
+      novelty_samples=1))  # generated nets per task whose test predictions are compared
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(
       type="sampler_ablation",
       split="unseen", num_tasks=8, num_samples=2,
@@ -63,7 +65,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       prompt="an image showing a {}",
       sampler=_placeholder(str), steps=_placeholder(int), guidance=_placeholder(float)))
 
+  # Evaluators of t2w_jax/evaluate/{finetune,enhance,fusion}.py (their docstrings list every
+  # option; the ones here are those worth overriding from the command line).
+  c.evals.finetune = ml_collections.ConfigDict(dict(
+      type="finetune", split="unseen", num_tasks=8, eval_every=10))
+  c.evals.enhance = ml_collections.ConfigDict(dict(
+      type="enhance", split="unseen", num_tasks=8, t=(50, 100, 200, 400)))
+  c.evals.fusion = ml_collections.ConfigDict(dict(
+      type="fusion", num_pairs=4, num_samples=4))
+
   if arg == "tiny":
+    c.chunk = 8
+    c.evals.finetune.num_tasks = 2
+    c.evals.enhance.update(num_tasks=2, t=(10, 50))
+    c.evals.fusion.update(num_pairs=1, num_samples=1)
     c.evals.generated.num_samples = 2
     c.evals.generated.novelty_ref_rows = 8
     c.evals.sampler_ablation.update(num_tasks=2, num_samples=1,
