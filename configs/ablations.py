@@ -14,7 +14,7 @@ import ml_collections
 VARIANTS = {
     "full": {},
     "no_adv": {"adv_weight": 0.0},
-    "no_perm_aug": {"permute_aug": False},
+    "with_perm_aug": {"permute_aug": True},  # the default is off; see configs/dit.py
     "no_prior_attention": {"model.cross_attention": False, "model.prior_bias": False},
     "no_prior_bias": {"model.prior_bias": False},
     # The PyTorch T2W's conditioning: fused text as one extra token, nothing else.

@@ -76,7 +76,7 @@ def test_resume_reaches_same_state(corpus_dir, tmp_path):
 def test_eight_devices_match_one(corpus_dir, tmp_path):
   """One train step on a (4 data x 2 model) mesh equals the step on one device."""
   assert len(jax.devices()) >= 8
-  config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01)
+  config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01, permute_aug=True)
   corpus = loop.open_training_corpus(config, str(tmp_path))
   spec = loop.load_or_make_spec(config, str(tmp_path), corpus)
   batch = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)(0)
