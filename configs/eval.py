@@ -52,14 +52,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       novelty_samples=1))  # generated nets per task whose test predictions are compared
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(
       type="sampler_ablation",
-      split="unseen", num_tasks=8, num_samples=2,
+      split="unseen", num_tasks=6, num_samples=2,
       samplers=("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddpm"),
       guidances=(1.0, 2.0, 4.0),
       cross=False,                  # False: samplers at guidances[0] + guidances at:
       guidance_sampler="ddim:50"))
   c.evals.freeform = ml_collections.ConfigDict(dict(
       type="freeform",
-      split="unseen", max_tasks=16, num_samples=2,
+      split="unseen", max_tasks=12, num_samples=2,
       variants=("class_list", "sentence", "sentence_no_singular", "other_prompt",
                 "whole_sentence"),
       prompt="an image showing a {}",
@@ -68,11 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Evaluators of t2w_jax/evaluate/{finetune,enhance,fusion}.py (their docstrings list every
   # option; the ones here are those worth overriding from the command line).
   c.evals.finetune = ml_collections.ConfigDict(dict(
-      type="finetune", split="unseen", num_tasks=8, eval_every=10))
+      type="finetune", split="unseen", num_tasks=6, eval_every=25))
   c.evals.enhance = ml_collections.ConfigDict(dict(
-      type="enhance", split="unseen", num_tasks=8, t=(50, 100, 200, 400)))
+      type="enhance", split="unseen", num_tasks=6, t=(50, 100, 200, 400)))
   c.evals.fusion = ml_collections.ConfigDict(dict(
-      type="fusion", num_pairs=4, num_samples=4))
+      type="fusion", num_pairs=4, num_samples=2))
 
   if arg == "tiny":
     c.chunk = 8
