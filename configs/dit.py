@@ -46,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # mean net (normalised residuals ~50x larger, measured) and make the target multimodal.
   # It stays available (and ablated) for corpora of independently initialised nets.
   c.permute_aug = False
-  # Diffusion.
+  # Diffusion. "v": x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (see train/state.py's
+  # make_denoiser); "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do.
+  c.parameterization = "v"
   c.schedule = "cosine"
   c.num_timesteps = 1000
   c.text_dropout = 0.1  # classifier-free guidance

@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg == "tiny":
     c.chunk = 8
-    c.evals.finetune.num_tasks = 2
+    c.evals.finetune.update(num_tasks=2, eval_every=5)
     c.evals.enhance.update(num_tasks=2, t=(10, 50))
     c.evals.fusion.update(num_pairs=1, num_samples=1)
     c.evals.generated.num_samples = 2

@@ -134,9 +134,8 @@ def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
   if key in gen._cache:
     return gen._cache[key]
   spec = gen.spec
-  dit = state_lib.build_dit(spec)
+  model = state_lib.make_denoiser(spec)
   tok, norms = spec.tokenizer, spec.norms
-  lids, bids = jnp.asarray(tok.layer_ids), jnp.asarray(tok.block_ids)
   schedule = get_schedule(spec.config["schedule"], spec.config["num_timesteps"])
   smp = get_sampler(sampler, num_steps=steps) if sampler == "ddim" else get_sampler(sampler)
   temperature = spec.config["prior_temperature"]
@@ -147,7 +146,7 @@ def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
     null = dict(cond, drop=jnp.ones((b,), bool))
 
     def denoise(x_t, t, c):
-      return dit.apply({"params": params}, x_t, t, lids, bids, c)
+      return model(params, x_t, t, c)
 
     tokens = smp(denoise, schedule, rng, (b,) + tok.token_shape, cond,
                  null_cond=null if guidance_on else None,

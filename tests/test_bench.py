@@ -42,11 +42,14 @@ def test_settings_round_trip_and_errors():
 
 
 def test_small_generator_matches_the_default_cnn():
-  """The generation benchmark's small config: 77 tokens of 256 for the 18,704-value CNN."""
-  gen = dit_bench.small_generator(dit_config.get_config("small"), dit_bench.DEFAULT_CNN)
+  """The generation benchmark's small config: the 18,704-value CNN in 512-value tokens
+  (41 of them: blocks never cross the 8 parameters) at the config's DiT size."""
+  config = dit_config.get_config("small")
+  gen = dit_bench.small_generator(config, dit_bench.DEFAULT_CNN)
   assert gen.spec.layout.total == 18704
-  assert gen.spec.tokenizer.token_shape == (77, 256)
-  assert gen.config["model"]["width"] == 128 and gen.config["model"]["depth"] == 4
+  assert gen.spec.tokenizer.token_shape == (41, 512) and config.block_size == 512
+  assert gen.config["model"]["width"] == config.model.width
+  assert gen.config["model"]["depth"] == config.model.depth
 
 
 @pytest.mark.slow

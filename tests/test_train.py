@@ -156,3 +156,23 @@ def test_errors(trained, corpus_dir, tmp_path):
     json.dump(spec, f)
   with pytest.raises(ValueError, match="another config.*model"):
     api.load(other)
+
+
+def test_v_parameterization_is_identity_at_small_t(corpus_dir, tmp_path):
+  """At init (DiT output 0) the v-denoiser returns sqrt(abar_t) x_t: ~x_t at t=0 and ~0
+  (the mean net) at t=T-1; the x0 denoiser returns 0 everywhere."""
+  from t2w_jax.train import state as state_lib
+  for how in ("v", "x0"):
+    config = tiny(corpus_dir, parameterization=how)
+    corpus = loop.open_training_corpus(config, str(tmp_path))
+    spec = state_lib.spec_from_corpus(config, corpus)
+    params = state_lib.unbox(state_lib.init_state(spec, config, jax.random.PRNGKey(0)).params)
+    x, _, text = state_lib.dummy_inputs(spec, batch=2)
+    x = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    out = state_lib.make_denoiser(spec)(params, x, jnp.array([0, config.num_timesteps - 1]),
+                                        text)
+    if how == "v":
+      np.testing.assert_allclose(out[0], x[0], atol=2e-2)
+      assert float(jnp.abs(out[1]).max()) < 0.05 * float(jnp.abs(x[1]).max())
+    else:
+      np.testing.assert_array_equal(out, 0.0)

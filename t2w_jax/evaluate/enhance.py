@@ -49,9 +49,8 @@ def make_enhancer(gen, t: int, *, steps: int, guidance: float = 1.0):
   if not 0 <= t < num_t:
     raise ValueError(f"enhancement timestep t={t} out of range [0, {num_t}) for this "
                      "generator's schedule")
-  dit = state_lib.build_dit(spec)
+  model = state_lib.make_denoiser(spec)
   tok, norms = spec.tokenizer, spec.norms
-  lids, bids = jnp.asarray(tok.layer_ids), jnp.asarray(tok.block_ids)
   schedule = get_schedule(spec.config["schedule"], num_t)
   sampler = DDIMSampler(num_steps=int(steps))
   temperature = spec.config["prior_temperature"]
@@ -68,7 +67,7 @@ def make_enhancer(gen, t: int, *, steps: int, guidance: float = 1.0):
     null = dict(cond, drop=jnp.ones((b,), bool))
 
     def denoise(x, ts, c):
-      return dit.apply({"params": params}, x, ts, lids, bids, c)
+      return model(params, x, ts, c)
 
     out = denoise_from(sampler, denoise, schedule, k_chain, x_t, t, cond,
                        null_cond=null if guided else None, guidance=guidance if guided else 1.0)

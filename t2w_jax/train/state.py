@@ -94,6 +94,7 @@ class GeneratorSpec:
     return {"model": c["model"], "disc": c["disc"], "block_size": c["block_size"],
             "token_group": c["token_group"], "max_classes": c["max_classes"],
             "norm_center": c.get("norm_center", "layer"),
+            "parameterization": c.get("parameterization", "x0"),
             "layout": self.corpus_fingerprint, "encoder": self.encoder}
 
 
@@ -172,3 +173,34 @@ def init_state(spec: GeneratorSpec, config, rng) -> TrainState:
 
 def unbox(tree):
   return nn.meta.unbox(tree)
+
+
+def make_denoiser(spec: GeneratorSpec):
+  """``denoise(params, x_t, t, text) -> x0`` for this spec: the one place the DiT's output
+  is turned into an x0 prediction (training, sampling, enhancement all call this).
+
+  ``parameterization`` (dit config):
+    "x0": x0 = DiT(x_t) (G.pt and the PyTorch T2W); a zero DiT decodes to the mean net at
+      every t, so at small t it must rebuild its input through its narrow width.
+    "v": x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) DiT(x_t) (v-prediction). With unit-variance
+      normalised tokens, sqrt(abar_t) x_t is the posterior mean under a unit Gaussian prior:
+      a zero DiT is the identity at small t and the mean net at large t, and the network
+      only learns the correction.
+  """
+  from t2w_jax.diffusion import get_schedule  # local: keeps state.py import-light
+  dit = build_dit(spec)
+  tok = spec.tokenizer
+  lids, bids = jnp.asarray(tok.layer_ids), jnp.asarray(tok.block_ids)
+  how = spec.config.get("parameterization", "x0")
+  if how not in ("x0", "v"):
+    raise ValueError(f"unknown parameterization {how!r}; use 'x0' or 'v'")
+  schedule = get_schedule(spec.config["schedule"], spec.config["num_timesteps"])
+
+  def denoise(params, x_t, t, text):
+    out = dit.apply({"params": params}, x_t, t, lids, bids, text)
+    if how == "x0":
+      return out
+    a = schedule.alphas_cumprod[t][:, None, None]
+    return jnp.sqrt(a) * x_t - jnp.sqrt(1.0 - a) * out
+
+  return denoise

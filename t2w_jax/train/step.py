@@ -21,8 +21,8 @@ import optax
 
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.text.condition import text_condition
-from t2w_jax.train.state import (GeneratorSpec, TrainState, build_disc, build_dit,
-                                 build_optimizers)
+from t2w_jax.train.state import (GeneratorSpec, TrainState, build_disc, build_optimizers,
+                                 make_denoiser)
 from t2w_jax.weights import permute_flat
 
 
@@ -44,7 +44,7 @@ def make_train_step(spec: GeneratorSpec, config):
   ``batch`` holds ``weights`` (B, D) raw flat corpus rows, ``class_emb`` (B, K, d) and
   ``class_mask`` (B, K).
   """
-  dit, disc = build_dit(spec), build_disc(spec)
+  disc = build_disc(spec)
   tx, disc_tx = build_optimizers(config)
   tok, norms, layout = spec.tokenizer, spec.norms, spec.layout
   schedule = get_schedule(config.schedule, config.num_timesteps)
@@ -54,8 +54,7 @@ def make_train_step(spec: GeneratorSpec, config):
   layer_w = None if layer_w is None else jnp.asarray(layer_w)
   use_adv = config.adv_weight > 0
 
-  def denoise(params, x_t, t, text):
-    return dit.apply({"params": params}, x_t, t, lids, bids, text)
+  denoise = make_denoiser(spec)
 
   def critic(disc_params, tokens, fused):
     return disc.apply({"params": disc_params}, tokens, lids, bids, fused)
