@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
   c = sub.add_parser("corpus", parents=[common], help="en-masse trainer vs per-net loop")
   c.add_argument("--variant", default="", help="configs/corpus.py variant ('' or 'tiny')")
-  c.add_argument("--nets", type=int, help="nets per trainer call (default 2 x chunk x devices)")
+  c.add_argument("--nets", type=int, help="nets per trainer call (default: max(16, 2 x chunk x devices))")
   c.add_argument("--baseline_nets", type=int, help="nets of the per-net loop per repeat")
   c.add_argument("--steps", type=int, help="train steps per net (default: config)")
   c.add_argument("--nets_per_chunk", type=int, help="override the config's vmap chunk")

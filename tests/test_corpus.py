@@ -62,7 +62,11 @@ def test_trained_nets_beat_base(built):
 
 
 def test_round_trip_reproduces_recorded_accuracy(built):
-  """A stored row, unflattened, is a working net with exactly the recorded accuracy."""
+  """A stored row, unflattened, is a working net with exactly the recorded accuracy.
+
+  The base net's recorded accuracy comes from its embeddings computed once per trainer call
+  (``accuracy_from_class_embeddings``); it must equal a direct ``task_accuracy``.
+  """
   workdir, _, corpus = built
   config = tiny_config()
   dataset = make_corpus_lib.load_data(config)
@@ -77,6 +81,9 @@ def test_round_trip_reproduces_recorded_accuracy(built):
     params = corpus.layout.unflatten(jnp.asarray(corpus.weights[i]))
     acc = masstrain.task_accuracy(model, spec, data, params, ids[0], mask[0])
     assert abs(float(acc) - rec["trained_acc"]) < 1e-6
+    base = corpus.layout.unflatten(jnp.asarray(corpus.base))
+    base_acc = masstrain.task_accuracy(model, spec, data, base, ids[0], mask[0])
+    assert abs(float(base_acc) - rec["base_acc"]) < 1e-6
     assert rec["classes"] == [corpus.class_names[c] for c in rec["class_ids"]]
   assert set(corpus.indices("unseen")) == {i for i, r in enumerate(corpus.records)
                                             if r["split"] == "unseen"}

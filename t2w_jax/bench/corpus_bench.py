@@ -61,7 +61,8 @@ class Settings:
     steps / batch_size / learning_rate / eval_per_class: per-net training, as in the corpus
       config's trainer.
     nets_per_chunk / conv_impl: the en-masse trainer's shape (the per-net loop uses lax.conv).
-    nets: nets per trainer call (rounded up to a multiple of nets_per_chunk x devices).
+    nets: nets per trainer call (0: max(16, 2 x chunk x devices); rounded up to a multiple
+      of nets_per_chunk x devices).
     baseline_nets: nets the per-net loop trains per repeat.
     min_classes / max_classes: task sizes; tasks are padded to max_classes.
     widths / strides / logit_scale / embed_dim: the subtask CNN.
@@ -252,17 +253,30 @@ def make_step(model: SubtaskCNN, spec: masstrain.TrainerSpec):
   return tx, step
 
 
+def embed_flops(model: SubtaskCNN, params, num_images: int, image_size: int) -> float:
+  """XLA cost-analysis FLOPs of embedding ``num_images`` images in one batch.
+
+  Accuracy evaluations run as a ``lax.map`` over class rows, whose body XLA's cost analysis
+  counts once; the same images in one batch give the executed count.
+  """
+  x = jax.ShapeDtypeStruct((num_images, image_size, image_size, 3), jnp.uint8)
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=SubtaskCNN.embed))
+  return bench.xla_flops(fn.lower(params, x).compile())
+
+
 def per_net_flops(model: SubtaskCNN, spec: masstrain.TrainerSpec, data, base_params,
                   tasks: masstrain.TaskBatch) -> tuple[float, float]:
-  """XLA cost-analysis FLOPs of one net's train step and of one accuracy evaluation."""
+  """XLA cost-analysis FLOPs of one net's train step and of one accuracy evaluation.
+
+  An evaluation embeds a task's K (padded) x eval_per_class test images; the cosine head
+  over K classes is a few hundred times cheaper and is left out.
+  """
   tx, step = make_step(model, spec)
   key = jax.random.PRNGKey(0)
   args = (data, base_params, tx.init(base_params), tasks.classes[0], tasks.mask[0], key)
   step_flops = bench.xla_flops(jax.jit(step).lower(*args).compile())
-  acc = jax.jit(functools.partial(masstrain.task_accuracy, model, spec))
-  eval_flops = bench.xla_flops(
-      acc.lower(data, base_params, tasks.classes[0], tasks.mask[0]).compile())
-  return step_flops, eval_flops
+  k, per = tasks.classes.shape[1], data.test_index.shape[1]
+  return step_flops, embed_flops(model, base_params, k * per, data.test_images.shape[1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -380,7 +394,8 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   devices = devices[:s.num_devices] if s.num_devices else devices
   mesh = masstrain.nets_mesh(devices)
   unit = s.nets_per_chunk * mesh.size
-  nets = max(unit, -(-(s.nets or 2 * unit) // unit) * unit)
+  # At least 16 nets: with one net per chunk, 2 x chunk x devices would be too few to time.
+  nets = max(unit, -(-(s.nets or max(2 * unit, 16)) // unit) * unit)
   model = make_model(s, s.conv_impl)
   spec = trainer_spec(s)
   class_emb = class_embeddings(dataset.num_classes, s.embed_dim, s.seed)
@@ -403,9 +418,12 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   # The model's FLOPs (lax.conv's count): im2col executes a few more for the same function
   # (its backward pass scatters patch gradients), so this is the fair rate to compare.
   model_step, model_eval = per_net_flops(make_model(s, "lax"), spec, data1, base1, tasks)
+  # The trainer measures the shared base net once per device and call, not once per net.
+  base_flops = mesh.size * _base_eval_flops(model, data1, base1)
+  base_model = mesh.size * _base_eval_flops(make_model(s, "lax"), data1, base1)
   sec = bench.median(times)
-  flops = nets * (s.steps * step_flops + 2 * eval_flops)
-  model_flops = nets * (s.steps * model_step + 2 * model_eval)
+  flops = nets * (s.steps * step_flops + eval_flops) + base_flops
+  model_flops = nets * (s.steps * model_step + model_eval) + base_model
   return {
       "devices": mesh.size, "conv_impl": s.conv_impl, "nets_per_chunk": s.nets_per_chunk,
       "nets": nets, "steps": s.steps, "compile_seconds": compile_s, "seconds": times,
@@ -416,9 +434,16 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   }
 
 
+def _base_eval_flops(model, data, base_params) -> float:
+  """FLOPs of embedding every class's test images with the base net (once per call)."""
+  return embed_flops(model, base_params, data.test_index.size, data.test_images.shape[1])
+
+
 FLOPS_METHOD = ("XLA cost analysis of one net's train step and accuracy evaluation, "
-                "each compiled alone, x steps x nets (+2 evaluations per net); not of the "
-                "whole trainer, since XLA counts a scan/map loop body once")
+                "each compiled alone, x steps x nets, + one evaluation per net (the trainer; "
+                "its base net is measured once per device: all test images) or + two (the "
+                "per-net loop); not of the whole trainer, since XLA counts a scan/map loop "
+                "body once")
 
 
 def run(s: Settings, baseline_timeout: float | None = None) -> dict:

@@ -105,7 +105,7 @@ class SubtaskCNN(nn.Module):
     for conv in self.convs:
       x = nn.relu(conv(x))
     x = jnp.mean(x, axis=(1, 2))
-    return _normalize(self.head(x))
+    return unit_normalize(self.head(x))
 
   def __call__(self, images, class_emb):
     """Logits (B, K) of images against K class embeddings (K, embed_dim)."""
@@ -115,10 +115,11 @@ class SubtaskCNN(nn.Module):
     if class_emb.shape[1] != self.embed_dim:
       raise ValueError(f"class embeddings have dim {class_emb.shape[1]}, the net's text space "
                        f"has {self.embed_dim}")
-    return self.logit_scale * self.embed(images) @ _normalize(class_emb).T
+    return self.logit_scale * self.embed(images) @ unit_normalize(class_emb).T
 
 
-def _normalize(x, eps=1e-8):
+def unit_normalize(x, eps=1e-8):
+  """x scaled to unit L2 norm along its last axis (eps keeps a zero vector finite)."""
   return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
 
 

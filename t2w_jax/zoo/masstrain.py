@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t2w_jax.zoo.cnn import SubtaskCNN
+from t2w_jax.zoo.cnn import SubtaskCNN, unit_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,17 +136,54 @@ def _train_one(model, spec, data, base_params, classes, mask, seed):
   return params, losses
 
 
-def task_accuracy(model, spec, data, params, classes, mask):
-  """Test accuracy of one net on one task's classes (up to eval_per_class images each)."""
-  kmax = classes.shape[0]
+def _test_set(data, classes, mask):
+  """A task's test images as (K, per) row ids and validity (padding, missing images)."""
   per = data.test_index.shape[1]
   rows = data.test_index[classes]                            # (K, per)
   valid = (jnp.arange(per)[None, :] < data.test_count[classes][:, None]) & mask[:, None]
-  labels = jnp.broadcast_to(jnp.arange(kmax)[:, None], (kmax, per))
-  x = data.test_images[rows.reshape(-1)]
-  pred = jnp.argmax(masked_logits(model, params, x, data.class_emb[classes], mask), axis=-1)
-  hits = (pred == labels.reshape(-1)) & valid.reshape(-1)
+  return rows, valid
+
+
+def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
+  """Accuracy given image embeddings (K, per, d) of a task's K class rows of test images."""
+  kmax, per = valid.shape
+  logits = model.logit_scale * feats.reshape(kmax * per, -1) @ unit_normalize(class_emb).T
+  pred = jnp.argmax(jnp.where(mask[None, :], logits, -jnp.inf), axis=-1)
+  labels = jnp.broadcast_to(jnp.arange(kmax)[:, None], (kmax, per)).reshape(-1)
+  hits = (pred == labels) & valid.reshape(-1)
   return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def task_accuracy(model, spec, data, params, classes, mask):
+  """Test accuracy of one net on one task's classes (up to eval_per_class images each).
+
+  The images are embedded one class row at a time (``lax.map``): a whole task's test set at
+  once (K x per images, im2col patches, times the nets of a vmap chunk) overflows the CPU
+  caches that the training steps share with the other cores.
+  """
+  del spec  # The test set's size is fixed by ``put_data``.
+  rows, valid = _test_set(data, classes, mask)
+  feats = jax.lax.map(
+      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
+      rows)                                                   # (K, per, d)
+  return _accuracy_from_embeddings(model, feats, valid, data.class_emb[classes], mask)
+
+
+def class_embeddings_of(model, params, data):
+  """Embeddings (C, per, d) of every class's test images by one net (e.g. the shared base).
+
+  Computed once, a shared net's accuracy on any task is then a cheap lookup
+  (``accuracy_from_class_embeddings``) instead of a forward pass per task.
+  """
+  return jax.lax.map(
+      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
+      data.test_index)
+
+
+def accuracy_from_class_embeddings(model, data, feats, classes, mask):
+  """``task_accuracy`` of the net whose ``class_embeddings_of`` are ``feats``."""
+  _, valid = _test_set(data, classes, mask)
+  return _accuracy_from_embeddings(model, feats[classes], valid, data.class_emb[classes], mask)
 
 
 class TrainResult(NamedTuple):
@@ -165,17 +202,19 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None)
   """
   tail = max(spec.steps // 10, 1)
 
-  def per_net(data, base_params, classes, mask, seed):
+  def per_net(data, base_params, base_feats, classes, mask, seed):
     params, losses = _train_one(model, spec, data, base_params, classes, mask, seed)
-    base_acc = task_accuracy(model, spec, data, base_params, classes, mask)
+    base_acc = accuracy_from_class_embeddings(model, data, base_feats, classes, mask)
     acc = task_accuracy(model, spec, data, params, classes, mask)
     return TrainResult(params, base_acc, acc, jnp.mean(losses[-tail:]))
 
   def run(data, base_params, tasks: TaskBatch):
     n = tasks.seeds.shape[0]
     c = spec.nets_per_chunk
+    # The shared base net is measured once per call, not once per task.
+    base_feats = class_embeddings_of(model, base_params, data)
     chunked = jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tasks)
-    chunk_fn = jax.vmap(functools.partial(per_net, data, base_params))
+    chunk_fn = jax.vmap(functools.partial(per_net, data, base_params, base_feats))
     out = jax.lax.map(lambda t: chunk_fn(t.classes, t.mask, t.seeds), chunked)
     return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
 
