@@ -237,7 +237,10 @@ def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
     assert s["novelty"]["nn_distance_mean"] > 0
     assert 0.0 <= s["novelty"]["agreement_with_nearest_mean"] <= 1.0
     assert s["gap_closure"]["tasks"] == 4
-  for label in ("**generated** (mean of K=1)", "**generated** (best of K=1)", "base net",
+    # K=1: the weight average of one sample is that sample.
+    assert s["weight_average"]["per_task"] == s["per_task"]
+  for label in ("**generated** (mean of K=1)", "**generated** (best of K=1)",
+                "**generated** (weight average of its K=1 samples)", "base net",
                 "random init", "mean of seen corpus weights", "NN retrieval", "ridge",
                 "oracle", "Gap closure", "Novelty", "Sampler ablation", "Free-form"):
     assert label in table, label

@@ -108,6 +108,9 @@ def test_generate_plugs_into_apply(trained):
   again = api.generate(gen, ["red circle", "blue star", "green heart"],
                        rng=jax.random.PRNGKey(0), num_samples=3, steps=5)
   _leaves_close(params, again, atol=0)  # same rng, same nets
+  avg = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5,
+                     average=True)
+  _leaves_close(avg, jax.tree.map(lambda a: a.mean(0, keepdims=True), params), atol=1e-6)
   other = api.generate(gen, text, rng=jax.random.PRNGKey(1), num_samples=3, steps=5)
   assert not np.allclose(params["head"]["kernel"], other["head"]["kernel"])
   guided = api.generate(gen, text, rng=jax.random.PRNGKey(0), steps=5, guidance=3.0)

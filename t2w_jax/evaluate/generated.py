@@ -274,6 +274,12 @@ def evaluate_generated(ctx, cfg, rng) -> dict:
            "base": baselines.stats(base), "oracle": baselines.stats(oracle),
            "gap_closure": gap_closure(acc.mean(1), base, oracle, min_den),
            "gap_closure_best_of_k": gap_closure(acc.max(1), base, oracle, min_den)}
+    # One net per task: the weight average of its K samples. The corpus nets share the
+    # base net's basin, so averaging cancels part of each sample's SGD-like noise (the mean
+    # of all corpus weights beats the base net for the same reason).
+    avg = baselines.accuracy(ctx, nets.mean(1), tasks)
+    res["weight_average"] = {**baselines.stats(avg),
+                             "gap_closure": gap_closure(avg, base, oracle, min_den)}
     if seen_w is not None:
       res["novelty"] = novelty(ctx, nets, rows, tasks, seen_w,
                                ref_rows=int(cfg.get("novelty_ref_rows", 256)),

@@ -97,6 +97,9 @@ def _main_table(results: dict) -> list[str]:
     rows.append([f"**generated** (mean of K={k})"] + [_cell(g.get(s)) for s in splits])
     rows.append([f"**generated** (best of K={k})"]
                 + [_cell((g.get(s) or {}).get("best_of_k")) for s in splits])
+    if any("weight_average" in (g.get(s) or {}) for s in splits):
+      rows.append([f"**generated** (weight average of its K={k} samples)"]
+                  + [_cell((g.get(s) or {}).get("weight_average")) for s in splits])
   if base:
     for m, label in _ROW_LABELS.items():
       if m == "ridge":
@@ -146,6 +149,10 @@ def _gap_lines(results: dict) -> list[str]:
         ["generated (best of K), from split means"]
         + [_ratio(g[s]["gap_closure_best_of_k"]["from_means"]) for s in splits],
     ]
+    if all("weight_average" in g[s] for s in splits):
+      rows.append(["generated (weight average of K), from split means"]
+                  + [_ratio(g[s]["weight_average"]["gap_closure"]["from_means"])
+                     for s in splits])
   if base:
     for m in ("nn_retrieval", "ridge", "mean_weights"):
       rows.append([f"{_ROW_LABELS[m].split(' (')[0]}, from split means"]
