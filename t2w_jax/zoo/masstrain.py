@@ -8,7 +8,9 @@ How the nets are spread is a config choice per backend (``TrainerSpec``):
 
 * ``nets_per_chunk``: nets trained side by side under ``vmap``. On GPU/TPU this is large
   (hundreds); on XLA:CPU a vmapped ``lax.conv`` becomes a slow grouped convolution, so use
-  ``conv_impl="im2col"`` (batched matmuls) there.
+  ``conv_impl="im2col"`` (batched matmuls) there, and one net per chunk: a wider chunk's
+  im2col patches overflow the caches that the cores share, and the second core then adds
+  nothing (README, "Benchmarks").
 * the nets axis is sharded over all local devices (a 1-D mesh named ``nets``): on a GPU box
   or a TPU host each chip trains its own slice of nets; on a 2-core CPU, running with
   ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
