@@ -37,7 +37,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t2w_jax import bench
@@ -230,27 +229,15 @@ def make_step(model: SubtaskCNN, spec: masstrain.TrainerSpec):
 
   Returns:
     (optimizer, step) with ``step(data, params, opt_state, classes, mask, key) ->
-    (params, opt_state, loss)``: a balanced batch drawn with ``key``, then one Adam update.
+    (params, opt_state, loss)``: ``masstrain.train_step_fn`` with the data as an argument
+    (not a closed-over constant), so that one jitted step serves every net.
   """
-  tx = optax.adam(spec.learning_rate)
-
   def step(data, params, opt_state, classes, mask, key):
-    emb = data.class_emb[classes]
-    k_cls, k_img = jax.random.split(key)
-    local = jax.random.randint(k_cls, (spec.batch_size,), 0, jnp.sum(mask))
-    cls = classes[local]
-    j = jax.random.randint(k_img, (spec.batch_size,), 0, data.class_count[cls])
-    x = data.images[data.class_index[cls, j]]
+    fn = masstrain.train_step_fn(model, spec, data, classes, mask)
+    (params, opt_state), loss = fn((params, opt_state), key)
+    return params, opt_state, loss
 
-    def loss_fn(p):
-      logits = masstrain.masked_logits(model, p, x, emb, mask)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, local).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return tx, step
+  return masstrain.optimizer(spec), step
 
 
 def embed_flops(model: SubtaskCNN, params, num_images: int, image_size: int) -> float:
@@ -304,7 +291,7 @@ def run_baseline(s: Settings) -> dict:
   step = jax.jit(step_fn)
   acc = jax.jit(functools.partial(masstrain.task_accuracy, model, spec))
   # The trainer's per-step keys: the same batches as the en-masse run of these tasks.
-  keys = np.asarray(jax.vmap(lambda sd: jax.random.split(jax.random.PRNGKey(sd), s.steps))(
+  keys = np.asarray(jax.vmap(lambda sd: masstrain.step_keys(sd, s.steps))(
       jnp.asarray(tasks.seeds)))
 
   def train_nets(num_steps: int):

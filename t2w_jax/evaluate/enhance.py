@@ -22,6 +22,7 @@ from t2w_jax.diffusion import DDIMSampler
 from t2w_jax.diffusion import denoise_from
 from t2w_jax.diffusion import get_schedule
 from t2w_jax.diffusion import q_sample
+from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.text.condition import text_condition
@@ -147,13 +148,13 @@ def enhance(ctx, cfg, rng) -> dict:
   flat = np.concatenate([nets[s] for s in sources])
   all_tasks = tasks * len(sources)
   emb, mask = ctx.class_text(all_tasks)
-  before = ctx.accuracy(flat, all_tasks).reshape(len(sources), n)
+  before = baselines.accuracy(ctx, flat, all_tasks).reshape(len(sources), n)
   after, noised = [], []
   for i, t in enumerate(kept):
     fn = make_enhancer(gen, t, steps=steps, guidance=guidance)
     den, noi = fn(flat, emb, mask, jax.random.fold_in(rng, i))
-    after.append(ctx.accuracy(np.asarray(den), all_tasks).reshape(len(sources), n))
-    noised.append(ctx.accuracy(np.asarray(noi), all_tasks).reshape(len(sources), n))
+    after.append(baselines.accuracy(ctx, np.asarray(den), all_tasks).reshape(len(sources), n))
+    noised.append(baselines.accuracy(ctx, np.asarray(noi), all_tasks).reshape(len(sources), n))
   after, noised = np.stack(after, 1), np.stack(noised, 1)  # (sources, t, n)
 
   results = {"split": split, "num_tasks": n, "t": kept, "sample_steps": steps,

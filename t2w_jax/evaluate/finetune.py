@@ -23,7 +23,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from t2w_jax import api
 from t2w_jax.evaluate import plots
@@ -41,29 +40,11 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
                eval_every: int, data, init_flat, classes, mask, seed):
   """Fine-tunes one net from ``init_flat``; returns (accuracies (S+1,), final flat (D,)).
 
-  The step is the corpus trainer's (``masstrain._train_one``): same optimiser, same
-  class-balanced batch draw, same per-step keys ``split(PRNGKey(seed), steps)``; it is
-  restated here only because that one does not stop to measure accuracy.
+  The step and its per-step keys are the corpus trainer's (``masstrain.train_step_fn``,
+  ``masstrain.step_keys``), scanned in segments with an accuracy measurement after each.
   """
   params0 = layout.unflatten(init_flat)
-  emb = data.class_emb[classes]
-  k = jnp.sum(mask)
-  tx = optax.adam(spec.learning_rate)
-
-  def loss_fn(params, x, y):
-    logits = masstrain.masked_logits(model, params, x, emb, mask)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def step(carry, key):
-    params, opt_state = carry
-    k_cls, k_img = jax.random.split(key)
-    local = jax.random.randint(k_cls, (spec.batch_size,), 0, k)
-    cls = classes[local]
-    j = jax.random.randint(k_img, (spec.batch_size,), 0, data.class_count[cls])
-    x = data.images[data.class_index[cls, j]]
-    grads = jax.grad(loss_fn)(params, x, local)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), None
+  step = masstrain.train_step_fn(model, spec, data, classes, mask)
 
   def accuracy(params):
     return masstrain.task_accuracy(model, spec, data, params, classes, mask)
@@ -72,9 +53,10 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
     carry, _ = jax.lax.scan(step, carry, seg_keys)
     return carry, accuracy(carry[0])
 
-  keys = jax.random.split(jax.random.PRNGKey(seed), spec.steps)
+  keys = masstrain.step_keys(seed, spec.steps)
   keys = keys.reshape((spec.steps // eval_every, eval_every) + keys.shape[1:])
-  (params, _), accs = jax.lax.scan(segment, (params0, tx.init(params0)), keys)
+  init = (params0, masstrain.optimizer(spec).init(params0))
+  (params, _), accs = jax.lax.scan(segment, init, keys)
   return jnp.concatenate([accuracy(params0)[None], accs]), layout.flatten(params)
 
 

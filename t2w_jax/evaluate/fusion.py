@@ -28,6 +28,7 @@ from scipy.optimize import linear_sum_assignment
 
 from t2w_jax import api
 from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
@@ -235,7 +236,7 @@ def fusion(ctx, cfg, rng) -> dict:
   names = list(nets)
   flat = np.concatenate([generated] + [np.stack(nets[k]) for k in names])
   tasks = [u for u in unions for _ in range(num_samples)] + unions * len(names)
-  acc = uctx.accuracy(flat, tasks)
+  acc = baselines.accuracy(uctx, flat, tasks)
   per = {"generated": acc[:p * num_samples].reshape(p, num_samples).mean(1),
          "generated_best": acc[:p * num_samples].reshape(p, num_samples).max(1)}
   rest = acc[p * num_samples:].reshape(len(names), p)

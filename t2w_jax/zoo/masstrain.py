@@ -111,11 +111,19 @@ def masked_logits(model: SubtaskCNN, params, images, emb, mask):
   return jnp.where(mask[None, :], logits, -jnp.inf)
 
 
-def _train_one(model, spec, data, base_params, classes, mask, seed):
-  """Train one net from the base on one task; returns final params and the loss curve."""
+def optimizer(spec: TrainerSpec) -> optax.GradientTransformation:
+  """The task nets' optimiser (Adam at the spec's learning rate)."""
+  return optax.adam(spec.learning_rate)
+
+
+def train_step_fn(model, spec, data, classes, mask):
+  """One task net's train step: ``step((params, opt_state), key) -> ((params, opt_state),
+  loss)``, scannable over per-step keys. The corpus trainer, the fine-tune curves and the
+  per-net benchmark loop all run this step, so they draw the same batches from the same keys.
+  """
   emb = data.class_emb[classes]
   k = jnp.sum(mask)
-  tx = optax.adam(spec.learning_rate)
+  tx = optimizer(spec)
 
   def loss_fn(params, x, y):
     logits = masked_logits(model, params, x, emb, mask)
@@ -133,8 +141,19 @@ def _train_one(model, spec, data, base_params, classes, mask, seed):
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
-  keys = jax.random.split(jax.random.PRNGKey(seed), spec.steps)
-  (params, _), losses = jax.lax.scan(step, (base_params, tx.init(base_params)), keys)
+  return step
+
+
+def step_keys(seed, steps: int):
+  """The per-step keys of the net with this seed (shared by every user of the step)."""
+  return jax.random.split(jax.random.PRNGKey(seed), steps)
+
+
+def _train_one(model, spec, data, base_params, classes, mask, seed):
+  """Train one net from the base on one task; returns final params and the loss curve."""
+  step = train_step_fn(model, spec, data, classes, mask)
+  init = (base_params, optimizer(spec).init(base_params))
+  (params, _), losses = jax.lax.scan(step, init, step_keys(seed, spec.steps))
   return params, losses
 
 
