@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler = "ddim"
   c.sample_steps = 50
   c.guidance = 1.0
+  c.sample_temperature = 1.0  # scale of the starting noise (README: sampler ablation)
 
   if arg == "tiny":
     c.block_size = 64

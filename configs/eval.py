@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       sampler=_placeholder(str),    # default: the generator config's ("ddim")
       steps=_placeholder(int),      # default: the generator config's (50)
       guidance=_placeholder(float),  # default: the generator config's (1.0)
+      temperature=_placeholder(float),  # starting-noise scale; default: the config's (1.0)
       min_denominator=0.02,
       novelty=True,
       novelty_ref_rows=256,
@@ -55,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       split="unseen", num_tasks=6, num_samples=2,
       samplers=("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddpm"),
       guidances=(1.0, 2.0, 4.0),
+      temperatures=(1.0, 0.5, 0.0),  # starting-noise scales; the others at guidance_sampler
       cross=False,                  # False: samplers at guidances[0] + guidances at:
       guidance_sampler="ddim:50"))
   c.evals.freeform = ml_collections.ConfigDict(dict(
@@ -83,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.generated.novelty_ref_rows = 8
     c.evals.sampler_ablation.update(num_tasks=2, num_samples=1,
                                     samplers=("ddim:5", "ddim:10", "ddim:1000", "ddpm"),
-                                    guidances=(1.0, 2.0), guidance_sampler="ddim:10")
+                                    guidances=(1.0, 2.0), temperatures=(1.0, 0.0),
+                                    guidance_sampler="ddim:10")
     c.evals.freeform.update(max_tasks=2, num_samples=1)
   elif arg:
     raise ValueError(f"unknown eval config variant {arg!r}; use '' or 'tiny'")

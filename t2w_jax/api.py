@@ -140,7 +140,7 @@ def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
   smp = get_sampler(sampler, num_steps=steps) if sampler == "ddim" else get_sampler(sampler)
   temperature = spec.config["prior_temperature"]
 
-  def run(params, class_emb, mask, rng, guidance):
+  def run(params, class_emb, mask, rng, guidance, noise_temperature):
     b = class_emb.shape[0]
     cond = text_condition(class_emb, mask, temperature)
     null = dict(cond, drop=jnp.ones((b,), bool))
@@ -150,7 +150,7 @@ def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
 
     tokens = smp(denoise, schedule, rng, (b,) + tok.token_shape, cond,
                  null_cond=null if guidance_on else None,
-                 guidance=guidance if guidance_on else 1.0)
+                 guidance=guidance if guidance_on else 1.0, temperature=noise_temperature)
     return tok.detokenize(norms.denormalize(tokens))
 
   fn = jax.jit(run)
@@ -159,20 +159,25 @@ def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
 
 
 def sample_flat(gen: Generator, class_emb, class_mask, *, rng, steps: int | None = None,
-                guidance: float | None = None, sampler: str | None = None) -> jax.Array:
+                guidance: float | None = None, sampler: str | None = None,
+                temperature: float | None = None) -> jax.Array:
   """Batched core of ``generate``: (B, K, d) embeddings + (B, K) masks -> (B, D) weights."""
   c = gen.spec.config
   sampler = sampler or c["sampler"]
   steps = int(steps or c["sample_steps"])
   guidance = float(c["guidance"] if guidance is None else guidance)
+  temperature = float(c.get("sample_temperature", 1.0) if temperature is None else temperature)
+  if not temperature >= 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
   fn = _sampler_fn(gen, sampler, steps, guidance != 1.0)
   return fn(gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool),
-            rng, jnp.float32(guidance))
+            rng, jnp.float32(guidance), jnp.float32(temperature))
 
 
 def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int = 1,
              steps: int | None = None, guidance: float | None = None,
-             sampler: str | None = None, average: bool = False) -> dict:
+             sampler: str | None = None, temperature: float | None = None,
+             average: bool = False) -> dict:
   """Generates subtask-CNN parameters for the described task.
 
   Args:
@@ -183,6 +188,9 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
     steps: sampler steps (DDIM); default from the config (50).
     guidance: classifier-free guidance scale (1.0 = conditional only).
     sampler: "ddim" or "ddpm".
+    temperature: scale of the starting noise (default: the config's ``sample_temperature``,
+      1.0). Lower gives nets nearer the conditional mode and less diverse; DDIM at 0 is
+      deterministic (the README's sampler ablation measures the trade-off).
     average: return ONE net, the weight average of the ``num_samples`` samples. Corpus
       nets share their base net's basin, so this cancels part of each sample's noise
       (measured in the README's evaluation table).
@@ -198,7 +206,7 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
   padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
   flat = sample_flat(gen, np.repeat(padded[None], num_samples, 0),
                      np.repeat(mask[None], num_samples, 0), rng=rng, steps=steps,
-                     guidance=guidance, sampler=sampler)
+                     guidance=guidance, sampler=sampler, temperature=temperature)
   if average:
     flat = flat.mean(0, keepdims=True)
   return gen.layout.unflatten(flat)

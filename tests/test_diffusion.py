@@ -420,3 +420,19 @@ def test_clip_x0():
   out = DDIMSampler(num_steps=5)(_oracle(jnp.full(SHAPE, 3.0)), s, jax.random.key(0), SHAPE,
                                  None, clip_x0=1.0)
   np.testing.assert_allclose(np.asarray(out), 1.0, atol=1e-5)
+
+
+def test_ddim_at_temperature_zero_ignores_the_rng():
+  """DDIM (eta=0) from x_T = 0 has no randomness left; temperature scales x_T exactly."""
+  s = diffusion.linear_schedule(100)
+  ddim = DDIMSampler(num_steps=10)
+  run = jax.jit(lambda rng, tau: ddim(_cond_denoiser, s, rng, SHAPE, _cond(), temperature=tau))
+  np.testing.assert_array_equal(np.asarray(run(jax.random.key(1), 0.0)),
+                                np.asarray(run(jax.random.key(2), 0.0)))
+  assert not np.allclose(run(jax.random.key(1), 1.0), run(jax.random.key(2), 1.0))
+  # The chain is affine in x_T here (the denoiser is affine in x_t): the temperature-0.5
+  # sample is the midpoint of the temperature-0 and temperature-1 samples.
+  a0, a1, ah = (np.asarray(run(jax.random.key(1), tau)) for tau in (0.0, 1.0, 0.5))
+  np.testing.assert_allclose(ah, 0.5 * (a0 + a1), atol=1e-5)
+  with pytest.raises(ValueError, match="temperature must be >= 0"):
+    ddim(_cond_denoiser, s, jax.random.key(1), SHAPE, _cond(), temperature=-1.0)

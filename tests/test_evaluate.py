@@ -57,7 +57,7 @@ def _test_config():
   # Every sampling call has batch 2 and DDIM-2: one compiled program (two with guidance).
   c.evals.generated.update(num_samples=1, steps=2)
   c.evals.sampler_ablation.update(samplers=("ddim:2", "ddim:1000"), guidances=(1.0, 2.0),
-                                  guidance_sampler="ddim:2")
+                                  temperatures=(1.0, 0.0), guidance_sampler="ddim:2")
   c.evals.freeform.update(steps=2)
   return c
 
@@ -245,8 +245,8 @@ def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
                 "oracle", "Gap closure", "Novelty", "Sampler ablation", "Free-form"):
     assert label in table, label
   ab = saved["evals"]["sampler_ablation"]
-  assert [(r["sampler"], r["steps"], r["guidance"]) for r in ab["rows"]] == [
-      ("ddim", 2, 1.0), ("ddim", 2, 2.0)]
+  assert [(r["sampler"], r["steps"], r["guidance"], r["temperature"]) for r in ab["rows"]] == [
+      ("ddim", 2, 1.0, 1.0), ("ddim", 2, 2.0, 1.0), ("ddim", 2, 1.0, 0.0)]
   assert ab["skipped"] and "ddim:1000" in ab["skipped"][0]
   ff = saved["evals"]["freeform"]["variants"]
   assert set(ff) == set(generated.FREEFORM_VARIANTS)

@@ -111,6 +111,10 @@ def test_generate_plugs_into_apply(trained):
   avg = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5,
                      average=True)
   _leaves_close(avg, jax.tree.map(lambda a: a.mean(0, keepdims=True), params), atol=1e-6)
+  # DDIM from x_T = 0: the same net whatever the key.
+  cold = [api.generate(gen, text, rng=jax.random.PRNGKey(i), steps=5, temperature=0.0)
+          for i in (0, 1)]
+  _leaves_close(cold[0], cold[1], atol=0)
   other = api.generate(gen, text, rng=jax.random.PRNGKey(1), num_samples=3, steps=5)
   assert not np.allclose(params["head"]["kernel"], other["head"]["kernel"])
   guided = api.generate(gen, text, rng=jax.random.PRNGKey(0), steps=5, guidance=3.0)

@@ -137,7 +137,7 @@ class ReverseSampler(abc.ABC):
 
   def __call__(self, denoise_fn: DenoiseFn, schedule: Schedule, rng: jax.Array,
                shape, cond: Any, null_cond: Any = None, guidance=1.0,
-               clip_x0: Optional[float] = None) -> jax.Array:
+               clip_x0: Optional[float] = None, temperature=1.0) -> jax.Array:
     """Draws samples, starting from pure noise at t = T-1.
 
     Args:
@@ -149,13 +149,18 @@ class ReverseSampler(abc.ABC):
       null_cond: unconditional pytree for guidance (see ``guided_x0``).
       guidance: classifier-free guidance scale.
       clip_x0: if set, predicted x0 is clipped to [-clip_x0, clip_x0] at every step.
+      temperature: scales the starting noise x_T (1 = the trained prior). Below 1 the
+        chain starts nearer the centre and ends nearer the conditional mode (DDIM at 0 is
+        deterministic); the fresh noise of DDPM steps is not scaled. May be traced.
 
     Returns:
       (B, ...) float32 samples.
     """
     shape = _check_shape(shape)
+    if isinstance(temperature, (int, float)) and not temperature >= 0:
+      raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     init_rng, chain_rng = jax.random.split(rng)
-    x_init = jax.random.normal(init_rng, shape, jnp.float32)
+    x_init = temperature * jax.random.normal(init_rng, shape, jnp.float32)
     ts = self.timesteps(schedule.num_timesteps)
     return self._chain(denoise_fn, schedule, chain_rng, x_init, ts, cond, null_cond,
                        guidance, clip_x0)

@@ -55,7 +55,8 @@ def pad_to(emb: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def sample_nets(ctx, emb: np.ndarray, mask: np.ndarray, rng, *, num_samples: int,
-                sampler: str, steps: int, guidance: float) -> np.ndarray:
+                sampler: str, steps: int, guidance: float,
+                temperature: float | None = None) -> np.ndarray:
   """Generates ``num_samples`` nets per task in ONE batched sampler call.
 
   Args:
@@ -64,6 +65,7 @@ def sample_nets(ctx, emb: np.ndarray, mask: np.ndarray, rng, *, num_samples: int
     rng: PRNG key.
     num_samples: nets per task.
     sampler, steps, guidance: the reverse process.
+    temperature: scale of the starting noise (None: the generator config's).
 
   Returns:
     (n, num_samples, D) float32 flat weights.
@@ -78,7 +80,7 @@ def sample_nets(ctx, emb: np.ndarray, mask: np.ndarray, rng, *, num_samples: int
   n = emb.shape[0]
   flat = api.sample_flat(ctx.gen, np.repeat(emb, num_samples, 0),
                          np.repeat(mask, num_samples, 0), rng=rng, steps=steps,
-                         guidance=guidance, sampler=sampler)
+                         guidance=guidance, sampler=sampler, temperature=temperature)
   return np.asarray(flat, np.float32).reshape(n, num_samples, -1)
 
 
@@ -254,18 +256,21 @@ def evaluate_generated(ctx, cfg, rng) -> dict:
   splits = tuple(cfg.get("splits", ("unseen", "heldout")))
   k = int(cfg.get("num_samples", 4))
   sampler, steps, guidance = sampler_setting(ctx, cfg)
+  temperature = cfg.get("temperature", None)
+  temperature = float(ctx.gen.config.get("sample_temperature", 1.0) if temperature is None
+                      else temperature)
   min_den = float(cfg.get("min_denominator", baselines.DEFAULT_MIN_DENOMINATOR))
   seen_w = baselines.seen_weights(ctx) if cfg.get("novelty", True) else None
   out = {"num_samples": k, "sampler": sampler, "steps": steps, "guidance": guidance,
-         "splits": {}}
+         "temperature": temperature, "splits": {}}
   for split in splits:
     rows, tasks = baselines.split_tasks(ctx, cfg, split)
     emb, mask = ctx.class_text(tasks)
     t0 = time.time()
     # Keyed by the split's name, so a split's nets do not depend on which others run.
     key = jax.random.fold_in(rng, zlib.crc32(split.encode()) & 0x7FFFFFFF)
-    nets = sample_nets(ctx, emb, mask, key, num_samples=k,
-                       sampler=sampler, steps=steps, guidance=guidance)
+    nets = sample_nets(ctx, emb, mask, key, num_samples=k, sampler=sampler, steps=steps,
+                       guidance=guidance, temperature=temperature)
     logging.info("generated %d nets for %d %s tasks in %.1fs", nets.shape[0] * k, len(tasks),
                  split, time.time() - t0)
     acc = accuracy_samples(ctx, nets, tasks)
@@ -308,8 +313,10 @@ def evaluate_sampler_ablation(ctx, cfg, rng) -> dict:
   Config keys: ``split`` ("unseen"), ``num_tasks`` (8), ``num_samples`` (2), ``samplers``
   (("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddpm")), ``guidances`` ((1.0, 2.0, 4.0)),
   ``cross`` (False: samplers at guidance ``guidances[0]`` plus guidances at
-  ``guidance_sampler`` ("ddim:50"); True: every pair). DDIM settings with more steps than
-  the generator's chain are skipped and listed.
+  ``guidance_sampler`` ("ddim:50"); True: every pair), ``temperatures`` ((1.0,): scales of
+  the starting noise; the first goes with every setting above, the others run at
+  ``guidance_sampler`` and ``guidances[0]``). DDIM settings with more steps than the
+  generator's chain are skipped and listed.
   """
   split = cfg.get("split", "unseen")
   num_t = int(cfg.get("num_timesteps", 0) or ctx.gen.config["num_timesteps"])
@@ -320,29 +327,34 @@ def evaluate_sampler_ablation(ctx, cfg, rng) -> dict:
   guidances = [float(g) for g in cfg.get("guidances", (1.0, 2.0, 4.0))]
   if not samplers or not guidances:
     raise ValueError("sampler_ablation needs at least one sampler and one guidance scale")
+  temps = [float(x) for x in cfg.get("temperatures", (1.0,))]
+  if not temps or min(temps) < 0:
+    raise ValueError(f"sampler_ablation temperatures must be >= 0 and not empty: {temps}")
+  gs = str(cfg.get("guidance_sampler", "ddim:50"))
   if cfg.get("cross", False):
-    grid = [(s, g) for s in samplers for g in guidances]
+    grid = [(s, g, temps[0]) for s in samplers for g in guidances]
   else:
-    gs = str(cfg.get("guidance_sampler", "ddim:50"))
-    grid = [(s, guidances[0]) for s in samplers] + [(gs, g) for g in guidances[1:]]
+    grid = ([(s, guidances[0], temps[0]) for s in samplers]
+            + [(gs, g, temps[0]) for g in guidances[1:]])
+  grid += [(gs, guidances[0], tau) for tau in temps[1:]]
   emb, mask = ctx.class_text(tasks)
   base, oracle = _reference(ctx, rows)
   out_rows, skipped, seen = [], [], set()
-  for setting, g in grid:
+  for setting, g, tau in grid:
     name, steps = parse_setting(setting, num_t)
-    if (name, steps, g) in seen:
+    if (name, steps, g, tau) in seen:
       continue
-    seen.add((name, steps, g))
+    seen.add((name, steps, g, tau))
     if name == "ddim" and steps > num_t:
       skipped.append(f"{setting} (chain has {num_t} steps)")
       continue
     t0 = time.time()
     # Same key for every setting: differences come from the sampler, not the noise.
     nets = sample_nets(ctx, emb, mask, rng, num_samples=k, sampler=name, steps=steps,
-                       guidance=g)
+                       guidance=g, temperature=tau)
     seconds = time.time() - t0
     st = sample_stats(accuracy_samples(ctx, nets, tasks))
-    out_rows.append({"sampler": name, "steps": steps, "guidance": g,
+    out_rows.append({"sampler": name, "steps": steps, "guidance": g, "temperature": tau,
                      "mean": st["mean"], "std": st["std"], "sample_std": st["sample_std"],
                      "best_of_k": st["best_of_k"]["mean"],
                      "gap_closure_from_means": baselines.gap_closure_from_means(

@@ -116,8 +116,8 @@ def _main_table(results: dict) -> list[str]:
            "train the generator (it trains on the seen split only)."]
   if gen:
     lines.append(f"Generated nets: {gen['sampler']} with {gen['steps']} steps, guidance "
-                 f"{gen['guidance']:g}; per task, the mean (or the best) of K={gen['num_samples']} "
-                 "samples.")
+                 f"{gen['guidance']:g}, temperature {gen.get('temperature', 1.0):g}; per task, "
+                 f"the mean (or the best) of K={gen['num_samples']} samples.")
   lines += [""] + _table(header, rows)
   if gen:
     lines += ["", "Spread of the K samples within a task (std, averaged over tasks): "
@@ -203,14 +203,17 @@ def _ablation_lines(results: dict) -> list[str]:
   if not ab:
     return []
   rows = [[r["sampler"], str(r["steps"]), f"{r['guidance']:g}",
+           f"{r.get('temperature', 1.0):g}",
            f"{_pct(r['mean'])} ± {_pct(r['std'])}", _pct(r["best_of_k"]),
            _ratio(r["gap_closure_from_means"]), f"{r['seconds']:.1f}"] for r in ab["rows"]]
   lines = ["", f"## Sampler ablation ({ab['split']}, {ab['n_tasks']} tasks × "
            f"{ab['num_samples']} samples; base {_pct(ab['base_mean'])}, oracle "
            f"{_pct(ab['oracle_mean'])})", ""]
-  lines += _table(["sampler", "steps", "guidance", "accuracy (%)", "best-of-K (%)",
-                   "gap closure", "wall s*"], rows)
-  lines += ["", "*Wall seconds of the sampling call, including its compilation unless an "
+  lines += _table(["sampler", "steps", "guidance", "temperature", "accuracy (%)",
+                   "best-of-K (%)", "gap closure", "wall s*"], rows)
+  lines += ["", "Temperature: scale of the starting noise (1 = the trained prior; DDIM at 0 "
+            "is deterministic, so its K samples coincide).",
+            "*Wall seconds of the sampling call, including its compilation unless an "
             "earlier evaluator compiled the same setting and batch size."]
   if ab.get("skipped"):
     lines += ["", "Skipped: " + "; ".join(ab["skipped"]) + "."]
