@@ -69,9 +69,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
-  # Sampling defaults used by generate() and the evaluators.
+  # Sampling defaults used by generate() and the evaluators. One DDIM step from x_T is the
+  # DiT's own estimate of E[x0 | text]; on the default corpus it gave the best nets (53.8 %
+  # on unseen tasks against 44.6 % for DDIM-50, README "Sampler"): later steps add sampled
+  # detail that behaves like noise in weight space. The sampler ablation measures 1-100.
   c.sampler = "ddim"
-  c.sample_steps = 50
+  c.sample_steps = 1
   c.guidance = 1.0
   c.sample_temperature = 1.0  # scale of the starting noise (README: sampler ablation)
 

@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       type="generated",
       num_samples=4,
       sampler=_placeholder(str),    # default: the generator config's ("ddim")
-      steps=_placeholder(int),      # default: the generator config's (50)
+      steps=_placeholder(int),      # default: the generator config's (1)
       guidance=_placeholder(float),  # default: the generator config's (1.0)
       temperature=_placeholder(float),  # starting-noise scale; default: the config's (1.0)
       min_denominator=0.02,
@@ -54,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(
       type="sampler_ablation",
       split="unseen", num_tasks=6, num_samples=2,
-      samplers=("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddpm"),
+      samplers=("ddim:1", "ddim:2", "ddim:5", "ddim:10", "ddim:25", "ddim:50", "ddim:100",
+                "ddpm"),
       guidances=(1.0, 2.0, 4.0),
       temperatures=(1.0, 0.5, 0.0),  # starting-noise scales; the others at guidance_sampler
       cross=False,                  # False: samplers at guidances[0] + guidances at:

@@ -54,6 +54,8 @@ def run_ablations(config, workdir: str) -> dict:
     gen_cfg = e.evals.generated
     gen_cfg.num_samples = config.num_samples
     gen_cfg.novelty = False
+    if config.get("sample_steps", 0):
+      gen_cfg.steps = int(config.sample_steps)
     e.evals = ml_collections.ConfigDict({"generated": gen_cfg})
     res = eval_run.evaluate(e, vdir)
     results[name] = {s: v for s, v in res["evals"]["generated"]["splits"].items()}
@@ -80,6 +82,9 @@ def render(results: dict, config) -> str:
       v = first.get(s, {}).get(ref)
       cells.append(f"{100 * v['mean']:.1f}" if isinstance(v, dict) and "mean" in v else "-")
     lines.append(f"| ({ref}) | " + " | ".join(cells) + " |")
+  steps = config.get("sample_steps", 0)
+  sampling = f"DDIM-{steps}" if steps else "the generator config's sampler"
   lines.append(f"\n{config.num_steps} training steps each ({config.dit_variant} DiT), "
-               f"{config.num_samples} samples per task, up to {config.max_tasks} tasks per split.")
+               f"{config.num_samples} samples per task ({sampling}), up to "
+               f"{config.max_tasks} tasks per split.")
   return "\n".join(lines)
