@@ -185,7 +185,7 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
     text: class names, or one string split on commas and "and".
     rng: PRNG key; the same key gives the same nets.
     num_samples: nets to generate.
-    steps: sampler steps (DDIM); default from the config (50).
+    steps: sampler steps (DDIM); default from the config (1: the one-step estimate).
     guidance: classifier-free guidance scale (1.0 = conditional only).
     sampler: "ddim" or "ddpm".
     temperature: scale of the starting noise (default: the config's ``sample_temperature``,

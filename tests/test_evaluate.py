@@ -242,7 +242,8 @@ def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
   for label in ("**generated** (mean of K=1)", "**generated** (best of K=1)",
                 "**generated** (weight average of its K=1 samples)", "base net",
                 "random init", "mean of seen corpus weights", "NN retrieval", "ridge",
-                "oracle", "Gap closure", "Novelty", "Sampler ablation", "Free-form"):
+                "oracle", "paired by task", "Gap closure", "Novelty", "Sampler ablation",
+                "Free-form"):
     assert label in table, label
   ab = saved["evals"]["sampler_ablation"]
   assert [(r["sampler"], r["steps"], r["guidance"], r["temperature"]) for r in ab["rows"]] == [
@@ -268,3 +269,14 @@ def test_generation_is_deterministic(results, workdir):
   again = registry.get("generated")(c, cfg, run.evaluator_rng(0, "generated"))
   assert again["splits"]["unseen"]["per_sample"] == \
       results["evals"]["generated"]["splits"]["unseen"]["per_sample"]
+
+
+def test_paired_difference():
+  p = report.paired_difference([0.5, 0.7, 0.6], [0.4, 0.7, 0.3])
+  d = np.array([0.1, 0.0, 0.3])
+  assert p["n"] == 3 and p["wins"] == 2
+  np.testing.assert_allclose(p["mean"], d.mean())
+  np.testing.assert_allclose(p["se"], d.std(ddof=1) / np.sqrt(3))
+  assert report.paired_difference([0.5], [0.4])["se"] is None
+  assert report.paired_difference([0.5, 0.6], [0.4]) is None
+  assert report.paired_difference([], []) is None

@@ -5,7 +5,8 @@
 * the main table: one row per method (generated mean of K, generated best-of-K, base net,
   random init, mean of seen weights, NN retrieval, ridge, oracle), one column per split,
   cells "mean ± std" of test accuracy in percent over the split's tasks;
-* gap closure lines (per-task averaged and from split means), novelty lines;
+* the generated nets' per-task paired differences from each baseline (mean ± standard
+  error, wins), gap closure lines (per-task averaged and from split means), novelty lines;
 * the sampler-ablation and free-form tables when those evaluators ran;
 * any evaluator's own ``"markdown"`` string, verbatim (how other evaluators add sections).
 """
@@ -124,6 +125,48 @@ def _main_table(results: dict) -> list[str]:
               + ", ".join(f"{s} {_pct(gen['splits'][s]['sample_std'])}"
                           for s in splits if s in gen["splits"]) + "."]
   return lines
+
+
+def paired_difference(a, b) -> dict | None:
+  """Per-task paired comparison of two methods on the same tasks.
+
+  Args:
+    a, b: (n,) per-task accuracies of the two methods, task i in both.
+
+  Returns:
+    ``mean`` of a - b, its standard error ``se`` (sample std / sqrt(n); None for n < 2),
+    ``wins`` (tasks where a > b) and ``n``; None if the lengths differ or are 0.
+  """
+  if not a or not b or len(a) != len(b):
+    return None
+  d = [float(x) - float(y) for x, y in zip(a, b)]
+  n = len(d)
+  mean = sum(d) / n
+  se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else None
+  return {"mean": mean, "se": se, "wins": sum(x > 0 for x in d), "n": n}
+
+
+def _paired_lines(results: dict) -> list[str]:
+  gen, base = _find(results, "generated"), _find(results, "baselines")
+  if not gen or not base:
+    return []
+  splits = [s for s in gen["splits"] if s in base["splits"]]
+
+  def cell(s, m):
+    got = (base["splits"][s].get("methods", {}).get(m) or {}).get("per_task")
+    p = paired_difference(gen["splits"][s].get("per_task"), got)
+    if p is None:
+      return "–"
+    se = "" if p["se"] is None else f" ± {_pct(p['se'])}"
+    return f"{100.0 * p['mean']:+.1f}{se} ({p['wins']}/{p['n']})"
+
+  rows = [[_ROW_LABELS[m].split(" (")[0]] + [cell(s, m) for s in splits]
+          for m in ("base", "mean_weights", "nn_retrieval", "ridge", "oracle")]
+  return (["", "## Generated (mean of K) minus each method, paired by task", "",
+           "Points of test accuracy: mean over tasks of (generated − method) ± its standard "
+           "error, and (tasks where generated is higher / tasks). A difference within about "
+           "two standard errors of 0 is a tie.", ""]
+          + _table(["method"] + splits, rows))
 
 
 def _gap_lines(results: dict) -> list[str]:
@@ -254,7 +297,8 @@ def render(results: dict) -> str:
     lines.append(f"Corpus `{meta.get('corpus_dir')}`; generator `{meta.get('generator_dir')}` "
                  f"(step {meta.get('generator_step')}); seed {meta.get('seed')}.")
     lines.append("")
-  lines += _main_table(results) + _gap_lines(results) + _novelty_lines(results)
+  lines += (_main_table(results) + _paired_lines(results) + _gap_lines(results)
+            + _novelty_lines(results))
   lines += _ablation_lines(results) + _freeform_lines(results)
   for key, v in results.get("evals", {}).items():
     if isinstance(v.get("markdown"), str) and v["markdown"].strip():
