@@ -249,8 +249,8 @@ def evaluate_generated(ctx, cfg, rng) -> dict:
   """K generated nets per task: accuracy, best-of-K, gap closure and novelty per split.
 
   Config keys (all optional): ``splits`` (("unseen", "heldout")), ``max_tasks`` (None),
-  ``num_samples`` (4), ``sampler``/``steps``/``guidance`` (None = the generator's),
-  ``min_denominator`` (0.02), ``novelty`` (True), ``novelty_ref_rows`` (256),
+  ``num_samples`` (4), ``sampler``/``steps``/``guidance``/``temperature`` (None = the
+  generator's), ``min_denominator`` (0.02), ``novelty`` (True), ``novelty_ref_rows`` (256),
   ``novelty_samples`` (1: generated nets per task whose predictions are compared).
   """
   splits = tuple(cfg.get("splits", ("unseen", "heldout")))

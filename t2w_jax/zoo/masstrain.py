@@ -175,6 +175,13 @@ def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
   return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
 
 
+def _embed_rows(model, params, data, rows):
+  """Embeddings (R, per, d) of the test images in (R, per) row ids, one row at a time."""
+  return jax.lax.map(
+      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
+      rows)
+
+
 def task_accuracy(model, spec, data, params, classes, mask):
   """Test accuracy of one net on one task's classes (up to eval_per_class images each).
 
@@ -184,9 +191,7 @@ def task_accuracy(model, spec, data, params, classes, mask):
   """
   del spec  # The test set's size is fixed by ``put_data``.
   rows, valid = _test_set(data, classes, mask)
-  feats = jax.lax.map(
-      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
-      rows)                                                   # (K, per, d)
+  feats = _embed_rows(model, params, data, rows)             # (K, per, d)
   return _accuracy_from_embeddings(model, feats, valid, data.class_emb[classes], mask)
 
 
@@ -196,9 +201,7 @@ def class_embeddings_of(model, params, data):
   Computed once, a shared net's accuracy on any task is then a cheap lookup
   (``accuracy_from_class_embeddings``) instead of a forward pass per task.
   """
-  return jax.lax.map(
-      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
-      data.test_index)
+  return _embed_rows(model, params, data, data.test_index)
 
 
 def accuracy_from_class_embeddings(model, data, feats, classes, mask):
