@@ -14,23 +14,13 @@ from t2w_jax import platform  # noqa: E402  (must run before JAX is imported)
 
 platform.setup_host_devices()
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
+from t2w_jax import cli  # noqa: E402
 from t2w_jax.evaluate import run  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory")
-flags.mark_flags_as_required(["config", "workdir"])
 
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.INFO)
-  results = run.evaluate(_CONFIG.value, _WORKDIR.value)
-  print(results["table"], flush=True)
+def _evaluate(config, workdir):
+  return run.evaluate(config, workdir)["table"]
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(_evaluate, what="evaluation")

@@ -14,23 +14,15 @@ from t2w_jax import platform  # noqa: E402  (must run before JAX is imported)
 
 platform.setup_host_devices()
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import logging  # noqa: E402
 
+from t2w_jax import cli  # noqa: E402
 from t2w_jax.train import loop  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "generator config file",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory")
-flags.mark_flags_as_required(["config", "workdir"])
 
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.INFO)
-  metrics = loop.train(_CONFIG.value, _WORKDIR.value)
-  logging.info("done: %s", metrics)
+def _train(config, workdir):
+  logging.info("done: %s", loop.train(config, workdir))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(_train, what="generator")

@@ -79,10 +79,10 @@ def test_round_trip_reproduces_recorded_accuracy(built):
     ids, mask = tasks_lib.pad_tasks([tasks_lib.Task(0, "x", tuple(rec["class_ids"]), 0)],
                                     config.max_classes)
     params = corpus.layout.unflatten(jnp.asarray(corpus.weights[i]))
-    acc = masstrain.task_accuracy(model, spec, data, params, ids[0], mask[0])
+    acc = masstrain.task_accuracy(model, data, params, ids[0], mask[0])
     assert abs(float(acc) - rec["trained_acc"]) < 1e-6
     base = corpus.layout.unflatten(jnp.asarray(corpus.base))
-    base_acc = masstrain.task_accuracy(model, spec, data, base, ids[0], mask[0])
+    base_acc = masstrain.task_accuracy(model, data, base, ids[0], mask[0])
     assert abs(float(base_acc) - rec["base_acc"]) < 1e-6
     assert rec["classes"] == [corpus.class_names[c] for c in rec["class_ids"]]
   assert set(corpus.indices("unseen")) == {i for i, r in enumerate(corpus.records)

@@ -289,7 +289,7 @@ def run_baseline(s: Settings) -> dict:
   tasks = make_tasks(s, dataset.num_classes, s.baseline_nets)
   tx, step_fn = make_step(model, spec)
   step = jax.jit(step_fn)
-  acc = jax.jit(functools.partial(masstrain.task_accuracy, model, spec))
+  acc = jax.jit(functools.partial(masstrain.task_accuracy, model))
   # The trainer's per-step keys: the same batches as the en-masse run of these tasks.
   keys = np.asarray(jax.vmap(lambda sd: masstrain.step_keys(sd, s.steps))(
       jnp.asarray(tasks.seeds)))

@@ -83,12 +83,11 @@ class EvalContext:
   # ---------------------------------------------------------------- measuring nets
   @functools.cached_property
   def _acc_fn(self):
-    spec = masstrain.TrainerSpec()
     layout = self.corpus.layout
 
     def one(flat, classes, mask):
       params = layout.unflatten(flat)
-      return masstrain.task_accuracy(self.model, spec, self.data, params, classes, mask)
+      return masstrain.task_accuracy(self.model, self.data, params, classes, mask)
 
     return jax.jit(jax.vmap(one))
 

@@ -47,7 +47,7 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
   step = masstrain.train_step_fn(model, spec, data, classes, mask)
 
   def accuracy(params):
-    return masstrain.task_accuracy(model, spec, data, params, classes, mask)
+    return masstrain.task_accuracy(model, data, params, classes, mask)
 
   def segment(carry, seg_keys):
     carry, _ = jax.lax.scan(step, carry, seg_keys)

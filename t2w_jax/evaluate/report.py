@@ -73,6 +73,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return out
 
 
+def _section(title: str, intro: str, header: list[str], rows: list[list[str]]) -> list[str]:
+  """A report section: a blank line, "## title", the intro paragraph, then the table."""
+  return ["", f"## {title}", "", intro, ""] + _table(header, rows)
+
+
 def _main_table(results: dict) -> list[str]:
   base = _find(results, "baselines")
   gen = _find(results, "generated")
@@ -162,11 +167,10 @@ def _paired_lines(results: dict) -> list[str]:
 
   rows = [[_ROW_LABELS[m].split(" (")[0]] + [cell(s, m) for s in splits]
           for m in ("base", "mean_weights", "nn_retrieval", "ridge", "oracle")]
-  return (["", "## Generated (mean of K) minus each method, paired by task", "",
-           "Points of test accuracy: mean over tasks of (generated − method) ± its standard "
-           "error, and (tasks where generated is higher / tasks). A difference within about "
-           "two standard errors of 0 is a tie.", ""]
-          + _table(["method"] + splits, rows))
+  return _section("Generated (mean of K) minus each method, paired by task",
+                  "Points of test accuracy: mean over tasks of (generated − method) ± its "
+                  "standard error, and (tasks where generated is higher / tasks). A difference "
+                  "within about two standard errors of 0 is a tie.", ["method"] + splits, rows)
 
 
 def _gap_lines(results: dict) -> list[str]:
@@ -201,13 +205,13 @@ def _gap_lines(results: dict) -> list[str]:
       rows.append([f"{_ROW_LABELS[m].split(' (')[0]}, from split means"]
                   + [_ratio(base["splits"].get(s, {}).get("gap_closure_from_means", {}).get(m))
                      for s in splits])
-  return (["", "## Gap closure (x − base) / (oracle − base)", "",
-           "0 = no better than the base net, 1 = as good as the per-task oracle. "
-           "'per-task ratios averaged' averages each task's ratio over the tasks with "
-           f"|oracle − base| ≥ {min_den:g} (count shown); 'from split means' divides the "
-           "split-mean differences (all tasks). – : the denominator is below that threshold "
-           "(the oracle is not measurably better than the base), so the ratio is noise.", ""]
-          + _table(["quantity"] + splits, rows))
+  return _section("Gap closure (x − base) / (oracle − base)",
+                  "0 = no better than the base net, 1 = as good as the per-task oracle. "
+                  "'per-task ratios averaged' averages each task's ratio over the tasks with "
+                  f"|oracle − base| ≥ {min_den:g} (count shown); 'from split means' divides "
+                  "the split-mean differences (all tasks). – : the denominator is below that "
+                  "threshold (the oracle is not measurably better than the base), so the "
+                  "ratio is noise.", ["quantity"] + splits, rows)
 
 
 def _novelty_lines(results: dict) -> list[str]:
@@ -234,11 +238,11 @@ def _novelty_lines(results: dict) -> list[str]:
       ["accuracy of that nearest seen net on the task (%)"]
       + [_pct(nv[s]["nearest_seen_acc_mean"]) for s in splits],
   ]
-  return (["", "## Novelty of the generated nets", "",
-           "A generator that memorises its training nets gives relative distances near 0 "
-           "and near-100% agreement with the nearest seen net; the oracle (a genuinely new "
-           "net for the task) shows what a new net's distance looks like.", ""]
-          + _table(["quantity"] + splits, rows))
+  return _section("Novelty of the generated nets",
+                  "A generator that memorises its training nets gives relative distances near "
+                  "0 and near-100% agreement with the nearest seen net; the oracle (a genuinely "
+                  "new net for the task) shows what a new net's distance looks like.",
+                  ["quantity"] + splits, rows)
 
 
 def _ablation_lines(results: dict) -> list[str]:
@@ -274,18 +278,17 @@ def _freeform_lines(results: dict) -> list[str]:
       ex += " (prompt per class differs from training)"
     rows.append([v, f"“{ex}”", f"{_pct(r['mean'])} ± {_pct(r['std'])}", _pct(r["best_of_k"]),
                  "–" if r["parsed_exactly"] is None else _pct(r["parsed_exactly"])])
-  return (["", f"## Free-form descriptions ({ff['split']}, {ff['n_tasks']} tasks × "
-           f"{ff['num_samples']} samples; base {_pct(ff.get('base_mean'))}, oracle "
-           f"{_pct(ff.get('oracle_mean'))})", "",
-           "The same tasks described as a user might type them. 'sentence': the text is "
-           "parsed into class names (lead-in phrase dropped, split on commas/and/or/vs, "
-           "articles dropped, plurals singularised), each put in the training prompt; "
-           "'sentence_no_singular': plurals kept; 'other_prompt': the clean class names in "
-           "a prompt the generator never saw; 'whole_sentence': the sentence as ONE text "
-           "token. Accuracy is always on the task's true classes; all variants share noise.",
-           ""]
-          + _table(["variant", "example", "accuracy (%)", "best-of-K (%)",
-                    "class names parsed exactly (%)"], rows))
+  return _section(
+      f"Free-form descriptions ({ff['split']}, {ff['n_tasks']} tasks × {ff['num_samples']} "
+      f"samples; base {_pct(ff.get('base_mean'))}, oracle {_pct(ff.get('oracle_mean'))})",
+      "The same tasks described as a user might type them. 'sentence': the text is parsed "
+      "into class names (lead-in phrase dropped, split on commas/and/or/vs, articles "
+      "dropped, plurals singularised), each put in the training prompt; "
+      "'sentence_no_singular': plurals kept; 'other_prompt': the clean class names in a "
+      "prompt the generator never saw; 'whole_sentence': the sentence as ONE text token. "
+      "Accuracy is always on the task's true classes; all variants share noise.",
+      ["variant", "example", "accuracy (%)", "best-of-K (%)",
+       "class names parsed exactly (%)"], rows)
 
 
 def render(results: dict) -> str:

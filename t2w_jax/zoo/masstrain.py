@@ -182,14 +182,13 @@ def _embed_rows(model, params, data, rows):
       rows)
 
 
-def task_accuracy(model, spec, data, params, classes, mask):
+def task_accuracy(model, data, params, classes, mask):
   """Test accuracy of one net on one task's classes (up to eval_per_class images each).
 
   The images are embedded one class row at a time (``lax.map``): a whole task's test set at
   once (K x per images, im2col patches, times the nets of a vmap chunk) overflows the CPU
   caches that the training steps share with the other cores.
   """
-  del spec  # The test set's size is fixed by ``put_data``.
   rows, valid = _test_set(data, classes, mask)
   feats = _embed_rows(model, params, data, rows)             # (K, per, d)
   return _accuracy_from_embeddings(model, feats, valid, data.class_emb[classes], mask)
@@ -229,7 +228,7 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None)
   def per_net(data, base_params, base_feats, classes, mask, seed):
     params, losses = _train_one(model, spec, data, base_params, classes, mask, seed)
     base_acc = accuracy_from_class_embeddings(model, data, base_feats, classes, mask)
-    acc = task_accuracy(model, spec, data, params, classes, mask)
+    acc = task_accuracy(model, data, params, classes, mask)
     return TrainResult(params, base_acc, acc, jnp.mean(losses[-tail:]))
 
   def run(data, base_params, tasks: TaskBatch):
