@@ -40,9 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = ml_collections.ConfigDict(dict(
       steps=300, batch_size=64, learning_rate=3e-3, eval_per_class=50,
       # Backend-dependent shape (see zoo/masstrain.py): im2col survives vmap and scan on
-      # XLA:CPU. One net per vmap chunk there: wider chunks run faster on one core, but their
-      # working set overflows the caches the two cores share, and the second core adds
-      # nothing (measured, 300 steps, 2 devices: 1 net/chunk 814 net-steps/s, 2: 501, 8: 455).
+      # XLA:CPU. One net per vmap chunk there: wider chunks run faster on one core, but then
+      # the second core adds nothing (our reading: their working set overflows the caches
+      # the two cores share). Measured, 300 steps, 2 devices: 1 net/chunk 814 net-steps/s,
+      # 2: 501, 8: 455 (exploratory runs; README, "Benchmarks").
       # On a GPU use conv_impl="lax" and a chunk of 128 or more.
       conv_impl="im2col", nets_per_chunk=1))
   c.num_devices = 0  # devices the nets are spread over (0: all local devices)

@@ -8,9 +8,9 @@ How the nets are spread is a config choice per backend (``TrainerSpec``):
 
 * ``nets_per_chunk``: nets trained side by side under ``vmap``. On GPU/TPU this is large
   (hundreds); on XLA:CPU a vmapped ``lax.conv`` becomes a slow grouped convolution, so use
-  ``conv_impl="im2col"`` (batched matmuls) there, and one net per chunk: a wider chunk's
-  im2col patches overflow the caches that the cores share, and the second core then adds
-  nothing (README, "Benchmarks").
+  ``conv_impl="im2col"`` (batched matmuls) there, and one net per chunk: with wider chunks
+  the second core adds nothing (measured; we read it as the chunk's im2col patches
+  overflowing the caches the cores share; README, "Benchmarks").
 * the nets axis is sharded over all local devices (a 1-D mesh named ``nets``): on a GPU box
   or a TPU host each chip trains its own slice of nets; on a 2-core CPU, running with
   ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
@@ -185,9 +185,10 @@ def _embed_rows(model, params, data, rows):
 def task_accuracy(model, data, params, classes, mask):
   """Test accuracy of one net on one task's classes (up to eval_per_class images each).
 
-  The images are embedded one class row at a time (``lax.map``): a whole task's test set at
-  once (K x per images, im2col patches, times the nets of a vmap chunk) overflows the CPU
-  caches that the training steps share with the other cores.
+  The images are embedded one class row at a time (``lax.map``), keeping the working set
+  small. Embedding the whole test set at once (K x per images, im2col patches, times the
+  nets of a vmap chunk), and the base net once per task, the trainer ran 623 instead of
+  814 net-steps/s on this 2-core CPU (README, "Benchmarks").
   """
   rows, valid = _test_set(data, classes, mask)
   feats = _embed_rows(model, params, data, rows)             # (K, per, d)
