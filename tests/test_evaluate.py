@@ -25,7 +25,7 @@ from t2w_jax.evaluate.context import EvalContext
 from t2w_jax.train import loop
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
-ALL_METHODS = ("base", "random", "mean_weights", "nn_retrieval", "ridge", "oracle")
+ALL_METHODS = ("generalist", "random", "mean_weights", "nn_retrieval", "ridge", "oracle")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_test_predictions_agree_with_accuracy(ctx):
   # The cached reference accuracies are the same numbers.
   np.testing.assert_allclose(baselines.reference_accuracy(ctx, "oracle", rows), acc[:-1],
                              atol=1e-6)
-  np.testing.assert_allclose(baselines.reference_accuracy(ctx, "base", rows[:1]), acc[-1:],
+  np.testing.assert_allclose(baselines.reference_accuracy(ctx, "generalist", rows[:1]), acc[-1:],
                              atol=1e-6)
 
 
@@ -214,10 +214,10 @@ def test_oracle_beats_base_and_baselines_are_sane(results):
   for split in ("unseen", "heldout"):
     m = b["splits"][split]["methods"]
     assert set(m) == set(ALL_METHODS)
-    assert m["oracle"]["mean"] > m["base"]["mean"] + 0.05, (split, m)
+    assert m["oracle"]["mean"] > m["generalist"]["mean"] + 0.05, (split, m)
     # A random net knows nothing: far below the oracle, near chance (1/3 .. 1/6 here).
     assert m["random"]["mean"] < m["oracle"]["mean"] - 0.2
-    assert len(m["base"]["per_task"]) == b["splits"][split]["n_tasks"] == 4
+    assert len(m["generalist"]["per_task"]) == b["splits"][split]["n_tasks"] == 4
   assert b["ridge_lambda"] in (0.01, 0.1, 1.0, 10.0, 100.0)
 
 

@@ -33,7 +33,7 @@ def ctx(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("extras_run"))
   c = corpus_config.get_config("tiny")
   c.num_devices = 2
-  c.base.steps = 50
+  c.base.max_steps = 100
   c.trainer.steps = 20
   make_corpus_lib.make_corpus(c, workdir)
   context = EvalContext.create(os.path.join(workdir, "corpus"))
@@ -119,33 +119,34 @@ def test_registered():
 
 def test_finetune_curves(ctx, tmp_path):
   trainer = ctx.corpus.meta["trainer"]
-  cfg = {"num_tasks": 2, "eval_every": trainer["steps"] // 2, "nets_per_chunk": 6,
+  cfg = {"num_tasks": 2, "eval_every": trainer["eval_every"], "nets_per_chunk": 6,
          "out_dir": str(tmp_path)}
   out = finetune_lib.finetune_curves(ctx, cfg, jax.random.PRNGKey(0))
   steps = out["steps"]
-  assert steps == [0, trainer["steps"] // 2, trainer["steps"]]
-  assert set(out["curves"]) == {"generated", "base", "random"}
+  assert steps == list(range(0, trainer["steps"] + 1, trainer["eval_every"]))
+  assert set(out["curves"]) == {"generated", "generalist", "random"}
   for c in out["curves"].values():
     assert len(c["mean"]) == len(c["std"]) == len(steps)
     assert all(0.0 <= m <= 1.0 for m in c["mean"])
   rnd = out["curves"]["random"]["mean"]
   assert rnd[-1] > rnd[0] + 0.05, rnd
-  # Same recipe as the corpus trainer: from the base with the task's seed, the last step
-  # is the corpus (oracle) net, so its accuracy is the one the corpus recorded.
-  # (Checked per task: the weights agree to ~1e-5, so the predictions are the same.)
+  # Same recipe as the corpus trainer: from the generalist with the task's seed, the curve
+  # at the step early stopping kept is the corpus (specialist) net, so its accuracy is the
+  # one the corpus recorded. (The weights agree to ~1e-5, so the predictions are the same.)
   records = [ctx.corpus.records[r] for r in ctx.rows("unseen", 2)]
   per = out["per_task"]
   assert per["task_ids"] == [r["task_id"] for r in records]
-  np.testing.assert_allclose(per["final"]["base"], [r["trained_acc"] for r in records],
+  curves = out["per_task_curves"]["generalist"]
+  kept = [curves[i][r["steps"] // trainer["eval_every"]] for i, r in enumerate(records)]
+  np.testing.assert_allclose(kept, [r["trained_acc"] for r in records], atol=1e-6)
+  np.testing.assert_allclose(per["initial"]["generalist"], [r["base_acc"] for r in records],
                              atol=1e-6)
-  np.testing.assert_allclose(per["initial"]["base"], [r["base_acc"] for r in records],
-                             atol=1e-6)
-  assert out["final"]["base"] == pytest.approx(np.mean(per["final"]["base"]))
+  assert out["final"]["generalist"] == pytest.approx(np.mean(per["final"]["generalist"]))
   # Files.
   with open(out["csv"]) as f:
     table = list(csv.DictReader(f))
   assert len(table) == 3 * len(steps)
-  assert {r["method"] for r in table} == {"generated", "base", "random"}
+  assert {r["method"] for r in table} == {"generated", "generalist", "random"}
   with open(out["png"], "rb") as f:
     assert f.read(8) == PNG_MAGIC
   assert os.path.getsize(out["png"]) > 1000
@@ -165,7 +166,7 @@ def test_enhance(ctx, tmp_path):
   cfg = {"num_tasks": 2, "t": (5, num_t // 2, num_t + 50), "out_dir": str(tmp_path)}
   out = enhance_lib.enhance(ctx, cfg, jax.random.PRNGKey(0))
   assert out["t"] == [5, num_t // 2]  # the out-of-range t is dropped
-  assert set(out["sources"]) == {"oracle", "base"}
+  assert set(out["sources"]) == {"oracle", "generalist"}
   for s in out["sources"].values():
     for key in ("after", "after_std", "noised", "gain"):
       assert len(s[key]) == 2
@@ -184,7 +185,7 @@ def test_fusion(ctx, tmp_path):
   cfg = {"num_pairs": 2, "num_samples": 2, "out_dir": str(tmp_path)}
   out = fusion_lib.fusion(ctx, cfg, jax.random.PRNGKey(0))
   assert set(out["methods"]) == {"generated", "generated_best", "average", "aligned",
-                                 "parent_a", "parent_b", "base"}
+                                 "parent_a", "parent_b", "generalist"}
   assert 1 <= out["num_pairs"] <= 2 and len(out["pairs"]) == out["num_pairs"]
   for m in out["methods"].values():
     assert 0.0 <= m["mean"] <= 1.0

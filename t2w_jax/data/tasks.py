@@ -127,3 +127,31 @@ def pad_tasks(tasks: Sequence[Task], max_classes: int):
     ids[i, k:] = t.class_ids[0]
     mask[i, :k] = True
   return ids, mask
+
+
+def validation_mask(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+  """Which training examples form the validation split: ``per_class`` of every class.
+
+  The validation split is carved from the TRAINING images (never the test images) and is
+  the same for the generalist and for every specialist, so early stopping never sees a test
+  image and no net trains on a validation image.
+
+  Args:
+    labels: (N,) class label of each training example.
+    per_class: validation examples per class (a class with fewer than ``2 * per_class``
+      examples keeps at least half of them for training).
+    seed: which examples are picked (a seeded permutation within each class).
+
+  Returns:
+    (N,) bool, True for validation examples.
+  """
+  labels = np.asarray(labels)
+  out = np.zeros(labels.shape, bool)
+  if per_class <= 0:
+    return out
+  rng = np.random.default_rng([seed, 15485863])
+  for c in np.unique(labels):
+    rows = np.flatnonzero(labels == c)
+    take = min(per_class, len(rows) // 2)
+    out[rng.permutation(rows)[:take]] = True
+  return out

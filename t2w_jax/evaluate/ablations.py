@@ -76,7 +76,7 @@ def render(results: dict, config) -> str:
     cells = [f"{100 * per[s]['mean']:.1f} ± {100 * per[s]['std']:.1f}" if s in per else "-"
              for s in splits]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  for ref in ("base", "oracle"):
+  for ref in ("generalist", "oracle"):
     cells = []
     for s in splits:
       v = first.get(s, {}).get(ref)

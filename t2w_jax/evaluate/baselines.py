@@ -3,7 +3,8 @@
 For every task of a split (its corpus row is the per-task ORACLE, never seen by the
 generator's training), on the task's test images:
 
-* ``base``: the shared base net every corpus net was fine-tuned from;
+* ``generalist``: the same net trained on all seen classes until its validation accuracy
+  stopped improving; every corpus net was fine-tuned from it (the bar to beat);
 * ``random``: a fresh ``SubtaskCNN`` initialisation (one seed per task);
 * ``mean_weights``: the average of the SEEN corpus nets;
 * ``nn_retrieval``: the seen corpus net whose fused text embedding
@@ -12,7 +13,8 @@ generator's training), on the task's test images:
 * ``ridge``: closed-form ridge regression from the fused text embedding to the flat
   weights, fitted on the seen rows (unregularised intercept); the regulariser is picked by
   exact leave-one-out weight error on the seen rows when several are configured;
-* ``oracle``: the corpus row of that very task (fine-tuned on it by the corpus trainer).
+* ``oracle``: the specialist, the corpus row of that very task (fine-tuned on it from the
+  generalist by the corpus trainer, early-stopped on the task's validation images).
 
 The evaluator ``"baselines"`` returns, per split, each method's per-task accuracies, mean
 and std, and the gap closure of every method computed from the split means.
@@ -30,7 +32,7 @@ from t2w_jax.evaluate import registry
 from t2w_jax.zoo import cnn as cnn_lib
 
 # Methods in the order the table lists them.
-METHODS = ("base", "random", "mean_weights", "nn_retrieval", "ridge", "oracle")
+METHODS = ("generalist", "random", "mean_weights", "nn_retrieval", "ridge", "oracle")
 
 # Gap closure (x - base) / (oracle - base) is left out where |oracle - base| is below this.
 DEFAULT_MIN_DENOMINATOR = 0.02
@@ -235,24 +237,24 @@ def accuracy(ctx, flat: np.ndarray, tasks) -> np.ndarray:
 
 
 def reference_predictions(ctx, which: str, rows) -> tuple[np.ndarray, np.ndarray]:
-  """Test predictions of the base net ("base") or the task's own corpus net ("oracle").
+  """Test predictions of the generalist ("generalist") or the task's specialist ("oracle").
 
   Args:
     ctx: EvalContext.
-    which: "base" or "oracle".
+    which: "generalist" or "oracle".
     rows: corpus rows of the tasks.
 
   Returns:
     (pred, label), (n, K*P) as ``EvalContext.test_predictions``; computed once per context
     and row, then served from a cache.
   """
-  if which not in ("base", "oracle"):
-    raise ValueError(f"reference net must be 'base' or 'oracle', got {which!r}")
+  if which not in ("generalist", "oracle"):
+    raise ValueError(f"reference net must be 'generalist' or 'oracle', got {which!r}")
   cache = _REFERENCE.setdefault(ctx, {})
   rows = [int(r) for r in rows]
   todo = sorted({r for r in rows if (which, r) not in cache})
   if todo:
-    if which == "base":
+    if which == "generalist":
       nets = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], len(todo), 0)
     else:
       nets = np.asarray(ctx.corpus.weights[todo], np.float32)
@@ -264,7 +266,7 @@ def reference_predictions(ctx, which: str, rows) -> tuple[np.ndarray, np.ndarray
 
 
 def reference_accuracy(ctx, which: str, rows) -> np.ndarray:
-  """(n,) test accuracy of the base net or of each task's oracle (cached)."""
+  """(n,) test accuracy of the generalist or of each task's specialist (cached)."""
   return accuracy_from_predictions(*reference_predictions(ctx, which, rows))
 
 
@@ -295,7 +297,8 @@ def split_tasks(ctx, cfg, split: str):
 # --------------------------------------------------------------------------- evaluator
 @registry.register("baselines")
 def evaluate_baselines(ctx, cfg, rng) -> dict:
-  """Accuracy of base, random, mean-weights, NN retrieval, ridge and oracle nets per split.
+  """Accuracy of generalist, random, mean-weights, NN retrieval, ridge and specialist
+  ("oracle") nets per split.
 
   Config keys (all optional): ``splits`` (("unseen", "heldout")), ``max_tasks`` (None =
   all), ``ridge_lambdas`` ((0.01, 0.1, 1, 10, 100); several = pick by leave-one-out),
@@ -334,13 +337,13 @@ def evaluate_baselines(ctx, cfg, rng) -> dict:
         "nn_retrieval": seen_w[nn_idx],
         "ridge": ridge.predict(q).astype(np.float32),
     }
-    # One batched call for the text/weight baselines; base and oracle are cached references.
+    # One batched call for the text/weight baselines; generalist and specialist are cached.
     acc = accuracy(ctx, np.concatenate(list(nets.values())), list(tasks) * len(nets))
     acc = {m: acc[j * n:(j + 1) * n] for j, m in enumerate(nets)}
-    acc["base"] = reference_accuracy(ctx, "base", rows)
+    acc["generalist"] = reference_accuracy(ctx, "generalist", rows)
     acc["oracle"] = reference_accuracy(ctx, "oracle", rows)
     methods = {m: stats(acc[m]) for m in METHODS}
-    b, o = methods["base"]["mean"], methods["oracle"]["mean"]
+    b, o = methods["generalist"]["mean"], methods["oracle"]["mean"]
     out["splits"][split] = {
         "n_tasks": n,
         "task_ids": [t.task_id for t in tasks],

@@ -55,7 +55,11 @@ class EvalContext:
                        embed_dim=int(corpus.class_emb.shape[1]),
                        logit_scale=float(m["logit_scale"]), conv_impl="im2col")
     per = eval_per_class or meta["trainer"]["eval_per_class"]
-    data = masstrain.put_data(dataset, corpus.class_emb, per)
+    # The corpus's validation split: fine-tuning draws the same training batches as the
+    # corpus trainer did only if the same rows are left out.
+    data = masstrain.put_data(dataset, corpus.class_emb, per,
+                              val_per_class=int(meta.get("val_per_class", 0)),
+                              val_seed=int(meta["seed"]))
     max_classes = max(len(r["class_ids"]) for r in corpus.records)
     return cls(corpus, dataset, model, data, max_classes, gen, chunk)
 

@@ -30,7 +30,7 @@ from t2w_jax.train import state as state_lib
 from t2w_jax.zoo import corpus as corpus_lib
 
 DEFAULT_T = (50, 100, 200, 400)
-SOURCES = ("oracle", "base")
+SOURCES = ("oracle", "generalist")
 
 
 def make_enhancer(gen, t: int, *, steps: int, guidance: float = 1.0):
@@ -103,7 +103,7 @@ def enhance(ctx, cfg, rng) -> dict:
 
   Config keys (all optional): ``split`` ("unseen"), ``num_tasks`` (8), ``t`` ((50, 100,
   200, 400); values >= the generator's T are dropped with a warning), ``sources``
-  (("oracle", "base")), ``sample_steps`` (the generator's default), ``guidance`` (the
+  (("oracle", "generalist")), ``sample_steps`` (the generator's default), ``guidance`` (the
   generator's default), ``out_dir`` (None: no files written).
 
   Args:
@@ -144,7 +144,7 @@ def enhance(ctx, cfg, rng) -> dict:
   guidance = float(gen.config["guidance"] if guidance is None else guidance)
 
   nets = {"oracle": np.asarray(ctx.corpus.weights[rows], np.float32),
-          "base": np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)}
+          "generalist": np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)}
   flat = np.concatenate([nets[s] for s in sources])
   all_tasks = tasks * len(sources)
   emb, mask = ctx.class_text(all_tasks)

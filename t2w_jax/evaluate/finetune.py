@@ -33,7 +33,7 @@ from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN
 from t2w_jax.zoo.cnn import init_params
 
-METHODS = ("generated", "base", "random")
+METHODS = ("generated", "generalist", "random")
 
 
 def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout,
@@ -148,10 +148,10 @@ def _markdown(results: dict) -> str:
 
 @registry.register("finetune")
 def finetune_curves(ctx, cfg, rng) -> dict:
-  """Fine-tune curves from the generated net, the base net and a random init.
+  """Fine-tune curves from the generated net, the generalist and a random init.
 
   Config keys (all optional): ``split`` ("unseen"), ``num_tasks`` (8), ``methods``
-  (generated, base, random; "generated" is skipped with a warning when the context has no
+  (generated, generalist, random; "generated" is skipped with a warning when the context has no
   generator), ``steps`` / ``batch_size`` / ``learning_rate`` / ``nets_per_chunk`` (the
   corpus trainer's), ``eval_every`` (10), ``sample_steps`` / ``guidance`` / ``sampler``
   (the generator's defaults), ``out_dir`` (None: no files written).
@@ -164,7 +164,7 @@ def finetune_curves(ctx, cfg, rng) -> dict:
   Returns:
     JSON-ready dict: split, num_tasks, eval_every, steps (list), curves {method: {mean,
     std}}, initial / final {method: mean acc}, per_task {task_ids, initial / final {method:
-    [acc per task]}}, csv / png paths (when written) and markdown.
+    [acc per task]}}, per_task_curves {method: [task][step index]}, csv / png paths (when written) and markdown.
   """
   trainer = ctx.corpus.meta["trainer"]
   split = cfg.get("split", "unseen")
@@ -197,7 +197,7 @@ def finetune_curves(ctx, cfg, rng) -> dict:
       inits[method] = np.asarray(api.sample_flat(
           ctx.gen, emb, mask, rng=gen_rng, steps=cfg.get("sample_steps"),
           guidance=cfg.get("guidance"), sampler=cfg.get("sampler")))
-    elif method == "base":
+    elif method == "generalist":
       inits[method] = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)
     else:
       inits[method] = random_inits(ctx.model, layout, int(ctx.corpus.meta["image_size"]),
@@ -219,6 +219,7 @@ def finetune_curves(ctx, cfg, rng) -> dict:
       "per_task": {"task_ids": [t.task_id for t in tasks],
                    "initial": {k: accs[i, :, 0].tolist() for i, k in enumerate(methods)},
                    "final": {k: accs[i, :, -1].tolist() for i, k in enumerate(methods)}},
+      "per_task_curves": {k: accs[i].tolist() for i, k in enumerate(methods)},
   }
   results["markdown"] = _markdown(results)
   out_dir = cfg.get("out_dir")

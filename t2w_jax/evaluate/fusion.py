@@ -216,7 +216,7 @@ def fusion(ctx, cfg, rng) -> dict:
 
   layout = ctx.corpus.layout
   max_iter = int(cfg.get("match_iters", 20))
-  nets = {"average": [], "aligned": [], "parent_a": [], "parent_b": [], "base": []}
+  nets = {"average": [], "aligned": [], "parent_a": [], "parent_b": [], "generalist": []}
   base = np.asarray(ctx.corpus.base, np.float32)
   for a, b in pairs:
     fa, fb = np.asarray(ctx.corpus.weights[a], np.float32), np.asarray(ctx.corpus.weights[b],
@@ -227,7 +227,7 @@ def fusion(ctx, cfg, rng) -> dict:
                                                                      max_iter=max_iter))))
     nets["parent_a"].append(fa)
     nets["parent_b"].append(fb)
-    nets["base"].append(base)
+    nets["generalist"].append(base)
   p = len(pairs)
   emb, mask = uctx.class_text(unions)
   generated = np.asarray(api.sample_flat(

@@ -240,7 +240,7 @@ def novelty(ctx, nets: np.ndarray, rows, tasks, seen_w: np.ndarray, *, ref_rows:
 # --------------------------------------------------------------------------- evaluators
 def _reference(ctx, rows):
   """(n,) accuracies of the base net and of the oracles on the tasks of ``rows`` (cached)."""
-  return (baselines.reference_accuracy(ctx, "base", rows),
+  return (baselines.reference_accuracy(ctx, "generalist", rows),
           baselines.reference_accuracy(ctx, "oracle", rows))
 
 
@@ -276,7 +276,7 @@ def evaluate_generated(ctx, cfg, rng) -> dict:
     acc = accuracy_samples(ctx, nets, tasks)
     base, oracle = _reference(ctx, rows)
     res = {"n_tasks": len(tasks), "task_ids": [t.task_id for t in tasks], **sample_stats(acc),
-           "base": baselines.stats(base), "oracle": baselines.stats(oracle),
+           "generalist": baselines.stats(base), "oracle": baselines.stats(oracle),
            "gap_closure": gap_closure(acc.mean(1), base, oracle, min_den),
            "gap_closure_best_of_k": gap_closure(acc.max(1), base, oracle, min_den)}
     # One net per task: the weight average of its K samples. The corpus nets share the

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # One colour per method, stable across plots.
-_COLORS = {"generated": "tab:blue", "base": "tab:orange", "random": "tab:gray",
+_COLORS = {"generated": "tab:blue", "generalist": "tab:orange", "random": "tab:gray",
            "oracle": "tab:green", "average": "tab:red", "aligned": "tab:purple",
            "parent_a": "tab:brown", "parent_b": "tab:pink"}
 

@@ -2,8 +2,9 @@
 
 ``render(results)`` turns the results dict of ``run.evaluate`` into Markdown:
 
-* the main table: one row per method (generated mean of K, generated best-of-K, base net,
-  random init, mean of seen weights, NN retrieval, ridge, oracle), one column per split,
+* the main table: one row per method (generated mean of K, generated best-of-K, the
+  generalist, random init, mean of seen weights, NN retrieval, ridge, the specialist (the
+  "oracle" key: each task's own corpus net)), one column per split,
   cells "mean ± std" of test accuracy in percent over the split's tasks;
 * the generated nets' per-task paired differences from each baseline (mean ± standard
   error, wins), gap closure lines (per-task averaged and from split means), novelty lines;
@@ -18,12 +19,12 @@ from typing import Any
 from t2w_jax.zoo.corpus import atomic_write_bytes
 
 _ROW_LABELS = {
-    "base": "base net (shared init of the corpus)",
+    "generalist": "generalist (same net, all seen classes, early-stopped)",
     "random": "random init",
     "mean_weights": "mean of seen corpus weights",
     "nn_retrieval": "NN retrieval (closest fused text)",
     "ridge": "ridge (text → weights)",
-    "oracle": "oracle (trained on the task)",
+    "oracle": "specialist (trained on the task from the generalist, early-stopped)",
 }
 
 
@@ -112,13 +113,13 @@ def _main_table(results: dict) -> list[str]:
         label = f"ridge (text → weights, λ={base.get('ridge_lambda', 0):g})"
       rows.append([label] + [_cell(base["splits"].get(s, {}).get("methods", {}).get(m))
                              for s in splits])
-  elif gen:  # no baselines evaluator: still show the base and the oracle
-    for m in ("base", "oracle"):
+  elif gen:  # no baselines evaluator: still show the generalist and the specialist
+    for m in ("generalist", "oracle"):
       rows.append([_ROW_LABELS[m]] + [_cell(gen["splits"].get(s, {}).get(m)) for s in splits])
   lines = ["## Test accuracy (%) of each method on each split's tasks", "",
            "Cells: mean ± std over the split's tasks of each task's test accuracy. "
            "unseen = new combinations of seen classes; heldout = tasks with held-out "
-           "classes. Both splits' corpus nets are the oracles and were never used to "
+           "classes. Both splits' corpus nets are the specialists and were never used to "
            "train the generator (it trains on the seen split only)."]
   if gen:
     lines.append(f"Generated nets: {gen['sampler']} with {gen['steps']} steps, guidance "
@@ -166,7 +167,7 @@ def _paired_lines(results: dict) -> list[str]:
     return f"{100.0 * p['mean']:+.1f}{se} ({p['wins']}/{p['n']})"
 
   rows = [[_ROW_LABELS[m].split(" (")[0]] + [cell(s, m) for s in splits]
-          for m in ("base", "mean_weights", "nn_retrieval", "ridge", "oracle")]
+          for m in ("generalist", "mean_weights", "nn_retrieval", "ridge", "oracle")]
   return _section("Generated (mean of K) minus each method, paired by task",
                   "Points of test accuracy: mean over tasks of (generated − method) ± its "
                   "standard error, and (tasks where generated is higher / tasks). A difference "
@@ -205,13 +206,14 @@ def _gap_lines(results: dict) -> list[str]:
       rows.append([f"{_ROW_LABELS[m].split(' (')[0]}, from split means"]
                   + [_ratio(base["splits"].get(s, {}).get("gap_closure_from_means", {}).get(m))
                      for s in splits])
-  return _section("Gap closure (x − base) / (oracle − base)",
-                  "0 = no better than the base net, 1 = as good as the per-task oracle. "
+  return _section("Room closed: (x − generalist) / (specialist − generalist)",
+                  "0 = no better than the generalist, 1 = as good as the task's specialist "
+                  "(negative: worse than the generalist). "
                   "'per-task ratios averaged' averages each task's ratio over the tasks with "
-                  f"|oracle − base| ≥ {min_den:g} (count shown); 'from split means' divides "
-                  "the split-mean differences (all tasks). – : the denominator is below that "
-                  "threshold (the oracle is not measurably better than the base), so the "
-                  "ratio is noise.", ["quantity"] + splits, rows)
+                  f"|specialist − generalist| ≥ {min_den:g} (count shown); 'from split means' "
+                  "divides the split-mean differences (all tasks). – : the denominator is "
+                  "below that threshold (the specialist is not measurably better than the "
+                  "generalist), so the ratio is noise.", ["quantity"] + splits, rows)
 
 
 def _novelty_lines(results: dict) -> list[str]:
@@ -227,21 +229,21 @@ def _novelty_lines(results: dict) -> list[str]:
       + [_num(nv[s]["nn_distance_mean"]) for s in splits],
       ["… relative to the seen nets' median nearest-neighbour distance (mean / min)"]
       + [f"{_ratio(nv[s]['relative_mean'])} / {_ratio(nv[s]['relative_min'])}" for s in splits],
-      ["oracle net's distance to its nearest seen net, relative (reference)"]
+      ["specialist's distance to its nearest seen net, relative (reference)"]
       + [_ratio(nv[s]["oracle_relative_mean"]) for s in splits],
       ["test-prediction agreement with that nearest seen net (%)"]
       + [_pct(nv[s]["agreement_with_nearest_mean"]) for s in splits],
-      ["oracle's agreement with ITS nearest seen net (%, reference)"]
+      ["specialist's agreement with ITS nearest seen net (%, reference)"]
       + [_pct(nv[s].get("oracle_agreement_with_nearest_mean")) for s in splits],
-      ["test-prediction agreement with the oracle (%)"]
+      ["test-prediction agreement with the specialist (%)"]
       + [_pct(nv[s]["agreement_with_oracle_mean"]) for s in splits],
       ["accuracy of that nearest seen net on the task (%)"]
       + [_pct(nv[s]["nearest_seen_acc_mean"]) for s in splits],
   ]
   return _section("Novelty of the generated nets",
                   "A generator that memorises its training nets gives relative distances near "
-                  "0 and near-100% agreement with the nearest seen net; the oracle (a genuinely "
-                  "new net for the task) shows what a new net's distance looks like.",
+                  "0 and near-100% agreement with the nearest seen net; the specialist (a "
+                  "genuinely new net for the task) shows what a new net's distance looks like.",
                   ["quantity"] + splits, rows)
 
 
@@ -254,10 +256,10 @@ def _ablation_lines(results: dict) -> list[str]:
            f"{_pct(r['mean'])} ± {_pct(r['std'])}", _pct(r["best_of_k"]),
            _ratio(r["gap_closure_from_means"]), f"{r['seconds']:.1f}"] for r in ab["rows"]]
   lines = ["", f"## Sampler ablation ({ab['split']}, {ab['n_tasks']} tasks × "
-           f"{ab['num_samples']} samples; base {_pct(ab['base_mean'])}, oracle "
+           f"{ab['num_samples']} samples; generalist {_pct(ab['base_mean'])}, specialist "
            f"{_pct(ab['oracle_mean'])})", ""]
   lines += _table(["sampler", "steps", "guidance", "temperature", "accuracy (%)",
-                   "best-of-K (%)", "gap closure", "wall s*"], rows)
+                   "best-of-K (%)", "room closed", "wall s*"], rows)
   lines += ["", "Temperature: scale of the starting noise (1 = the trained prior; DDIM at 0 "
             "is deterministic, so its K samples coincide).",
             "*Wall seconds of the sampling call, including its compilation unless an "
@@ -280,7 +282,8 @@ def _freeform_lines(results: dict) -> list[str]:
                  "–" if r["parsed_exactly"] is None else _pct(r["parsed_exactly"])])
   return _section(
       f"Free-form descriptions ({ff['split']}, {ff['n_tasks']} tasks × {ff['num_samples']} "
-      f"samples; base {_pct(ff.get('base_mean'))}, oracle {_pct(ff.get('oracle_mean'))})",
+      f"samples; generalist {_pct(ff.get('base_mean'))}, specialist "
+      f"{_pct(ff.get('oracle_mean'))})",
       "The same tasks described as a user might type them. 'sentence': the text is parsed "
       "into class names (lead-in phrase dropped, split on commas/and/or/vs, articles "
       "dropped, plurals singularised), each put in the training prompt; "

@@ -1,8 +1,11 @@
-"""The shared base net: one subtask CNN trained on all seen classes.
+"""The generalist: one subtask net trained on all seen classes until it stops improving.
 
-Every corpus net is fine-tuned from it, so the corpus lives in one basin and the generator
-learns task-dependent offsets (DESIGN.md, "Shared base").
+It is the bar every generated net is measured against (the first thing a user would try
+instead of a generator) and the shared start of every corpus net, so the corpus lives in
+one basin and the generator learns task-dependent offsets from a converged net
+(docs/design.md, "The generalist").
 """
+import dataclasses
 import logging
 import time
 
@@ -11,36 +14,78 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.zoo.cnn import SubtaskCNN, init_params
 
 
-def train_base(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
-               class_emb: np.ndarray, class_ids, *, steps: int, batch_size: int,
-               learning_rate: float, seed: int, log_every: int = 500):
-  """Trains the base net on the classes ``class_ids`` (softmax over all of them).
+@dataclasses.dataclass(frozen=True)
+class GeneralistInfo:
+  """How the generalist was trained.
+
+  Attributes:
+    steps: the step of the kept net (best validation accuracy).
+    steps_run: steps trained before early stopping (or the cap).
+    val_acc: its validation accuracy over all seen classes (softmax over all of them).
+    seconds: wall time of the training.
+    stopped_early: False when the step cap ended the training.
+  """
+  steps: int
+  steps_run: int
+  val_acc: float
+  seconds: float
+  stopped_early: bool
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
+                     class_emb: np.ndarray, class_ids, *, max_steps: int, batch_size: int,
+                     learning_rate: float, seed: int, val_per_class: int, eval_every: int,
+                     patience: int, lr_drops: int, val_seed: int = 0,
+                     log_every: int = 500):
+  """Trains the generalist on the classes ``class_ids`` (softmax over all of them).
+
+  The validation split is ``val_per_class`` TRAINING images of every class
+  (``data.tasks.validation_mask``, the same split the specialists use); those images are
+  never trained on, and no test image is used. Every ``eval_every`` steps the validation
+  accuracy is measured. After ``patience`` checks without improvement the learning rate
+  drops tenfold and training continues from the best net, up to ``lr_drops`` times; the
+  next plateau (or ``max_steps``) ends it, and the best-validating net is returned.
 
   Args:
-    model: the subtask CNN.
-    images: uint8 (N, H, W, 3) training images of the whole dataset.
+    model: the subtask net.
+    images: (N, ...) training inputs of the whole dataset (uint8 images or features).
     labels: (N,) global labels.
     class_emb: (C, d) text embeddings of every class.
-    class_ids: the seen classes to train on.
-    steps, batch_size, learning_rate: optimisation (Adam, cosine decay).
+    class_ids: the seen classes to train on (held-out classes must not be among them).
+    max_steps, batch_size, learning_rate: optimisation (Adam; the cap on steps).
     seed: initialisation and batch seed.
+    val_per_class, val_seed: the validation split.
+    eval_every, patience, lr_drops: early stopping and the plateau schedule.
     log_every: steps between progress log lines.
 
   Returns:
-    The trained params pytree.
+    (params, GeneralistInfo).
   """
+  if val_per_class <= 0 or eval_every <= 0 or patience <= 0:
+    raise ValueError(f"the generalist needs val_per_class, eval_every and patience > 0, got "
+                     f"{val_per_class}, {eval_every}, {patience}")
   class_ids = np.asarray(class_ids)
   local_of = -np.ones(class_emb.shape[0], np.int64)
   local_of[class_ids] = np.arange(len(class_ids))
-  rows = np.flatnonzero(local_of[labels] >= 0)
-  x_all = jnp.asarray(images[rows])
-  y_all = jnp.asarray(local_of[labels[rows]].astype(np.int32))
+  in_task = local_of[labels] >= 0
+  is_val = tasks_lib.validation_mask(labels, val_per_class, val_seed)
+  train_rows, val_rows = np.flatnonzero(in_task & ~is_val), np.flatnonzero(in_task & is_val)
+  x_all = jnp.asarray(images[train_rows])
+  y_all = jnp.asarray(local_of[labels[train_rows]].astype(np.int32))
+  x_val = jnp.asarray(images[val_rows])
+  y_val = jnp.asarray(local_of[labels[val_rows]].astype(np.int32))
   emb = jnp.asarray(class_emb[class_ids])
 
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
+  # Learning rate reduced on plateau: no horizon has to be guessed, and the net is trained
+  # until it stops improving at the smallest rate, not until a schedule runs out.
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
   params = init_params(model, jax.random.PRNGKey(seed), images.shape[1])
   opt_state = tx.init(params)
 
@@ -56,16 +101,52 @@ def train_base(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  @jax.jit
+  def val_accuracy(params):
+    def chunk(i):
+      x = jax.lax.dynamic_slice_in_dim(x_val_padded, i * val_chunk, val_chunk)
+      return jnp.argmax(model.apply({"params": params}, x, emb), -1)
+    pred = jax.lax.map(chunk, jnp.arange(num_chunks)).reshape(-1)[:y_val.shape[0]]
+    return jnp.mean(pred == y_val)
+
+  val_chunk = 512
+  num_chunks = -(-int(y_val.shape[0]) // val_chunk)
+  pad = num_chunks * val_chunk - int(y_val.shape[0])
+  x_val_padded = jnp.concatenate([x_val, jnp.repeat(x_val[:1], pad, 0)]) if pad else x_val
+
   # One jitted step per Python iteration: on XLA:CPU a lax.conv inside lax.scan is far
   # slower than dispatching single steps, and one net's dispatch cost is negligible.
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), steps)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), max_steps)
   start, losses = time.time(), []
-  for i in range(steps):
+  best, best_acc, best_step, bad, drops, i = params, -1.0, 0, 0, 0, 0
+  for i in range(max_steps):
     params, opt_state, loss = step(params, opt_state, keys[i])
     losses.append(loss)
-    if log_every and ((i + 1) % log_every == 0 or i + 1 == steps):
-      rate = (i + 1) / (time.time() - start)
-      logging.info("base net: step %d/%d loss %.3f (%.0f steps/s, ETA %.0fs)", i + 1, steps,
-                   float(jnp.mean(jnp.stack(losses[-log_every:]))), rate,
-                   (steps - i - 1) / rate)
-  return params
+    done = i + 1
+    if done % eval_every == 0 or done == max_steps:
+      acc = float(val_accuracy(params))
+      if acc > best_acc:
+        best, best_acc, best_step, bad = params, acc, done, 0
+      else:
+        bad += 1
+      if bad >= patience and drops < lr_drops:
+        # Plateau: continue from the best net at a tenth of the rate.
+        drops, bad, params = drops + 1, 0, best
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate * 0.1 ** drops,
+                                                             jnp.float32)
+        logging.info("generalist: plateau, learning rate %.2g from step %d",
+                     learning_rate * 0.1 ** drops, best_step)
+      rate = done / (time.time() - start)
+      logging.info("generalist: step %d/%d loss %.3f val acc %.4f (best %.4f at %d; "
+                   "%.0f steps/s, at most %.0fs to go)", done, max_steps,
+                   float(jnp.mean(jnp.stack(losses[-eval_every:]))), acc, best_acc,
+                   best_step, rate, (max_steps - done) / rate)
+      if bad >= patience:
+        break
+    elif log_every and done % log_every == 0:
+      logging.info("generalist: step %d/%d", done, max_steps)
+  info = GeneralistInfo(steps=best_step, steps_run=i + 1, val_acc=best_acc,
+                        seconds=time.time() - start, stopped_early=bad >= patience)
+  logging.info("generalist: kept step %d of %d (val acc %.4f) in %.0f s", info.steps,
+               info.steps_run, info.val_acc, info.seconds)
+  return best, info

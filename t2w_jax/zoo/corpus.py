@@ -6,12 +6,14 @@ Layout of a corpus directory::
                     prompt template, dataset, image size, model and trainer settings
   plan.json         the task plan (held-out classes, every task); fixes resume
   class_emb.npz     names (C,) and embeddings (C, d) of every class of the dataset
-  base.npy          the shared base net, flat (D,)
+  base.npy          the generalist (the shared start of every net), flat (D,)
+  generalist.json   how it was trained: kept step, steps run, validation accuracy, seconds
   shards/NNNNN.npy  (n, D) float32 weights of one shard of nets
   shards/NNNNN.jsonl  one record per net of that shard (written last: marks the shard done)
   weights.npy       (N, D) float32, all nets in task order (memory-mapped by readers)
   manifest.jsonl    one record per net: task id, split, class names and ids, seed,
-                    base and trained accuracy, final loss
+                    generalist ("base") and specialist ("trained") test accuracy,
+                    final loss, the specialist's kept step and steps run
 
 Every file is written to a temporary name and renamed, so an interrupted run leaves only
 whole files, and a resumed run skips the shards that are done.

@@ -48,7 +48,27 @@ def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict
       "image_size": config.image_size, "model": config.model.to_dict(),
       "trainer": config.trainer.to_dict(), "base": config.base.to_dict(),
       "seed": config.seed, "shard_size": config.shard_size,
+      "val_per_class": config.val_per_class,
   }
+
+
+def trainer_spec(config) -> masstrain.TrainerSpec:
+  """The specialists' trainer settings of a corpus config."""
+  t = config.trainer
+  return masstrain.TrainerSpec(
+      steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
+      nets_per_chunk=t.nets_per_chunk, eval_per_class=t.eval_per_class,
+      eval_every=t.eval_every, patience=t.patience)
+
+
+def train_generalist(config, model, dataset, class_emb, seen_classes):
+  """The corpus config's generalist on ``seen_classes``: (params, GeneralistInfo)."""
+  b = config.base
+  return base_lib.train_generalist(
+      model, dataset.train_images, dataset.train_labels, class_emb, seen_classes,
+      max_steps=b.max_steps, batch_size=b.batch_size, learning_rate=b.learning_rate,
+      seed=config.seed, val_per_class=config.val_per_class, eval_every=b.eval_every,
+      patience=b.patience, lr_drops=b.lr_drops, val_seed=config.seed)
 
 
 def _plan(config, num_classes: int) -> tasks_lib.TaskPlan:
@@ -84,11 +104,7 @@ def make_corpus(config, workdir: str) -> dict:
   layout = ParamLayout.from_params(init_params(model, jax.random.PRNGKey(0), config.image_size))
   devices = jax.local_devices()
   mesh = masstrain.nets_mesh(devices[:config.num_devices] if config.num_devices else devices)
-  spec = masstrain.TrainerSpec(
-      steps=config.trainer.steps, batch_size=config.trainer.batch_size,
-      learning_rate=config.trainer.learning_rate,
-      nets_per_chunk=config.trainer.nets_per_chunk,
-      eval_per_class=config.trainer.eval_per_class)
+  spec = trainer_spec(config)
   unit = spec.nets_per_chunk * mesh.size
   shard = max(unit, int(math.ceil(config.shard_size / unit)) * unit)
   # The shard size depends on the mesh; it is part of the corpus's identity so that a
@@ -104,18 +120,19 @@ def make_corpus(config, workdir: str) -> dict:
     corpus_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
 
   base_path = os.path.join(path, "base.npy")
-  if os.path.exists(base_path):
+  info_path = os.path.join(path, "generalist.json")
+  if os.path.exists(base_path) and os.path.exists(info_path):
     base_params = layout.unflatten(jnp.asarray(np.load(base_path)))
-    logging.info("base net: read back from %s", base_path)
+    logging.info("generalist: read back from %s", base_path)
   else:
     seen_classes = sorted(set(range(len(names))) - set(plan.heldout_classes))
-    base_params = base_lib.train_base(
-        model, dataset.train_images, dataset.train_labels, class_emb, seen_classes,
-        steps=config.base.steps, batch_size=config.base.batch_size,
-        learning_rate=config.base.learning_rate, seed=config.seed)
+    base_params, info = train_generalist(config, model, dataset, class_emb, seen_classes)
+    # The weights first: generalist.json marks the pair complete.
     corpus_lib.atomic_save_npy(base_path, np.asarray(layout.flatten(base_params)))
+    corpus_lib.atomic_write_json(info_path, info.to_json())
 
-  data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh)
+  data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh,
+                            val_per_class=config.val_per_class, val_seed=config.seed)
   train = masstrain.make_trainer(model, spec, mesh)
   all_tasks = list(plan.tasks)
   num_shards = int(math.ceil(len(all_tasks) / shard))
@@ -126,6 +143,7 @@ def make_corpus(config, workdir: str) -> dict:
   bar = tqdm.tqdm(total=len(all_tasks), unit="net", desc="corpus",
                   initial=(num_shards - len(todo)) * shard if todo else len(all_tasks),
                   smoothing=0.1, mininterval=2.0)
+  train_start, trained = time.time(), 0
   for i in todo:
     chunk = all_tasks[i * shard:(i + 1) * shard]
     padded = chunk + [chunk[-1]] * (shard - len(chunk))  # fixed shape: one compile
@@ -133,24 +151,34 @@ def make_corpus(config, workdir: str) -> dict:
     seeds = np.array([t.seed for t in padded], np.uint32)
     out = train(data, base_params, masstrain.TaskBatch(ids, mask, seeds))
     weights = np.asarray(jax.vmap(layout.flatten)(out.params))[:len(chunk)]
-    base_acc, acc, loss = (np.asarray(a) for a in (out.base_acc, out.trained_acc,
-                                                   out.final_loss))
+    base_acc, acc, loss, steps, steps_run = (
+        np.asarray(a) for a in (out.base_acc, out.trained_acc, out.final_loss, out.steps,
+                                out.steps_run))
     records = [{"task_id": t.task_id, "split": t.split, "classes": [names[c] for c in t.class_ids],
                 "class_ids": list(t.class_ids), "seed": t.seed,
                 "base_acc": float(base_acc[j]), "trained_acc": float(acc[j]),
-                "final_loss": float(loss[j])} for j, t in enumerate(chunk)]
+                "final_loss": float(loss[j]), "steps": int(steps[j]),
+                "steps_run": int(steps_run[j])} for j, t in enumerate(chunk)]
     writer.write_shard(i, weights, records)
+    trained += len(chunk)
     bar.update(len(chunk))
   bar.close()
   writer.finalize(num_shards)
   summary = summarize(corpus_lib.open_corpus(path).records)
+  with open(info_path) as f:
+    summary["generalist"] = json.load(f)
   summary["seconds"] = time.time() - start
+  # This call's specialist training alone (a resumed run trains only what was left).
+  summary["specialists_trained"] = trained
+  summary["specialist_seconds"] = time.time() - train_start
   corpus_lib.atomic_write_json(os.path.join(path, "summary.json"), summary)
   return summary
 
 
 def summarize(records) -> dict:
-  """Per split: nets, mean base accuracy, mean trained accuracy, mean gain (points)."""
+  """Per split: nets, mean generalist ("base") and specialist ("trained") accuracy, the
+  mean paired gain in points with its standard error, and the specialists' mean kept step.
+  """
   out = {"nets": len(records)}
   for split in tasks_lib.SPLITS + ("all",):
     rs = [r for r in records if split == "all" or r["split"] == split]
@@ -158,21 +186,29 @@ def summarize(records) -> dict:
       continue
     b = np.array([r["base_acc"] for r in rs])
     t = np.array([r["trained_acc"] for r in rs])
+    d = 100 * (t - b)
     out[split] = {"nets": len(rs), "base_acc": float(b.mean()), "trained_acc": float(t.mean()),
-                  "gain_points": float(100 * (t - b).mean()),
-                  "trained_acc_max": float(t.max())}
+                  "gain_points": float(d.mean()),
+                  "gain_se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0,
+                  "trained_acc_max": float(t.max()),
+                  "mean_steps": float(np.mean([r.get("steps", 0) for r in rs]))}
   return out
 
 
 def format_summary(summary: dict) -> str:
   """A small Markdown table of a corpus summary."""
-  lines = ["| split | nets | base acc | trained acc | gain (points) |",
-           "|---|---:|---:|---:|---:|"]
+  lines = ["| split | nets | generalist acc | specialist acc | room (points, ± s.e.) | "
+           "specialist steps |", "|---|---:|---:|---:|---:|---:|"]
   for split in tasks_lib.SPLITS + ("all",):
     if split in summary:
       s = summary[split]
       lines.append(f"| {split} | {s['nets']} | {s['base_acc']:.3f} | {s['trained_acc']:.3f} | "
-                   f"{s['gain_points']:+.1f} |")
+                   f"{s['gain_points']:+.1f} ± {s.get('gain_se', 0):.1f} | "
+                   f"{s.get('mean_steps', 0):.0f} |")
+  if "generalist" in summary:
+    g = summary["generalist"]
+    lines.append(f"\ngeneralist: kept step {g['steps']} of {g['steps_run']} "
+                 f"(val acc {g['val_acc']:.3f}, {g['seconds']:.0f} s)")
   if "seconds" in summary:
     lines.append(f"\n{summary['nets']} nets in {summary['seconds']:.0f} s")
   return "\n".join(lines)

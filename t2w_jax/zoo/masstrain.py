@@ -25,17 +25,37 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.zoo.cnn import SubtaskCNN, unit_normalize
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSpec:
-  """How to train one net and how to batch nets. Hashable: used as a jit static."""
+  """How to train one net and how to batch nets. Hashable: used as a jit static.
+
+  Attributes:
+    steps: the step cap (with early stopping) or the fixed number of steps (without).
+    batch_size, learning_rate: Adam with a cosine decay over ``steps``.
+    nets_per_chunk: nets trained side by side under ``vmap``.
+    eval_per_class: test images per class for the reported accuracies.
+    eval_every: steps between validation checks; 0 trains exactly ``steps`` steps.
+    patience: validation checks without improvement before a net stops; the net kept is
+      the one with the best validation accuracy seen (the start counts as a check).
+  """
   steps: int = 200
   batch_size: int = 64
   learning_rate: float = 3e-3
   nets_per_chunk: int = 8
   eval_per_class: int = 100
+  eval_every: int = 0
+  patience: int = 3
+
+  def __post_init__(self):
+    if self.eval_every and self.steps % self.eval_every:
+      raise ValueError(f"trainer steps ({self.steps}) must be a multiple of eval_every "
+                       f"({self.eval_every})")
+    if self.eval_every and self.patience < 1:
+      raise ValueError(f"trainer patience must be >= 1, got {self.patience}")
 
 
 class TaskBatch(NamedTuple):
@@ -54,9 +74,12 @@ class DeviceData(NamedTuple):
   """Dataset arrays placed on the device once (replicated over the nets mesh).
 
   images / test_images: uint8 (N, H, W, 3).
-  class_index / test_index: (C, max_per_class) int32 row ids of each class's examples.
+  class_index / test_index: (C, max_per_class) int32 row ids of each class's examples;
+    ``class_index`` holds the training rows only (the validation rows are left out).
   class_count / test_count: (C,) int32 number of valid entries per row.
   class_emb: (C, d) float32 text embedding of every class.
+  val_index / val_count: the validation rows (training images held out of training), per
+    class, like ``class_index``; width 1 and count 0 when there is no validation split.
   """
   images: Any
   class_index: Any
@@ -65,22 +88,28 @@ class DeviceData(NamedTuple):
   test_index: Any
   test_count: Any
   class_emb: Any
+  val_index: Any
+  val_count: Any
 
 
-def _index_by_class(labels: np.ndarray, num_classes: int, limit: int | None = None):
-  order = np.argsort(labels, kind="stable")
-  counts = np.bincount(labels, minlength=num_classes)
-  if limit is not None:
-    counts = np.minimum(counts, limit)
-  width = max(int(counts.max()), 1)
+def _index_by_class(labels: np.ndarray, num_classes: int, limit: int | None = None,
+                    keep: np.ndarray | None = None):
+  """(C, width) row ids of each class's examples (those where ``keep``) and their counts."""
+  rows = np.arange(len(labels)) if keep is None else np.flatnonzero(keep)
+  labels = np.asarray(labels)[rows]
+  order = rows[np.argsort(labels, kind="stable")]
+  full = np.bincount(labels, minlength=num_classes)
+  counts = full if limit is None else np.minimum(full, limit)
+  width = max(int(counts.max(initial=0)), 1)
   index = np.zeros((num_classes, width), np.int32)
-  starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))[:-1]])
+  starts = np.concatenate([[0], np.cumsum(full)[:-1]])
   for c in range(num_classes):
     index[c, :counts[c]] = order[starts[c]:starts[c] + counts[c]]
   return index, counts.astype(np.int32)
 
 
-def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | None = None):
+def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | None = None,
+             val_per_class: int = 0, val_seed: int = 0):
   """Place a dataset and its class embeddings on the device(s), replicated.
 
   Args:
@@ -88,6 +117,8 @@ def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | N
     class_emb: (C, d) text embeddings, one per class of the dataset, in label order.
     eval_per_class: test images used per class when measuring a task's accuracy.
     mesh: the nets mesh (arrays are replicated over it); None for the default device.
+    val_per_class, val_seed: the validation split carved from the training images
+      (``data.tasks.validation_mask``); its rows are left out of ``class_index``.
 
   Returns:
     DeviceData.
@@ -95,10 +126,13 @@ def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | N
   c = len(dataset.class_names)
   if class_emb.shape[0] != c:
     raise ValueError(f"{class_emb.shape[0]} class embeddings for {c} classes")
-  class_index, class_count = _index_by_class(dataset.train_labels, c)
+  is_val = tasks_lib.validation_mask(dataset.train_labels, val_per_class, val_seed)
+  class_index, class_count = _index_by_class(dataset.train_labels, c, keep=~is_val)
+  val_index, val_count = _index_by_class(dataset.train_labels, c, keep=is_val)
   test_index, test_count = _index_by_class(dataset.test_labels, c, eval_per_class)
   arrays = DeviceData(dataset.train_images, class_index, class_count, dataset.test_images,
-                      test_index, test_count, class_emb.astype(np.float32))
+                      test_index, test_count, class_emb.astype(np.float32), val_index,
+                      val_count)
   if mesh is None:
     return DeviceData(*[jnp.asarray(a) for a in arrays])
   rep = NamedSharding(mesh, P())
@@ -112,8 +146,12 @@ def masked_logits(model: SubtaskCNN, params, images, emb, mask):
 
 
 def optimizer(spec: TrainerSpec) -> optax.GradientTransformation:
-  """The task nets' optimiser (Adam at the spec's learning rate)."""
-  return optax.adam(spec.learning_rate)
+  """The task nets' optimiser: Adam, learning rate decayed (cosine) over the step cap.
+
+  The decay makes the last steps small, so a net that runs to the cap settles instead of
+  ending on a noisy step; early stopping keeps whichever checkpoint validated best.
+  """
+  return optax.adam(optax.cosine_decay_schedule(spec.learning_rate, spec.steps, alpha=0.05))
 
 
 def train_step_fn(model, spec, data, classes, mask):
@@ -149,20 +187,72 @@ def step_keys(seed, steps: int):
   return jax.random.split(jax.random.PRNGKey(seed), steps)
 
 
-def _train_one(model, spec, data, base_params, classes, mask, seed):
-  """Train one net from the base on one task; returns final params and the loss curve."""
+class _Fit(NamedTuple):
+  params: Any       # the kept net (best validation accuracy, or the last without checks)
+  steps: Any        # () int32: the step at which the kept net was taken (0: the start)
+  steps_run: Any    # () int32: steps actually trained
+  final_loss: Any   # () mean training loss over the last check period (or last 10 %)
+
+
+def _train_one(model, spec, data, base_params, classes, mask, seed) -> _Fit:
+  """Train one net from the base on one task, early-stopped on its validation accuracy.
+
+  Without checks (``eval_every == 0``) every net trains ``steps`` steps. With checks, the
+  steps run in periods of ``eval_every`` inside a ``lax.while_loop`` that stops after
+  ``patience`` checks without improvement; under ``vmap`` a finished net stays frozen
+  while the others of its chunk go on, and a chunk stops when all its nets have.
+  """
   step = train_step_fn(model, spec, data, classes, mask)
   init = (base_params, optimizer(spec).init(base_params))
-  (params, _), losses = jax.lax.scan(step, init, step_keys(seed, spec.steps))
-  return params, losses
+  keys = step_keys(seed, spec.steps)
+  if not spec.eval_every:
+    (params, _), losses = jax.lax.scan(step, init, keys)
+    tail = max(spec.steps // 10, 1)
+    n = jnp.int32(spec.steps)
+    return _Fit(params, n, n, jnp.mean(losses[-tail:]))
+
+  every, periods = spec.eval_every, spec.steps // spec.eval_every
+  keys = keys.reshape((periods, every) + keys.shape[1:])
+
+  def val_acc(params):
+    return task_accuracy(model, data, params, classes, mask, split="val")
+
+  def cond(c):
+    return (c["period"] < periods) & (c["bad"] < spec.patience)
+
+  def body(c):
+    state, losses = jax.lax.scan(step, c["state"], keys[c["period"]])
+    acc = val_acc(state[0])
+    better = acc > c["best_acc"]
+    period = c["period"] + 1
+    return dict(state=state, period=period, loss=jnp.mean(losses),
+                best=jax.tree.map(lambda a, b: jnp.where(better, a, b), state[0], c["best"]),
+                best_acc=jnp.where(better, acc, c["best_acc"]),
+                best_period=jnp.where(better, period, c["best_period"]),
+                bad=jnp.where(better, 0, c["bad"] + 1))
+
+  c0 = dict(state=init, period=jnp.int32(0), loss=jnp.float32(jnp.nan), best=base_params,
+            best_acc=val_acc(base_params), best_period=jnp.int32(0), bad=jnp.int32(0))
+  c = jax.lax.while_loop(cond, body, c0)
+  return _Fit(c["best"], c["best_period"] * every, c["period"] * every, c["loss"])
 
 
-def _test_set(data, classes, mask):
-  """A task's test images as (K, per) row ids and validity (padding, missing images)."""
-  per = data.test_index.shape[1]
-  rows = data.test_index[classes]                            # (K, per)
-  valid = (jnp.arange(per)[None, :] < data.test_count[classes][:, None]) & mask[:, None]
+def _test_set(data, classes, mask, split: str = "test"):
+  """A task's held-out images as (K, per) row ids and validity (padding, missing images).
+
+  ``split`` is "test" (the test images) or "val" (the validation rows of the training
+  images); ``_images`` gives the array the row ids index.
+  """
+  index, count = ((data.test_index, data.test_count) if split == "test"
+                  else (data.val_index, data.val_count))
+  per = index.shape[1]
+  rows = index[classes]                                      # (K, per)
+  valid = (jnp.arange(per)[None, :] < count[classes][:, None]) & mask[:, None]
   return rows, valid
+
+
+def _images(data, split: str):
+  return data.test_images if split == "test" else data.images
 
 
 def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
@@ -175,23 +265,22 @@ def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
   return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def _embed_rows(model, params, data, rows):
-  """Embeddings (R, per, d) of the test images in (R, per) row ids, one row at a time."""
+def _embed_rows(model, params, images, rows):
+  """Embeddings (R, per, d) of ``images`` at (R, per) row ids, one row at a time."""
   return jax.lax.map(
-      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
-      rows)
+      lambda r: model.apply({"params": params}, images[r], method=SubtaskCNN.embed), rows)
 
 
-def task_accuracy(model, data, params, classes, mask):
-  """Test accuracy of one net on one task's classes (up to eval_per_class images each).
+def task_accuracy(model, data, params, classes, mask, split: str = "test"):
+  """Accuracy of one net on one task's classes, on its test images (up to eval_per_class
+  each) or, with ``split="val"``, on its validation images.
 
   The images are embedded one class row at a time (``lax.map``), keeping the working set
-  small. Embedding the whole test set at once (K x per images, im2col patches, times the
-  nets of a vmap chunk), and the base net once per task, the trainer ran 623 instead of
-  814 net-steps/s on this 2-core CPU (README, "Benchmarks").
+  small (the trainer measured faster this way than embedding the whole test set at once;
+  docs/bench).
   """
-  rows, valid = _test_set(data, classes, mask)
-  feats = _embed_rows(model, params, data, rows)             # (K, per, d)
+  rows, valid = _test_set(data, classes, mask, split)
+  feats = _embed_rows(model, params, _images(data, split), rows)  # (K, per, d)
   return _accuracy_from_embeddings(model, feats, valid, data.class_emb[classes], mask)
 
 
@@ -201,7 +290,7 @@ def class_embeddings_of(model, params, data):
   Computed once, a shared net's accuracy on any task is then a cheap lookup
   (``accuracy_from_class_embeddings``) instead of a forward pass per task.
   """
-  return _embed_rows(model, params, data, data.test_index)
+  return _embed_rows(model, params, data.test_images, data.test_index)
 
 
 def accuracy_from_class_embeddings(model, data, feats, classes, mask):
@@ -212,9 +301,11 @@ def accuracy_from_class_embeddings(model, data, feats, classes, mask):
 
 class TrainResult(NamedTuple):
   params: Any          # pytree with a leading nets axis
-  base_acc: Any        # (n,)
-  trained_acc: Any     # (n,)
-  final_loss: Any      # (n,) mean loss over the last 10% of steps
+  base_acc: Any        # (n,) test accuracy of the shared start (the generalist)
+  trained_acc: Any     # (n,) test accuracy of the kept net (the specialist)
+  final_loss: Any      # (n,) mean training loss at the end (see ``_Fit``)
+  steps: Any           # (n,) step of the kept net (early stopping's choice)
+  steps_run: Any       # (n,) steps trained
 
 
 def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None):
@@ -224,13 +315,12 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None)
   over the mesh; each device ``lax.map``s over its chunks; each chunk ``vmap``s over nets;
   each net ``lax.scan``s over its steps.
   """
-  tail = max(spec.steps // 10, 1)
 
   def per_net(data, base_params, base_feats, classes, mask, seed):
-    params, losses = _train_one(model, spec, data, base_params, classes, mask, seed)
+    fit = _train_one(model, spec, data, base_params, classes, mask, seed)
     base_acc = accuracy_from_class_embeddings(model, data, base_feats, classes, mask)
-    acc = task_accuracy(model, data, params, classes, mask)
-    return TrainResult(params, base_acc, acc, jnp.mean(losses[-tail:]))
+    acc = task_accuracy(model, data, fit.params, classes, mask)
+    return TrainResult(fit.params, base_acc, acc, fit.final_loss, fit.steps, fit.steps_run)
 
   def run(data, base_params, tasks: TaskBatch):
     n = tasks.seeds.shape[0]
