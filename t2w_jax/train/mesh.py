@@ -58,21 +58,20 @@ def check_divisible(abstract_boxed_state, mesh: Mesh, *, config_keys: dict | Non
   Raises:
     ConfigError: naming the parameter, its dimension, the mesh axis, and the keys to change.
   """
-  logical = nn.get_partition_spec(abstract_boxed_state)
-  leaves = jax.tree_util.tree_leaves_with_path(
-      nn.meta.unbox(abstract_boxed_state))
-  specs = jax.tree_util.tree_leaves(
-      nn.logical_to_mesh(logical, LOGICAL_AXIS_RULES), is_leaf=lambda x: isinstance(x, P))
-  logical_specs = jax.tree_util.tree_leaves(logical, is_leaf=lambda x: isinstance(x, P))
-  if not len(leaves) == len(specs) == len(logical_specs):
-    return  # an unexpected tree: leave the check to JAX rather than guess
-  for (path, leaf), spec, lspec in zip(leaves, specs, logical_specs):
-    for dim, (axes, name) in enumerate(zip(tuple(spec), tuple(lspec))):
+  rules = dict(LOGICAL_AXIS_RULES)
+  boxed = jax.tree_util.tree_leaves_with_path(
+      abstract_boxed_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  for path, leaf in boxed:
+    if not isinstance(leaf, nn.Partitioned):
+      continue
+    for dim, name in enumerate(leaf.names):
+      axes = rules.get(name, name) if isinstance(leaf, nn.LogicallyPartitioned) else name
       if axes is None:
         continue
       axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      axes = tuple(a for a in axes if a in mesh.shape)
       parts = int(np.prod([mesh.shape[a] for a in axes]))
-      size = leaf.shape[dim]
+      size = leaf.value.shape[dim]
       if size % parts:
         keys = (config_keys or {}).get(name)
         fix = " or ".join(f"--config.{k}" for k in ([keys] if isinstance(keys, str)
