@@ -153,6 +153,24 @@ def test_open_refuses_records_out_of_line_with_rows(built, tmp_path):
     corpus_lib.open_corpus(path)
 
 
+def test_unfinished_and_legacy_corpora(built, tmp_path, caplog):
+  """No checksums.json: unfinished (refused, saying how to resume); a corpus from before
+  checksums (no "config" in meta.json either) still opens, with a warning."""
+  workdir = _copy(built, tmp_path)
+  path = os.path.join(workdir, "corpus")
+  os.remove(os.path.join(path, "checksums.json"))
+  with pytest.raises(MissingError, match="unfinished.*same --workdir"):
+    corpus_lib.open_corpus(path)
+  with open(os.path.join(path, "meta.json")) as f:
+    meta = json.load(f)
+  del meta["config"]
+  with open(os.path.join(path, "meta.json"), "w") as f:
+    json.dump(meta, f)
+  with caplog.at_level(logging.WARNING):
+    assert len(corpus_lib.open_corpus(path)) == 16
+  assert any("predates checksums" in r.getMessage() for r in caplog.records)
+
+
 # 4. The whole config is validated before anything is written.
 
 @pytest.mark.parametrize("key,value,match", [

@@ -337,7 +337,14 @@ def open_corpus(path: str, *, layout: ParamLayout | None = None,
   if encoder_name is not None and meta.get("encoder") != encoder_name:
     raise ConfigError(f"corpus at {path} was embedded with text encoder "
                      f"{meta.get('encoder')!r}, not {encoder_name!r}")
-  sums = verify_corpus_files(path, hash_files=verify)
+  legacy = ("config" not in meta and not os.path.exists(os.path.join(path, CHECKSUMS_FILE))
+            and os.path.exists(os.path.join(path, "weights.npy")))
+  if legacy:
+    # Written by code from before checksums: readable (rows and records are still lined
+    # up below), but nothing vouches for its bytes, and a resume of it is refused.
+    logging.warning("corpus at %s predates checksums (no %s): its files are not verified; "
+                    "rebuild it to get them", path, CHECKSUMS_FILE)
+  sums = {} if legacy else verify_corpus_files(path, hash_files=verify)
   weights = np.load(os.path.join(path, "weights.npy"), mmap_mode="r")
   if weights.shape[1] != stored.total:
     raise CorruptError(f"corpus at {path}: weights have {weights.shape[1]} columns, its layout "
@@ -346,9 +353,10 @@ def open_corpus(path: str, *, layout: ParamLayout | None = None,
   # Records must line up with rows: row i is task i. A misaligned manifest labels every
   # later net with another task's classes, which nothing downstream could notice.
   ids = [r.get("task_id") for r in records]
-  if not len(records) == weights.shape[0] == sums["rows"] or ids != list(range(len(ids))):
+  rows = sums.get("rows", weights.shape[0])
+  if not len(records) == weights.shape[0] == rows or ids != list(range(len(ids))):
     raise CorruptError(f"corpus at {path}: {len(records)} records for {weights.shape[0]} "
-                       f"weight rows ({sums['rows']} written), or task ids out of order; "
+                       f"weight rows ({rows} written), or task ids out of order; "
                        "rerun launch/make_corpus.py with the same --workdir to rebuild it")
   emb = np.load(os.path.join(path, "class_emb.npz"))
   return Corpus(path, meta, stored, weights, records, tuple(str(n) for n in emb["names"]),
