@@ -41,19 +41,6 @@ CHECKSUMS_FILE = "checksums.json"
 FORMAT_VERSION = 1
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-  atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
 def _save_then_rename(tmp: str, path: str, save) -> None:
   """Runs ``save(tmp)`` then renames tmp to path; on any failure no temp file is left."""
   try:
@@ -63,6 +50,19 @@ def _save_then_rename(tmp: str, path: str, save) -> None:
     if os.path.lexists(tmp) and not os.path.isdir(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  def save(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+  _save_then_rename(f"{path}.tmp.{os.getpid()}", path, save)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:
