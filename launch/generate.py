@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.user_errors_exit(main))
+  app.run(cli.user_errors_exit(main), flags_parser=cli.parse_flags)

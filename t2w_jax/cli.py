@@ -42,6 +42,28 @@ def user_errors_exit(fn: Callable) -> Callable:
   return wrapped
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s flags_parser: a bad flag or config is one stderr line and exit status 2.
+
+  ml_collections reports an error raised inside a config file (an unknown variant, say)
+  with that file's traceback; the line the user needs is its last one.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments left after the flags.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+      lines = [lines[0], lines[-1]]
+    print(f"error: {' '.join(lines)} (see --helpshort)", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT)
+
+
 def check_output_file(path: str, flag: str = "--out") -> None:
   """Refuses an output file path that cannot be written, before any work is done.
 
@@ -80,4 +102,4 @@ def main(fn: Callable[..., str | None], *, what: str,
     if out is not None:
       print(out, flush=True)
 
-  app.run(user_errors_exit(_main))
+  app.run(user_errors_exit(_main), flags_parser=parse_flags)

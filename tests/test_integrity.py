@@ -304,6 +304,8 @@ def test_mesh_that_does_not_divide_the_heads_is_refused(built, tmp_path):
      "--out=.*does not exist"),
     ("make_corpus.py", ["--config=configs/corpus.py:tiny", "--workdir={tmp}/c",
                         "--config.num_seen=-5"], "num_seen=-5"),
+    ("make_corpus.py", ["--config=configs/corpus.py:bogus", "--workdir={tmp}/c"],
+     "unknown corpus config variant 'bogus'"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, script, args, match):
   cmd = [sys.executable, os.path.join(ROOT, "launch", script)]
