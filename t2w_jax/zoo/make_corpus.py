@@ -134,14 +134,17 @@ def validate_config(config) -> None:
          "in [0, 1)")
   _check(not (get("num_heldout") and frac == 0), "heldout_frac", frac,
          f"> 0 when num_heldout={get('num_heldout')} > 0 (held-out tasks need held-out classes)")
+  # The keys below are checked when present: another model family or trainer may not
+  # have them.
   for key in ("image_size", "shard_size", "trainer.steps", "trainer.batch_size",
               "trainer.eval_per_class", "trainer.nets_per_chunk", "base.batch_size"):
     v = get(key)
-    _check(_is_int(v) and v >= 1, key, v, "a whole number >= 1")
-  _check(_is_int(get("base.steps")) and get("base.steps") >= 0, "base.steps",
-         get("base.steps"), "a whole number >= 0")
+    _check(v is None or (_is_int(v) and v >= 1), key, v, "a whole number >= 1")
+  v = get("base.steps")
+  _check(v is None or (_is_int(v) and v >= 0), "base.steps", v, "a whole number >= 0")
   for key in ("trainer.learning_rate", "base.learning_rate", "model.logit_scale"):
-    _check(_is_pos_float(get(key)), key, get(key), "a finite number > 0")
+    v = get(key)
+    _check(v is None or _is_pos_float(v), key, v, "a finite number > 0")
   widths, strides = get("model.widths"), get("model.strides")
   if widths is not None:
     _check(len(widths) >= 1 and all(_is_int(w) and w >= 1 for w in widths), "model.widths",
@@ -149,7 +152,7 @@ def validate_config(config) -> None:
     _check(strides is None or len(strides) == len(widths), "model.strides", strides,
            f"one stride per width ({len(widths)})")
   impl = get("trainer.conv_impl")
-  _check(impl in ("lax", "im2col"), "trainer.conv_impl", impl, "'lax' or 'im2col'")
+  _check(impl is None or impl in ("lax", "im2col"), "trainer.conv_impl", impl, "'lax' or 'im2col'")
   n = get("num_devices", 0)
   have = len(jax.local_devices())
   _check(_is_int(n) and 0 <= n <= have, "num_devices", n,
