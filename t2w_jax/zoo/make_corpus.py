@@ -323,6 +323,7 @@ class _Clock:
         prev = json.load(f)
     self.before = float(prev.get("seconds", 0.0))
     self.attempts = int(prev.get("attempts", 0)) + 1
+    self.save()  # counts this attempt even if it is killed before its first shard
 
   def save(self) -> float:
     total = self.before + time.time() - self.start
