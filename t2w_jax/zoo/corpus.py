@@ -16,6 +16,8 @@ Layout of a corpus directory::
                     base and trained accuracy, final loss
   checksums.json    rows, bytes and sha256 of weights.npy and manifest.jsonl (written last:
                     marks the corpus finished)
+  progress.json     seconds spent and attempts made so far (zoo/make_corpus.py)
+  summary.json      per-split accuracies, total seconds and attempts (zoo/make_corpus.py)
 
 Every file is written to a temporary name and renamed, so an interrupted run leaves only
 whole files, and a resumed run skips the shards that are done. Integrity: a shard counts as
