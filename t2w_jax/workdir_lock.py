@@ -42,12 +42,13 @@ def _read_holder(f) -> dict:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str, what: str):
+def workdir_lock(workdir: str, what: str, name: str | None = None):
   """Holds the workdir's writer lock for the duration of a ``with`` block.
 
   Args:
     workdir: the run directory (created if missing).
     what: what this process does there ("make_corpus", "train"), for the messages.
+    name: the lock file's name in workdir (default LOCK_FILE).
 
   Yields:
     None.
@@ -56,7 +57,7 @@ def workdir_lock(workdir: str, what: str):
     BusyError: another live process holds the lock; the message names its pid.
   """
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  path = os.path.join(workdir, name or LOCK_FILE)
   f = open(path, "a+")
   try:
     try:

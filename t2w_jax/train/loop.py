@@ -20,7 +20,7 @@ from t2w_jax.train import mesh as mesh_lib
 from t2w_jax.train import reporting
 from t2w_jax.train import state as state_lib
 from t2w_jax.train.step import make_train_step
-from t2w_jax.workdir_lock import workdir_lock
+from t2w_jax.workdir_lock import LOCK_FILE, workdir_lock
 from t2w_jax.zoo import corpus as corpus_lib
 
 
@@ -119,12 +119,15 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     BusyError: another process writes this workdir (two trainers would race in orbax).
     ConfigError: a mesh that the model's sharded dimensions do not divide, and the like.
   """
-  with workdir_lock(workdir, "train"):
+  mesh_lib.maybe_initialize_distributed()
+  # On several hosts every process of one run writes the workdir: one lock per process
+  # index, so that a second run is still refused, host by host.
+  name = None if jax.process_count() == 1 else f"{LOCK_FILE}.{jax.process_index()}"
+  with workdir_lock(workdir, "train", name=name):
     return _train(config, workdir, stop_after=stop_after)
 
 
 def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
-  mesh_lib.maybe_initialize_distributed()
   reporting.quiet_library_logs()
   os.makedirs(workdir, exist_ok=True)
   corpus = open_training_corpus(config, workdir)
