@@ -5,12 +5,11 @@ rebuild trains only the shards it damaged.
 """
 import json
 import logging
-import math
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -314,7 +313,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, script, args, matc
   assert out.returncode == cli.USER_ERROR_EXIT, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1 and __import__("re").search(match, errors[0]), out.stderr[-2000:]
+  assert len(errors) == 1 and re.search(match, errors[0]), out.stderr[-2000:]
 
 
 def test_user_error_types_are_the_builtins_callers_expect():
