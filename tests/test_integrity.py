@@ -314,6 +314,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, script, args, matc
   assert "Traceback" not in out.stderr
   errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and re.search(match, errors[0]), out.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "none")  # a refused run makes no workdir
 
 
 def test_user_error_types_are_the_builtins_callers_expect():

@@ -119,6 +119,9 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     BusyError: another process writes this workdir (two trainers would race in orbax).
     ConfigError: a mesh that the model's sharded dimensions do not divide, and the like.
   """
+  corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
+  if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
+    corpus_lib.open_corpus(corpus_dir)  # raises MissingError before the workdir is made
   mesh_lib.maybe_initialize_distributed()
   # On several hosts every process of one run writes the workdir: one lock per process
   # index, so that a second run is still refused, host by host.
