@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from t2w_jax import cli  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory")
 _TEXT = flags.DEFINE_string("text", None, "class names, e.g. 'tulip, rose and bus'")
 _OUT = flags.DEFINE_string("out", None, "output .npz")
@@ -26,6 +28,8 @@ def main(argv):
   del argv
   import jax
   from t2w_jax import api
+  cli.check_output_file(_OUT.value)  # before the minutes of loading and sampling
+  api.class_names(_TEXT.value)  # likewise: an empty description fails now
   gen = api.load(_WORKDIR.value)
   params = api.generate(gen, _TEXT.value, rng=jax.random.PRNGKey(_SEED.value),
                         steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
@@ -34,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.user_errors_exit(main), flags_parser=cli.parse_flags)

@@ -12,12 +12,14 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$WORKDIR"
 start=$(date +%s)
 stage() { echo "== $1 ($(( $(date +%s) - start )) s elapsed)"; }
-# run LOG FILTER CMD...: full output to LOG, the lines matching FILTER to the terminal;
-# stops the job (naming the log) if CMD fails.
+# run LOG FILTER CMD...: full output appended to LOG (a rerun keeps the log of an interrupted
+# attempt, under its own dated header), the lines matching FILTER to the terminal; stops the
+# job (naming the log) if CMD fails.
 run() {
   local log=$1 filter=$2; shift 2
+  echo "== attempt at $(date -u +%Y-%m-%dT%H:%M:%SZ): $*" >> "$log"
   set +e
-  "$@" 2>&1 | tee "$log" | grep --line-buffered -E "$filter"
+  "$@" 2>&1 | tee -a "$log" | grep --line-buffered -E "$filter"
   local status=${PIPESTATUS[0]}
   set -e
   if [ "$status" -ne 0 ]; then echo "failed ($status): see $log" >&2; exit "$status"; fi

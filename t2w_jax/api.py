@@ -15,6 +15,8 @@ under ``jit``.
 import dataclasses
 import functools
 import json
+import math
+import numbers
 import os
 from typing import Any, Sequence
 
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2w_jax import text as text_lib
+from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.diffusion import get_sampler, get_schedule
 from t2w_jax.text.condition import text_condition
 from t2w_jax.train import checkpoint as ckpt_lib
@@ -71,13 +74,13 @@ def load(workdir: str, *, step: int | None = None, encoder=None) -> Generator:
     ValueError: the checkpoint was written with another config.
   """
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"workdir {workdir!r} does not exist")
+    raise MissingError(f"workdir {workdir!r} does not exist")
   spec = state_lib.GeneratorSpec.load(workdir)
   reporting.quiet_library_logs()
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
                                save_every=0)
   if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first")
+    raise MissingError(f"no checkpoint in {workdir}/checkpoints; train first")
   config = _config_dict(spec.config)
   abstract = jax.eval_shape(
       lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)), jax.random.PRNGKey(0))
@@ -95,14 +98,74 @@ def _config_dict(d: dict):
 
 
 def class_names(text: str | Sequence[str]) -> list[str]:
-  """A description ("a, b and c") or a list of class names -> cleaned class names."""
+  """A description ("a, b and c") or a list of class names -> cleaned class names.
+
+  Args:
+    text: one str, or a list/tuple of str (numpy str arrays too).
+
+  Returns:
+    The cleaned class names.
+
+  Raises:
+    ConfigError (a ValueError): anything else (bytes, numbers, None, a list holding
+      non-strings), or no class name.
+  """
   if isinstance(text, str):
-    names = text_lib.split_description(text)
-  else:
+    try:
+      names = text_lib.split_description(text)
+    except ValueError as e:  # empty or separators only: the user's text, so a user error
+      raise ConfigError(f"text: {e}") from None
+  elif isinstance(text, (list, tuple, np.ndarray)):
+    for i, n in enumerate(text):
+      if not isinstance(n, str):  # bytes iterate as ints, numbers are not names
+        raise ConfigError(f"text[{i}] must be a str (a class name), got "
+                          f"{type(n).__name__} {n!r}")
     names = [text_lib.clean_class_name(str(n)) for n in text]
+  else:
+    raise ConfigError(f"text must be a str or a list of str, got {type(text).__name__} "
+                      f"{text!r}" + (" (decode it first)" if isinstance(text, bytes) else ""))
   if not names or any(not n.strip() for n in names):
-    raise ValueError(f"empty description: need at least one class name, got {text!r}")
+    raise ConfigError(f"empty description: need at least one class name, got {text!r}")
   return names
+
+
+def _finite(name: str, value, *, minimum: float | None = None) -> float:
+  """value as a float, refusing non-numbers, NaN, inf and (if given) values < minimum."""
+  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+      or not math.isfinite(value)):
+    raise ConfigError(f"{name} must be a finite number, got {value!r}")
+  if minimum is not None and value < minimum:
+    raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+  return float(value)
+
+
+def check_sample_args(*, steps=None, guidance=None, sampler=None, temperature=None,
+                      num_samples=1) -> None:
+  """Refuses a sampling argument that cannot work, naming it.
+
+  Args:
+    steps: None or a whole number >= 1.
+    guidance: None or a finite number.
+    sampler: None, "ddim" or "ddpm".
+    temperature: None or a finite number >= 0.
+    num_samples: a whole number >= 1.
+
+  Raises:
+    ConfigError (a ValueError) naming the argument.
+  """
+  if steps is not None and (not isinstance(steps, numbers.Integral)
+                            or isinstance(steps, bool) or steps < 1):
+    raise ConfigError(f"steps must be a whole number >= 1 (or None for the config's "
+                      f"default), got {steps!r}")
+  if guidance is not None:
+    _finite("guidance", guidance)
+  if temperature is not None:
+    _finite("temperature", temperature, minimum=0.0)
+  if sampler is not None and sampler not in ("ddim", "ddpm"):
+    raise ConfigError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+  if (not isinstance(num_samples, numbers.Integral) or isinstance(num_samples, bool)
+      or num_samples < 1):
+    raise ConfigError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
 
 
 def class_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
@@ -163,12 +226,11 @@ def sample_flat(gen: Generator, class_emb, class_mask, *, rng, steps: int | None
                 temperature: float | None = None) -> jax.Array:
   """Batched core of ``generate``: (B, K, d) embeddings + (B, K) masks -> (B, D) weights."""
   c = gen.spec.config
+  check_sample_args(steps=steps, guidance=guidance, sampler=sampler, temperature=temperature)
   sampler = sampler or c["sampler"]
-  steps = int(steps or c["sample_steps"])
+  steps = int(c["sample_steps"] if steps is None else steps)
   guidance = float(c["guidance"] if guidance is None else guidance)
   temperature = float(c.get("sample_temperature", 1.0) if temperature is None else temperature)
-  if not temperature >= 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
   fn = _sampler_fn(gen, sampler, steps, guidance != 1.0)
   return fn(gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool),
             rng, jnp.float32(guidance), jnp.float32(temperature))
@@ -199,9 +261,20 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
     A params pytree with a leading ``num_samples`` axis (1 if ``average``);
     ``take(params, i)`` is the i-th net, ready for
     ``subtask_net(gen).apply({"params": ...}, images, class_emb)``.
+
+  Raises:
+    ConfigError (a ValueError): an argument that cannot work, named: text that is not a
+      str or list of str, more classes than the generator has class slots (its config's
+      ``max_classes``, which bounds every task it was trained on), steps < 1, a NaN or
+      infinite guidance or temperature, a num_samples that is not a whole number >= 1.
   """
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  check_sample_args(steps=steps, guidance=guidance, sampler=sampler, temperature=temperature,
+                    num_samples=num_samples)
+  kmax = int(gen.spec.config["max_classes"])
+  k = len(class_names(text))
+  if k > kmax:
+    raise ConfigError(f"text names {k} classes; this generator was trained on tasks of at "
+                      f"most {kmax} classes (its max_classes)")
   emb = class_embeddings(gen, text)
   padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
   flat = sample_flat(gen, np.repeat(padded[None], num_samples, 0),

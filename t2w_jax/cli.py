@@ -4,11 +4,87 @@ Each script calls ``platform.setup_host_devices()`` first (before JAX is importe
 ``cli.main(fn, what=...)``: ``--config`` is an ml_collections config file (with
 ``--config.key=value`` overrides), ``--workdir`` the run directory, and ``fn(config,
 workdir)`` does the work; a string it returns is printed.
+
+An expected user error (``t2w_jax.errors.UserError``: a bad config value, a missing
+workdir, corpus or generator, a busy workdir) ends the run with one line on stderr and
+exit status 2; anything else keeps its traceback, since it is a bug.
 """
+import functools
+import os
+import sys
 from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from t2w_jax.errors import ConfigError, MissingError, UserError
+
+USER_ERROR_EXIT = 2
+
+
+def user_errors_exit(fn: Callable) -> Callable:
+  """Wraps an absl ``main(argv)``: a UserError becomes one stderr line and exit status 2.
+
+  Args:
+    fn: the function ``app.run`` would call.
+
+  Returns:
+    The wrapped function.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except UserError as e:
+      # One line: the message is written to be enough on its own.
+      print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+      sys.exit(USER_ERROR_EXIT)
+  return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s flags_parser: a bad flag or config is one stderr line and exit status 2.
+
+  ml_collections reports an error raised inside a config file (an unknown variant, say)
+  with that file's traceback; the line the user needs is its last one.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments left after the flags.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+      lines = [lines[0], lines[-1]]
+    print(f"error: {' '.join(lines)} (see --helpshort)", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT)
+
+
+def check_output_file(path: str, flag: str = "--out") -> None:
+  """Refuses an output file path that cannot be written, before any work is done.
+
+  Args:
+    path: the file to be written.
+    flag: the command-line flag that gave it, for the message.
+
+  Raises:
+    ConfigError: the path is a directory (or empty).
+    MissingError: its directory does not exist.
+  """
+  if not path:
+    raise ConfigError(f"{flag} is empty; give a file path")
+  if os.path.isdir(path):
+    raise ConfigError(f"{flag}={path} is a directory; give a file path such as "
+                      f"{os.path.join(path, 'net.npz')}")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise MissingError(f"{flag}={path}: directory {parent} does not exist; create it first")
+  if not os.access(parent, os.W_OK):
+    raise ConfigError(f"{flag}={path}: directory {parent} is not writable")
 
 
 def main(fn: Callable[..., str | None], *, what: str,
@@ -26,4 +102,4 @@ def main(fn: Callable[..., str | None], *, what: str,
     if out is not None:
       print(out, flush=True)
 
-  app.run(_main)
+  app.run(user_errors_exit(_main), flags_parser=parse_flags)

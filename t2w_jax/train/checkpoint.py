@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from t2w_jax.errors import ConfigError
+
 
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` for one TrainState + its meta.
@@ -83,9 +85,10 @@ class Checkpointer:
 
 
 def check_meta(stored: dict, expected: dict, where: str) -> None:
-  """Raises a ValueError naming every key whose value differs."""
+  """Raises a ConfigError (a ValueError) naming every key whose value differs."""
   diff = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
   if diff:
     detail = "; ".join(f"{k}: checkpoint {stored.get(k)!r} vs config {expected.get(k)!r}"
                        for k in diff[:4])
-    raise ValueError(f"checkpoint at {where} was written with another config ({detail})")
+    raise ConfigError(f"checkpoint at {where} was written with another config ({detail}); "
+                      "resume with that config, or use another --workdir")

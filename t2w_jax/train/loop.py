@@ -14,11 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.errors import ConfigError
 from t2w_jax.train import checkpoint as ckpt_lib
 from t2w_jax.train import mesh as mesh_lib
 from t2w_jax.train import reporting
 from t2w_jax.train import state as state_lib
 from t2w_jax.train.step import make_train_step
+from t2w_jax.workdir_lock import LOCK_FILE, workdir_lock
 from t2w_jax.zoo import corpus as corpus_lib
 
 
@@ -66,12 +68,19 @@ def load_or_make_spec(config, workdir: str, corpus) -> state_lib.GeneratorSpec:
   return fresh
 
 
+# The config keys that size each mesh-sharded logical axis (models/layers.py's
+# LOGICAL_AXIS_RULES), named when a mesh does not divide a parameter.
+MESH_CONFIG_KEYS = {"heads": ("model.num_heads", "disc.num_heads"),
+                    "mlp": ("model.width", "model.mlp_ratio", "disc.width", "disc.mlp_ratio")}
+
+
 def create_sharded_state(spec, config, mesh):
   """Initialises the TrainState directly into its shardings; returns (state, shardings)."""
   init = functools.partial(state_lib.init_state, spec, config)
   rng = jax.random.PRNGKey(config.seed)
   with mesh_lib.activate(mesh):
     abstract = jax.eval_shape(init, rng)
+    mesh_lib.check_divisible(abstract, mesh, config_keys=MESH_CONFIG_KEYS)
     shardings = mesh_lib.state_shardings(abstract, mesh)
     state = jax.jit(lambda r: state_lib.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings
@@ -95,7 +104,7 @@ def put_batch(batch: dict, mesh) -> dict:
 
 
 def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
-  """Trains (or resumes) the generator in ``workdir``.
+  """Trains (or resumes) the generator in ``workdir``, holding its writer lock.
 
   Args:
     config: a configs/dit.py ConfigDict.
@@ -105,16 +114,32 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
   Returns:
     Final metrics (floats) and ``steps_per_sec``.
+
+  Raises:
+    BusyError: another process writes this workdir (two trainers would race in orbax).
+    ConfigError: a mesh that the model's sharded dimensions do not divide, and the like.
   """
+  corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
+  if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
+    corpus_lib.open_corpus(corpus_dir)  # raises MissingError before the workdir is made
   mesh_lib.maybe_initialize_distributed()
+  # On several hosts every process of one run writes the workdir: one lock per process
+  # index, so that a second run is still refused, host by host.
+  name = None if jax.process_count() == 1 else f"{LOCK_FILE}.{jax.process_index()}"
+  with workdir_lock(workdir, "train", name=name):
+    return _train(config, workdir, stop_after=stop_after)
+
+
+def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   reporting.quiet_library_logs()
   os.makedirs(workdir, exist_ok=True)
   corpus = open_training_corpus(config, workdir)
   spec = load_or_make_spec(config, workdir, corpus)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.model)
   if config.batch_size % mesh.shape["data"]:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the data axis "
-                     f"({mesh.shape['data']} devices)")
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the data axis "
+                      f"({mesh.shape['data']} devices); set --config.batch_size to a "
+                      "multiple of it or change --config.mesh.data")
   state, shardings = create_sharded_state(spec, config, mesh)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
                                save_every=config.checkpoint_every, keep=config.keep_checkpoints)

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from t2w_jax.errors import MissingError
 from t2w_jax.models import DiT, WeightDiscriminator
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
 from t2w_jax.zoo import corpus as corpus_lib
@@ -83,8 +84,8 @@ class GeneratorSpec:
   def load(cls, workdir: str) -> "GeneratorSpec":
     path = os.path.join(workdir, SPEC_FILE)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"no generator in {workdir} (missing {SPEC_FILE}); train one "
-                              "with launch/train.py")
+      raise MissingError(f"no generator in {workdir} (missing {SPEC_FILE}); train one "
+                         "with launch/train.py")
     with open(path) as f:
       return cls.from_json(json.load(f))
 

@@ -3,10 +3,16 @@
 ``make_corpus(config, workdir)`` is what ``launch/make_corpus.py`` calls. It resumes: the
 task plan, the base net and every finished shard are read back instead of recomputed, and
 the result equals an uninterrupted run's (same shards, same seeds, same compiled programs).
+
+What a resume refuses (docs/resume.md): a config that differs from the stored one in any
+key but ``RESUMABLE_KEYS`` (the whole corpus config is part of the corpus's identity), and a
+stored plan.json other than the one the config draws. The config is validated before any
+file is written, and one process at a time may write a workdir (``workdir_lock``).
 """
 import json
 import logging
 import math
+import numbers
 import os
 import time
 
@@ -18,6 +24,8 @@ import tqdm
 from t2w_jax import data as data_lib
 from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.errors import ConfigError
+from t2w_jax.workdir_lock import workdir_lock
 from t2w_jax.weights.layout import ParamLayout
 from t2w_jax.zoo import base as base_lib
 from t2w_jax.zoo import corpus as corpus_lib
@@ -39,9 +47,31 @@ def load_data(config):
                                image_size=config.image_size, **config.dataset_kwargs)
 
 
+# Corpus config keys that may differ on a resume: where the data is read from, which
+# devices train the nets (the shard size they imply, ``nets_per_shard``, stays part of the
+# identity), and the fallback encoder (the encoder actually used is in the identity).
+RESUMABLE_KEYS = ("num_devices", "data_dir", "text_fallback")
+
+
+def corpus_identity(config) -> dict:
+  """The whole corpus config but RESUMABLE_KEYS: a resume must match it key by key.
+
+  Args:
+    config: a configs/corpus.py ConfigDict (any keys; new keys join the identity).
+
+  Returns:
+    A JSON-ready nested dict.
+  """
+  d = config.to_dict()
+  for k in RESUMABLE_KEYS:
+    d.pop(k, None)
+  return json.loads(json.dumps(d))
+
+
 def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict:
   """What identifies a corpus: a reopened directory must match it exactly."""
   return {
+      "config": corpus_identity(config),
       "layout": layout.to_json(), "encoder": encoder_name, "template": config.template,
       "dataset": config.dataset, "dataset_kwargs": config.dataset_kwargs.to_dict(),
       "num_classes": len(dataset.class_names),
@@ -78,20 +108,139 @@ def _plan(config, num_classes: int) -> tasks_lib.TaskPlan:
       max_classes=config.max_classes, heldout_frac=config.heldout_frac, seed=config.seed)
 
 
+def _check(ok: bool, key: str, value, need: str) -> None:
+  if not ok:
+    raise ConfigError(f"corpus config: {key}={value!r} is invalid: {need} "
+                      f"(--config.{key}=...)")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_pos_float(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def validate_config(config) -> None:
+  """Refuses a corpus config that cannot give a usable corpus, before anything is written.
+
+  Checks the keys it knows and ignores the others (so new keys need no change here).
+
+  Args:
+    config: a configs/corpus.py ConfigDict.
+
+  Raises:
+    ConfigError: naming the key, its value and what it must be.
+  """
+  def get(key, default=None):
+    node = config
+    for part in key.split("."):
+      if node is None or part not in node:
+        return default
+      node = node[part]
+    return node
+
+  for key in ("num_seen", "num_unseen", "num_heldout"):
+    v = get(key)
+    _check(_is_int(v) and v >= 0, key, v, "a whole number >= 0")
+  _check(get("num_seen") >= 1, "num_seen", get("num_seen"),
+         "at least 1 (the generator trains on seen tasks)")
+  lo, hi = get("min_classes"), get("max_classes")
+  _check(_is_int(lo) and lo >= 2, "min_classes", lo, "a whole number >= 2")
+  _check(_is_int(hi) and hi >= lo, "max_classes", hi, f"a whole number >= min_classes ({lo})")
+  frac = get("heldout_frac")
+  _check(isinstance(frac, numbers.Real) and 0 <= frac < 1, "heldout_frac", frac,
+         "in [0, 1)")
+  _check(not (get("num_heldout") and frac == 0), "heldout_frac", frac,
+         f"> 0 when num_heldout={get('num_heldout')} > 0 (held-out tasks need held-out classes)")
+  # The keys below are checked when present: another model family or trainer may not
+  # have them.
+  for key in ("image_size", "shard_size", "trainer.steps", "trainer.batch_size",
+              "trainer.eval_per_class", "trainer.nets_per_chunk", "base.batch_size",
+              "base.max_steps", "base.eval_every", "base.patience", "val_per_class"):
+    v = get(key)
+    _check(v is None or (_is_int(v) and v >= 1), key, v, "a whole number >= 1")
+  for key in ("base.lr_drops", "trainer.eval_every", "trainer.patience"):
+    v = get(key)
+    _check(v is None or (_is_int(v) and v >= 0), key, v, "a whole number >= 0")
+  every, steps = get("trainer.eval_every"), get("trainer.steps")
+  _check(not every or steps is None or steps % every == 0, "trainer.steps", steps,
+         f"a multiple of trainer.eval_every ({every}) when early stopping")
+  _check(not every or get("trainer.patience", 1) >= 1, "trainer.patience",
+         get("trainer.patience"), ">= 1 when trainer.eval_every > 0")
+  for key in ("trainer.learning_rate", "base.learning_rate", "model.logit_scale"):
+    v = get(key)
+    _check(v is None or _is_pos_float(v), key, v, "a finite number > 0")
+  widths, strides = get("model.widths"), get("model.strides")
+  if widths is not None:
+    _check(len(widths) >= 1 and all(_is_int(w) and w >= 1 for w in widths), "model.widths",
+           widths, "one or more whole numbers >= 1")
+    _check(strides is None or len(strides) == len(widths), "model.strides", strides,
+           f"one stride per width ({len(widths)})")
+  impl = get("trainer.conv_impl")
+  _check(impl is None or impl in ("lax", "im2col"), "trainer.conv_impl", impl, "'lax' or 'im2col'")
+  n = get("num_devices", 0)
+  have = len(jax.local_devices())
+  _check(_is_int(n) and 0 <= n <= have, "num_devices", n,
+         f"0 (all) or a number of local devices <= {have}")
+
+
+def validate_plan(config, num_classes: int) -> tasks_lib.TaskPlan:
+  """Checks the task settings against the dataset's classes and draws the plan.
+
+  Args:
+    config: a configs/corpus.py ConfigDict (already through ``validate_config``).
+    num_classes: classes of its dataset.
+
+  Returns:
+    The task plan.
+
+  Raises:
+    ConfigError: the plan is impossible (more classes per task than there are seen
+      classes, no new combination left for unseen tasks, ...).
+  """
+  held = tasks_lib.heldout_classes(num_classes, config.heldout_frac, config.seed)
+  seen = num_classes - len(held)
+  for key in ("min_classes", "max_classes"):
+    _check(config[key] <= seen, key, config[key],
+           f"at most the {seen} seen classes of dataset {config.dataset!r} ({num_classes} "
+           f"classes, {len(held)} held out by heldout_frac={config.heldout_frac})")
+  try:
+    return _plan(config, num_classes)
+  except ValueError as e:
+    raise ConfigError(f"corpus config: cannot draw the task plan: {e}") from None
+
+
 def make_corpus(config, workdir: str) -> dict:
   """Builds (or resumes) the corpus in ``workdir/corpus``.
+
+  The config is validated (against the dataset too) before anything is written, and the
+  workdir is locked against a second writer.
 
   Args:
     config: a configs/corpus.py ConfigDict.
     workdir: run directory.
 
   Returns:
-    Summary figures: per split mean base and trained accuracy, gain, nets, seconds.
+    Summary figures: per split mean base and trained accuracy, gain, nets, seconds
+    (accumulated over every attempt), attempts.
+
+  Raises:
+    ConfigError: an invalid config, or one other than the stored corpus's.
+    BusyError: another process writes this workdir.
   """
   start = time.time()
+  validate_config(config)
+  dataset = load_data(config)
+  validate_plan(config, len(dataset.class_names))
+  with workdir_lock(workdir, "make_corpus"):
+    return _make_corpus(config, workdir, dataset, start)
+
+
+def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   path = os.path.join(workdir, "corpus")
   os.makedirs(path, exist_ok=True)
-  dataset = load_data(config)
   names = dataset.class_names
   encoder = text_lib.get_encoder_with_fallback(config.text_encoder,
                                                config.get("text_fallback"))
@@ -112,9 +261,8 @@ def make_corpus(config, workdir: str) -> dict:
   meta = dict(corpus_meta(config, layout, encoder.name, dataset), nets_per_shard=shard)
   writer = corpus_lib.CorpusWriter(path, meta)
   plan = _plan(config, len(names))
-  plan_path = os.path.join(path, "plan.json")
-  if not os.path.exists(plan_path):
-    corpus_lib.atomic_write_json(plan_path, plan.to_json())
+  _write_or_check_plan(os.path.join(path, "plan.json"), plan)
+  clock = _Clock(path, start)
   emb_path = os.path.join(path, "class_emb.npz")
   if not os.path.exists(emb_path):
     corpus_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
@@ -136,7 +284,8 @@ def make_corpus(config, workdir: str) -> dict:
   train = masstrain.make_trainer(model, spec, mesh)
   all_tasks = list(plan.tasks)
   num_shards = int(math.ceil(len(all_tasks) / shard))
-  todo = [i for i in range(num_shards) if not writer.shard_done(i)]
+  todo = [i for i in range(num_shards)
+          if not writer.shard_done(i, [t.task_id for t in all_tasks[i * shard:(i + 1) * shard]])]
   logging.info("%d nets in %d shards of %d (%d to do) on %d device(s), %d nets per vmap chunk",
                len(all_tasks), num_shards, shard, len(todo), mesh.size, spec.nets_per_chunk)
 
@@ -161,18 +310,58 @@ def make_corpus(config, workdir: str) -> dict:
                 "steps_run": int(steps_run[j])} for j, t in enumerate(chunk)]
     writer.write_shard(i, weights, records)
     trained += len(chunk)
+    clock.save()
     bar.update(len(chunk))
   bar.close()
   writer.finalize(num_shards)
   summary = summarize(corpus_lib.open_corpus(path).records)
   with open(info_path) as f:
     summary["generalist"] = json.load(f)
-  summary["seconds"] = time.time() - start
+  summary["seconds"], summary["attempts"] = clock.save(), clock.attempts
   # This call's specialist training alone (a resumed run trains only what was left).
   summary["specialists_trained"] = trained
   summary["specialist_seconds"] = time.time() - train_start
   corpus_lib.atomic_write_json(os.path.join(path, "summary.json"), summary)
   return summary
+
+
+def _write_or_check_plan(plan_path: str, plan: tasks_lib.TaskPlan) -> None:
+  """Writes plan.json, or checks a stored one against the plan this config draws."""
+  if not os.path.exists(plan_path):
+    corpus_lib.atomic_write_json(plan_path, plan.to_json())
+    return
+  with open(plan_path) as f:
+    stored = json.load(f)
+  fresh = json.loads(json.dumps(plan.to_json()))
+  if stored != fresh:
+    n_old, n_new = len(stored.get("tasks", ())), len(fresh["tasks"])
+    raise ConfigError(f"{plan_path} ({n_old} tasks) is not the plan this config draws "
+                      f"({n_new} tasks): the corpus was started with other task settings or "
+                      "code; resume with those, or use another --workdir")
+
+
+class _Clock:
+  """Seconds spent on a corpus over all its attempts, kept in corpus/progress.json.
+
+  Each attempt adds its own time, saved after every shard, so a resumed corpus reports the
+  total instead of its last attempt's; the time an interrupted attempt spent after its last
+  saved shard is lost (and said to be, by ``format_summary``).
+  """
+
+  def __init__(self, path: str, start: float):
+    self.file, self.start = os.path.join(path, "progress.json"), start
+    prev = {}
+    if os.path.exists(self.file):
+      with open(self.file) as f:
+        prev = json.load(f)
+    self.before = float(prev.get("seconds", 0.0))
+    self.attempts = int(prev.get("attempts", 0)) + 1
+    self.save()  # counts this attempt even if it is killed before its first shard
+
+  def save(self) -> float:
+    total = self.before + time.time() - self.start
+    corpus_lib.atomic_write_json(self.file, {"seconds": total, "attempts": self.attempts})
+    return total
 
 
 def summarize(records) -> dict:
@@ -210,5 +399,9 @@ def format_summary(summary: dict) -> str:
     lines.append(f"\ngeneralist: kept step {g['steps']} of {g['steps_run']} "
                  f"(val acc {g['val_acc']:.3f}, {g['seconds']:.0f} s)")
   if "seconds" in summary:
-    lines.append(f"\n{summary['nets']} nets in {summary['seconds']:.0f} s")
+    line = f"\n{summary['nets']} nets in {summary['seconds']:.0f} s"
+    if summary.get("attempts", 1) > 1:
+      line += (f" over {summary['attempts']} attempts (resumed; the time after an "
+               "interrupted attempt's last shard is not counted)")
+    lines.append(line)
   return "\n".join(lines)
