@@ -6,7 +6,10 @@ Run (from the repository root):
   python launch/make_corpus.py --config=configs/corpus.py:tiny --workdir=/tmp/t2w_tiny
   python launch/make_corpus.py --config=configs/corpus.py --workdir=DIR --config.num_seen=200
 
-``get_config(arg)``: arg "" (default) or "tiny" (a few nets, for tests and smoke runs).
+``get_config(arg)``: arg "" (default) or "tiny" (a few nets, for tests and smoke runs);
+"adapter" and "adapter_tiny" are the same with the T2W paper's subtask family (a frozen
+feature trunk trained on the seen classes, and a generated bottleneck adapter into the text
+space; t2w_jax/zoo/family.py).
 """
 import ml_collections
 
@@ -21,8 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Text.
   c.text_encoder = "minilm"
   c.template = "a photo of a {}"
-  # Subtask CNN (18.7K parameters with MiniLM's 384-d text space).
-  c.model = ml_collections.ConfigDict(dict(widths=(8, 16, 32), strides=(1, 2, 2),
+  # Subtask CNN (18.7K parameters with MiniLM's 384-d text space). ``family`` picks the
+  # generated net (t2w_jax/zoo/family.py): "cnn" this CNN, "adapter" a bottleneck adapter
+  # on a frozen trunk (the "adapter" variants below).
+  c.model = ml_collections.ConfigDict(dict(family="cnn", widths=(8, 16, 32), strides=(1, 2, 2),
                                            logit_scale=10.0))
   # Tasks and splits.
   c.num_seen = 904  # + 48 + 48 = 1,000 nets
@@ -49,7 +54,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_devices = 0  # devices the nets are spread over (0: all local devices)
   c.shard_size = 64  # nets per compiled call and per on-disk shard (rounded to the mesh)
 
-  if arg == "tiny":
+  if arg not in (None, "", "tiny", "adapter", "adapter_tiny"):
+    raise ValueError(f"unknown corpus config variant {arg!r}; use '', 'tiny', 'adapter' or "
+                     "'adapter_tiny'")
+  if arg in ("adapter", "adapter_tiny"):
+    # The T2W paper's family: only the adapter (64*16+16 + 16*384+384 = 7,568 parameters
+    # with MiniLM) is generated; the trunk is trained once, like the base net, on the seen
+    # classes, and its features are computed once for the whole corpus.
+    c.model = ml_collections.ConfigDict(dict(
+        family="adapter", trunk_widths=(16, 32, 64), trunk_strides=(1, 2, 2), bottleneck=16,
+        logit_scale=10.0))
+    c.trunk_train = ml_collections.ConfigDict(dict(steps=300, batch_size=128,
+                                                   learning_rate=3e-3))
+  if arg == "adapter_tiny":
+    c.model.trunk_widths, c.model.trunk_strides, c.model.bottleneck = (8, 16), (1, 2), 8
+    c.trunk_train.steps = 100
+  if arg in ("tiny", "adapter_tiny"):
     c.num_seen, c.num_unseen, c.num_heldout = 8, 4, 4
     c.min_classes, c.max_classes = 3, 6
     c.base.steps = 100
@@ -58,8 +78,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.trainer.nets_per_chunk = 2
     c.shard_size = 4
     c.dataset_kwargs = ml_collections.ConfigDict(dict(train_per_class=60, test_per_class=20))
-  elif arg:
-    raise ValueError(f"unknown corpus config variant {arg!r}; use '' or 'tiny'")
   if "dataset_kwargs" not in c:
     c.dataset_kwargs = ml_collections.ConfigDict()
   return c

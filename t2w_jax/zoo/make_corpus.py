@@ -21,16 +21,15 @@ from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.weights.layout import ParamLayout
 from t2w_jax.zoo import base as base_lib
 from t2w_jax.zoo import corpus as corpus_lib
+from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
-from t2w_jax.zoo.cnn import SubtaskCNN, init_params
+from t2w_jax.zoo.cnn import init_params
 
 
-def build_model(config, embed_dim: int, conv_impl: str | None = None) -> SubtaskCNN:
-  """The subtask CNN a corpus config describes."""
-  m = config.model
-  return SubtaskCNN(widths=tuple(m.widths), strides=tuple(m.strides), embed_dim=embed_dim,
-                    logit_scale=float(m.logit_scale),
-                    conv_impl=conv_impl or config.trainer.conv_impl)
+def build_model(config, embed_dim: int, conv_impl: str | None = None):
+  """The subtask net a corpus config describes (``family.build_subtask_net``)."""
+  return family_lib.build_subtask_net(config.model, embed_dim,
+                                      conv_impl or config.trainer.conv_impl)
 
 
 def load_data(config):
@@ -40,8 +39,13 @@ def load_data(config):
 
 
 def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict:
-  """What identifies a corpus: a reopened directory must match it exactly."""
-  return {
+  """What identifies a corpus: a reopened directory must match it exactly.
+
+  ``model`` holds the family (so a corpus of one family is refused by a config of the
+  other) and, for the adapter family, the trunk's shape; the trunk's training settings are
+  added for that family only.
+  """
+  meta = {
       "layout": layout.to_json(), "encoder": encoder_name, "template": config.template,
       "dataset": config.dataset, "dataset_kwargs": config.dataset_kwargs.to_dict(),
       "num_classes": len(dataset.class_names),
@@ -49,6 +53,9 @@ def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict
       "trainer": config.trainer.to_dict(), "base": config.base.to_dict(),
       "seed": config.seed, "shard_size": config.shard_size,
   }
+  if family_lib.family_of(config.model) == "adapter":
+    meta["trunk_train"] = config.trunk_train.to_dict()
+  return meta
 
 
 def _plan(config, num_classes: int) -> tasks_lib.TaskPlan:
@@ -103,12 +110,15 @@ def make_corpus(config, workdir: str) -> dict:
   if not os.path.exists(emb_path):
     corpus_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
 
+  seen_classes = sorted(set(range(len(names))) - set(plan.heldout_classes))
+  # The adapter family trains on the frozen trunk's cached features, not on the images.
+  dataset = family_lib.prepare_data(config, path, dataset, class_emb, seen_classes)
+
   base_path = os.path.join(path, "base.npy")
   if os.path.exists(base_path):
     base_params = layout.unflatten(jnp.asarray(np.load(base_path)))
     logging.info("base net: read back from %s", base_path)
   else:
-    seen_classes = sorted(set(range(len(names))) - set(plan.heldout_classes))
     base_params = base_lib.train_base(
         model, dataset.train_images, dataset.train_labels, class_emb, seen_classes,
         steps=config.base.steps, batch_size=config.base.batch_size,

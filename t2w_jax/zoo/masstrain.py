@@ -178,7 +178,7 @@ def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
 def _embed_rows(model, params, data, rows):
   """Embeddings (R, per, d) of the test images in (R, per) row ids, one row at a time."""
   return jax.lax.map(
-      lambda r: model.apply({"params": params}, data.test_images[r], method=SubtaskCNN.embed),
+      lambda r: model.apply({"params": params}, data.test_images[r], method="embed"),
       rows)
 
 
