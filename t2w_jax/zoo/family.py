@@ -14,6 +14,10 @@ train and test images are cached in the corpus directory (``features.npz``) and 
 step (task nets, evaluation) trains and measures adapters on them. A user holding images
 composes trunk and adapter with ``TrunkedNet`` (what ``api.subtask_net`` returns).
 
+The hidden-unit symmetries in ``weights/permute.py`` (the DiT's permutation augmentation,
+off by default) and the fusion evaluator's weight matching are the CNN's: on an adapter
+layout they raise a ValueError naming the layout.
+
 Files this module writes in a corpus directory (atomically, like ``zoo/corpus.py``)::
 
   trunk.npz     the trunk's parameters, one array per parameter path ("conv_0/kernel", ...)
