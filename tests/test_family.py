@@ -89,6 +89,23 @@ def test_adapter_class_list_errors_match_the_cnn(adapter_net):
     assert str(adapter_err.value) == str(cnn_err.value)
 
 
+def test_fusion_aligns_adapter_hidden_units(adapter_net):
+  """Aligned averaging of an adapter and a bottleneck-permuted copy gives the adapter back."""
+  from t2w_jax.evaluate import fusion
+  net, params = adapter_net
+  params = jax.tree.map(np.asarray, params)
+  perm = np.array([2, 0, 3, 1])
+  permuted = {"down": {"kernel": params["down"]["kernel"][:, perm],
+                       "bias": params["down"]["bias"][perm]},
+              "up": {"kernel": params["up"]["kernel"][perm], "bias": params["up"]["bias"]}}
+  x = jax.random.normal(jax.random.PRNGKey(3), (4, 12))
+  emb = jax.random.normal(jax.random.PRNGKey(4), (3, EMBED))
+  np.testing.assert_allclose(net.apply({"params": permuted}, x, emb),
+                             net.apply({"params": params}, x, emb), atol=1e-5)
+  merged = fusion.aligned_average(params, permuted)
+  chex.assert_trees_all_close(merged, params, atol=1e-6)
+
+
 # ------------------------------------------------------------------ a tiny adapter corpus
 def _adapter_config():
   c = corpus_config.get_config("adapter_tiny")

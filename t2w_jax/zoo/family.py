@@ -15,8 +15,8 @@ step (task nets, evaluation) trains and measures adapters on them. A user holdin
 composes trunk and adapter with ``TrunkedNet`` (what ``api.subtask_net`` returns).
 
 The hidden-unit symmetries in ``weights/permute.py`` (the DiT's permutation augmentation,
-off by default) and the fusion evaluator's weight matching are the CNN's: on an adapter
-layout they raise a ValueError naming the layout.
+off by default) are the CNN's: on an adapter layout they raise a ValueError naming the
+layout. The fusion evaluator's weight matching handles both families.
 
 Files this module writes in a corpus directory (atomically, like ``zoo/corpus.py``)::
 
