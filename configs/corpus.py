@@ -6,38 +6,53 @@ Run (from the repository root):
   python launch/make_corpus.py --config=configs/corpus.py:tiny --workdir=/tmp/t2w_tiny
   python launch/make_corpus.py --config=configs/corpus.py --workdir=DIR --config.num_seen=200
 
-``get_config(arg)``: arg "" (default), "tiny" (a few nets, for tests and smoke runs), or
-comma-separated settings of the room sweep (launch/sweep_room.py), e.g. "net=cnn4k,tasks=2-4":
-``net`` one of NETS, ``tasks`` the task-size range "MIN-MAX" (classes per task).
+``get_config(arg)``: comma-separated named variants and settings:
+
+* "" : the default; "tiny": a few nets, for tests and smoke runs;
+* "adapter": the T2W paper's subtask family (a frozen feature trunk trained on the seen
+  classes, and a generated bottleneck adapter into the text space; t2w_jax/zoo/family.py);
+  "adapter_tiny" = "adapter,tiny";
+* "net=NAME" (one of NETS) and "tasks=MIN-MAX" (classes per task): the room sweep's settings
+  (launch/sweep_room.py), e.g. "net=cnn4k,tasks=2-4".
 """
 import ml_collections
 
-# Subtask nets by name: the CNN family at three sizes (parameters with MiniLM's 384-d text
-# space; the text-space head holds most of them).
+# Subtask nets by name (parameters with MiniLM's 384-d text space). The CNN family at four
+# sizes (the text-space head holds most of their parameters), and the adapter family: only
+# the bottleneck adapter (d_f -> bottleneck -> 384) on the frozen trunk's d_f=64 features is
+# generated.
 NETS = {
-    "cnn19k": dict(widths=(8, 16, 32), strides=(1, 2, 2)),   # 18,704 parameters
-    "cnn8k": dict(widths=(4, 8, 16), strides=(1, 2, 2)),     # 8,104
-    "cnn4k": dict(widths=(4, 4, 8), strides=(1, 2, 2)),      # 4,012
-    "cnn2k": dict(widths=(4, 4, 4), strides=(1, 2, 2)),      # 2,328
+    "cnn19k": dict(family="cnn", widths=(8, 16, 32), strides=(1, 2, 2)),   # 18,704
+    "cnn8k": dict(family="cnn", widths=(4, 8, 16), strides=(1, 2, 2)),     # 8,104
+    "cnn4k": dict(family="cnn", widths=(4, 4, 8), strides=(1, 2, 2)),      # 4,012
+    "cnn2k": dict(family="cnn", widths=(4, 4, 4), strides=(1, 2, 2)),      # 2,328
+    "adapter16": dict(family="adapter", trunk_widths=(16, 32, 64), trunk_strides=(1, 2, 2),
+                      bottleneck=16),                                     # 7,568
+    "adapter4": dict(family="adapter", trunk_widths=(16, 32, 64), trunk_strides=(1, 2, 2),
+                     bottleneck=4),                                       # 2,180
 }
 
 
-def _apply_settings(c: ml_collections.ConfigDict, arg: str) -> None:
-  """Applies "key=value,..." sweep settings (net=NAME, tasks=MIN-MAX) to a config."""
-  for item in arg.split(","):
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"unknown corpus config variant {arg!r}; use '', 'tiny' or "
-                       f"'net=NAME,tasks=MIN-MAX'")
-    if key == "net":
-      if value not in NETS:
-        raise ValueError(f"unknown net {value!r}; known: {sorted(NETS)}")
-      c.model.update(NETS[value])
-    elif key == "tasks":
-      lo, _, hi = value.partition("-")
-      c.min_classes, c.max_classes = int(lo), int(hi or lo)
-    else:
-      raise ValueError(f"unknown corpus setting {key!r} in {arg!r}; use net= or tasks=")
+def _use_net(c: ml_collections.ConfigDict, name: str) -> None:
+  """Sets the subtask net (and, for the adapter family, the trunk's training) by name."""
+  if name not in NETS:
+    raise ValueError(f"unknown net {name!r}; known: {sorted(NETS)}")
+  c.model = ml_collections.ConfigDict(dict(NETS[name], logit_scale=c.model.logit_scale))
+  if c.model.family == "adapter" and "trunk_train" not in c:
+    # The trunk is a generalist of its own CNN, trained like the base (on seen classes).
+    c.trunk_train = ml_collections.ConfigDict(c.base.to_dict())
+
+
+def _apply_setting(c: ml_collections.ConfigDict, item: str) -> None:
+  """Applies one "key=value" sweep setting (net=NAME or tasks=MIN-MAX) to a config."""
+  key, _, value = item.partition("=")
+  if key == "net":
+    _use_net(c, value)
+  elif key == "tasks":
+    lo, _, hi = value.partition("-")
+    c.min_classes, c.max_classes = int(lo), int(hi or lo)
+  else:
+    raise ValueError(f"unknown corpus setting {key!r} in {item!r}; use net= or tasks=")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,8 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Text.
   c.text_encoder = "minilm"
   c.template = "a photo of a {}"
-  # Subtask CNN (18.7K parameters with MiniLM's 384-d text space).
-  c.model = ml_collections.ConfigDict(dict(widths=(8, 16, 32), strides=(1, 2, 2),
+  # Subtask CNN (18.7K parameters with MiniLM's 384-d text space). ``family`` picks the
+  # generated net (t2w_jax/zoo/family.py): "cnn" this CNN, "adapter" a bottleneck adapter
+  # on a frozen trunk (the "adapter" variants below).
+  c.model = ml_collections.ConfigDict(dict(family="cnn", widths=(8, 16, 32), strides=(1, 2, 2),
                                            logit_scale=10.0))
   # Tasks and splits.
   c.num_seen = 904  # + 48 + 48 = 1,000 nets
@@ -84,10 +101,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_devices = 0  # devices the nets are spread over (0: all local devices)
   c.shard_size = 64  # nets per compiled call and per on-disk shard (rounded to the mesh)
 
-  if arg == "tiny":
+  parts = [p for p in (arg or "").replace("adapter_tiny", "adapter,tiny").split(",") if p]
+  for part in parts:
+    if "=" in part:
+      _apply_setting(c, part)
+    elif part == "adapter":
+      _use_net(c, "adapter16")
+    elif part != "tiny":
+      raise ValueError(f"unknown corpus config variant {part!r} in {arg!r}; use '', 'tiny', "
+                       "'adapter', 'adapter_tiny', 'net=NAME' or 'tasks=MIN-MAX'")
+  if "tiny" in parts:
     c.num_seen, c.num_unseen, c.num_heldout = 8, 4, 4
-    c.min_classes, c.max_classes = 2, 4
-    c.model.update(NETS["cnn2k"])
+    if not any(p.startswith("tasks=") for p in parts):
+      c.min_classes, c.max_classes = 2, 4
+    if c.model.family == "cnn" and not any(p.startswith("net=") for p in parts):
+      c.model.update(NETS["cnn2k"])
+    elif c.model.family == "adapter":
+      c.model.update(trunk_widths=(8, 16), trunk_strides=(1, 2), bottleneck=8)
+      c.trunk_train.update(max_steps=300, eval_every=50, patience=2, lr_drops=1)
     c.val_per_class = 10
     c.base.update(max_steps=300, eval_every=50, patience=2, lr_drops=1)
     c.trainer.update(steps=60, eval_every=10, patience=3, learning_rate=3e-3)
@@ -95,8 +126,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.trainer.nets_per_chunk = 2
     c.shard_size = 4
     c.dataset_kwargs = ml_collections.ConfigDict(dict(train_per_class=60, test_per_class=20))
-  elif arg:
-    _apply_settings(c, arg)
   if "dataset_kwargs" not in c:
     c.dataset_kwargs = ml_collections.ConfigDict()
   return c

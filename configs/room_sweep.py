@@ -12,12 +12,12 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.nets = "cnn19k,cnn8k,cnn4k,cnn2k"   # configs/corpus.py NETS (and family variants)
+  c.nets = "cnn2k,cnn4k,adapter4,adapter16,cnn8k,cnn19k"  # configs/corpus.py NETS
   c.task_sizes = "2-4,5-10,8-32"        # classes per task, MIN-MAX
   c.num_tasks = 32                      # unseen tasks per setting
   c.corpus_variant = ""                 # a configs/corpus.py variant applied first ("tiny")
   if arg == "tiny":
-    c.nets = "cnn2k"
+    c.nets = "cnn2k,adapter4"
     c.task_sizes = "2-3,4-6"
     c.num_tasks = 4
     c.corpus_variant = "tiny"

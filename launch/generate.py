@@ -3,7 +3,8 @@
   python launch/generate.py --workdir=runs/default --text="red circle, blue star and green heart" \
       --out=/tmp/net.npz
 
-Read it back with ``t2w_jax.api.load_net(path)`` -> (params, SubtaskCNN, class names, class_emb).
+Read it back with ``t2w_jax.api.load_net(path)`` -> (params, net, class names, class_emb);
+net is the SubtaskCNN, or for an adapter-family corpus the trunk + adapter TrunkedNet.
 """
 import os
 import sys

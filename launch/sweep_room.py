@@ -23,10 +23,8 @@ def settings_of(config):
   out = []
   for net in config.nets.split(","):
     for sizes in config.task_sizes.split(","):
-      c = corpus_config.get_config(config.corpus_variant)
-      named = corpus_config.get_config(f"net={net},tasks={sizes}")
-      c.model.update(named.model)
-      c.min_classes, c.max_classes = named.min_classes, named.max_classes
+      variant = ",".join(p for p in (config.corpus_variant, f"net={net}", f"tasks={sizes}") if p)
+      c = corpus_config.get_config(variant)
       c.num_seen, c.num_unseen, c.num_heldout = 0, config.num_tasks, 0
       c.shard_size = config.num_tasks  # one shard, no padding nets
       out.append((f"{net}_tasks{sizes}", c))

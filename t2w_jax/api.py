@@ -11,6 +11,10 @@
 ``generate`` is a pure function of (generator, text, rng, settings): no state is kept
 between calls except compiled functions. The whole reverse chain runs in one ``lax.scan``
 under ``jit``.
+
+The same lines serve both subtask families (``t2w_jax.zoo.family``): for an adapter-family
+corpus the generated params are the adapter's, and ``subtask_net(gen)`` returns the frozen
+trunk composed with the adapter (a ``TrunkedNet``), so ``net.apply`` still takes images.
 """
 import dataclasses
 import functools
@@ -32,7 +36,7 @@ from t2w_jax.train import checkpoint as ckpt_lib
 from t2w_jax.train import reporting
 from t2w_jax.train import state as state_lib
 from t2w_jax.weights import ParamLayout
-from t2w_jax.zoo.cnn import SubtaskCNN
+from t2w_jax.zoo import family as family_lib
 
 
 @dataclasses.dataclass(eq=False)
@@ -174,12 +178,44 @@ def class_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
   return gen.encoder.encode(text_lib.apply_template(names, gen.spec.template))
 
 
-def subtask_net(gen: Generator, conv_impl: str = "lax") -> SubtaskCNN:
-  """The SubtaskCNN module whose ``apply`` takes the generated parameters."""
+def subtask_net(gen: Generator, conv_impl: str = "lax", *, trunk_params=None):
+  """The net whose ``apply({"params": generated}, images, class_emb)`` gives logits.
+
+  Args:
+    gen: from ``load``.
+    conv_impl: "lax" or "im2col" (the CNN family; same function either way).
+    trunk_params: adapter family only: the frozen trunk's params; default: read from the
+      corpus the generator was trained on (``config.corpus_dir``, else
+      ``WORKDIR/corpus``), file ``trunk.npz``.
+
+  Returns:
+    CNN family: the ``SubtaskCNN`` module. Adapter family: a ``family.TrunkedNet`` that runs
+    the frozen trunk on the images and the generated adapter on its features; its
+    ``apply(variables, images, class_emb)`` (and ``method="embed"``) mirror the module's.
+
+  Raises:
+    FileNotFoundError: adapter family, no ``trunk_params`` and no trunk in the corpus.
+  """
   c = gen.spec.cnn
-  return SubtaskCNN(widths=tuple(c["widths"]), strides=tuple(c["strides"]),
-                    embed_dim=int(c["embed_dim"]), logit_scale=float(c["logit_scale"]),
-                    conv_impl=conv_impl)
+  net = family_lib.build_subtask_net(c, int(c["embed_dim"]), conv_impl)
+  if family_lib.family_of(c) != "adapter":
+    return net
+  if trunk_params is None:
+    trunk_params = trunk_of(gen)
+  return family_lib.TrunkedNet(family_lib.build_trunk(c, int(c["embed_dim"]), conv_impl),
+                               trunk_params, net)
+
+
+def trunk_of(gen: Generator):
+  """The frozen trunk's params of an adapter-family generator, read once from its corpus."""
+  if "trunk" not in gen._cache:
+    corpus_dir = gen.config.get("corpus_dir") or (
+        os.path.join(gen.workdir, "corpus") if gen.workdir else None)
+    if corpus_dir is None:
+      raise FileNotFoundError("generator has no workdir or corpus_dir to find its trunk in; "
+                              "pass trunk_params")
+    gen._cache["trunk"] = family_lib.load_trunk(corpus_dir)
+  return gen._cache["trunk"]
 
 
 def pad_classes(class_emb: np.ndarray, max_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,24 +327,39 @@ def take(params, i: int):
 
 
 def save_net(path: str, gen: Generator, params, text: str | Sequence[str]) -> None:
-  """Writes one generated net as a standalone .npz (weights, layout, CNN, class texts)."""
+  """Writes one generated net as a standalone .npz (weights, layout, net settings, class
+  texts; for the adapter family also the frozen trunk, as ``trunk/<param path>`` arrays)."""
   from t2w_jax.zoo.corpus import atomic_save_npz
+  from flax import traverse_util
   names = class_names(text)
   flat = np.asarray(gen.layout.flatten(params))
   meta = {"layout": gen.layout.to_json(), "cnn": gen.spec.cnn, "classes": names,
           "encoder": gen.spec.encoder, "template": gen.spec.template,
           "image_size": gen.spec.image_size}
+  trunk = {}
+  if family_lib.family_of(gen.spec.cnn) == "adapter":
+    trunk = {f"trunk/{k}": np.asarray(v) for k, v in
+             traverse_util.flatten_dict(jax.device_get(trunk_of(gen)), sep="/").items()}
   atomic_save_npz(path, weights=flat, class_emb=class_embeddings(gen, names),
-                  meta=np.array(json.dumps(meta)))
+                  meta=np.array(json.dumps(meta)), **trunk)
 
 
 def load_net(path: str):
-  """Reads a net written by ``save_net``: (params, SubtaskCNN, class names, class_emb)."""
+  """Reads a net written by ``save_net``: (params, net, class names, class_emb).
+
+  ``net.apply({"params": params}, images, class_emb)`` gives logits: ``net`` is the
+  SubtaskCNN, or for the adapter family the trunk + adapter ``TrunkedNet``.
+  """
+  from flax import traverse_util
   with np.load(path) as z:
     meta = json.loads(str(z["meta"]))
     layout = ParamLayout.from_json(meta["layout"])
     params = layout.unflatten(jnp.asarray(z["weights"]))
     c = meta["cnn"]
-    net = SubtaskCNN(widths=tuple(c["widths"]), strides=tuple(c["strides"]),
-                     embed_dim=int(c["embed_dim"]), logit_scale=float(c["logit_scale"]))
+    net = family_lib.build_subtask_net(c, int(c["embed_dim"]))
+    if family_lib.family_of(c) == "adapter":
+      trunk = traverse_util.unflatten_dict(
+          {k[len("trunk/"):]: jnp.asarray(z[k]) for k in z.files if k.startswith("trunk/")},
+          sep="/")
+      net = family_lib.TrunkedNet(family_lib.build_trunk(c, int(c["embed_dim"])), trunk, net)
     return params, net, meta["classes"], z["class_emb"]

@@ -174,7 +174,6 @@ def test_unfinished_and_legacy_corpora(built, tmp_path, caplog):
 
 @pytest.mark.parametrize("key,value,match", [
     ("num_seen", -5, "num_seen=-5"),
-    ("num_seen", 0, "num_seen=0"),
     ("min_classes", 7, "max_classes=6"),  # min > max
     ("max_classes", 500, "max_classes=500.*seen classes"),
     ("heldout_frac", 1.5, "heldout_frac=1.5"),

@@ -43,6 +43,7 @@ from t2w_jax import bench
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.data.types import ImageDataset
 from t2w_jax.zoo import masstrain
+from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo.cnn import SubtaskCNN, init_params
 
 # MiniLM's embedding size: the corpus config's default text space.
@@ -208,8 +209,9 @@ def make_tasks(s: Settings, num_classes: int, n: int) -> masstrain.TaskBatch:
 
 
 def make_model(s: Settings, conv_impl: str) -> SubtaskCNN:
-  return SubtaskCNN(widths=s.widths, strides=s.strides, embed_dim=s.embed_dim,
-                    logit_scale=s.logit_scale, conv_impl=conv_impl)
+  return family_lib.build_subtask_net(
+      dict(family="cnn", widths=s.widths, strides=s.strides, logit_scale=s.logit_scale),
+      s.embed_dim, conv_impl)
 
 
 def init_base(model: SubtaskCNN, s: Settings):
@@ -247,7 +249,7 @@ def embed_flops(model: SubtaskCNN, params, num_images: int, image_size: int) -> 
   counts once; the same images in one batch give the executed count.
   """
   x = jax.ShapeDtypeStruct((num_images, image_size, image_size, 3), jnp.uint8)
-  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=SubtaskCNN.embed))
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method="embed"))
   return bench.xla_flops(fn.lower(params, x).compile())
 
 

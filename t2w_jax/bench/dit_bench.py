@@ -40,7 +40,8 @@ from t2w_jax.models import DiT, model_flops_per_example, param_count, unbox
 from t2w_jax.text.condition import text_condition
 from t2w_jax.train import state as state_lib
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
-from t2w_jax.zoo.cnn import SubtaskCNN, init_params
+from t2w_jax.zoo import family as family_lib
+from t2w_jax.zoo.cnn import init_params
 
 # The PyTorch Text2Weight at its CIFAR-100 size, measured on the project's 2-core CPU.
 PYTORCH_REFERENCE = {
@@ -226,8 +227,7 @@ def small_generator(config: ml_collections.ConfigDict, cnn: dict, image_size: in
   The tokenizer comes from the CNN's parameter layout; the normalisation is the identity
   (zero means, unit stds), since no corpus is involved.
   """
-  model = SubtaskCNN(widths=tuple(cnn["widths"]), strides=tuple(cnn["strides"]),
-                     embed_dim=int(cnn["embed_dim"]), logit_scale=float(cnn["logit_scale"]))
+  model = family_lib.build_subtask_net(cnn, int(cnn["embed_dim"]))
   # Shapes only: the layout needs no parameter values.
   layout = ParamLayout.from_params(
       jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(seed), image_size)))
@@ -236,7 +236,7 @@ def small_generator(config: ml_collections.ConfigDict, cnn: dict, image_size: in
   spec = state_lib.GeneratorSpec(
       config=config.to_dict(), tokenizer=tok, norms=norms, encoder="minilm",
       template="a photo of a {}",
-      cnn=dict(widths=list(cnn["widths"]), strides=list(cnn["strides"]),
+      cnn=dict({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in cnn.items()},
                logit_scale=float(cnn["logit_scale"]), embed_dim=int(cnn["embed_dim"])),
       image_size=image_size, corpus_fingerprint=layout.fingerprint())
   x, t, text = state_lib.dummy_inputs(spec)

@@ -14,6 +14,7 @@ import numpy as np
 
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.zoo import corpus as corpus_lib
+from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN
 
@@ -24,8 +25,9 @@ class EvalContext:
 
   Attributes:
     corpus: the opened corpus (its unseen/heldout rows are the per-task oracles).
-    dataset: the ImageDataset at the corpus's image size.
-    model: the SubtaskCNN the corpus rows parameterise.
+    dataset: the ImageDataset at the corpus's image size, or for an adapter-family corpus
+      the FeatureDataset of its cached trunk features (the trunk is not run again).
+    model: the subtask net the corpus rows parameterise (SubtaskCNN or AdapterNet).
     data: DeviceData for accuracy (test images, class index, class embeddings).
     max_classes: K, the padding of class lists.
     gen: a loaded ``api.Generator`` or None.
@@ -33,7 +35,7 @@ class EvalContext:
   """
   corpus: corpus_lib.Corpus
   dataset: object
-  model: SubtaskCNN
+  model: object
   data: masstrain.DeviceData
   max_classes: int
   gen: object = None
@@ -42,18 +44,23 @@ class EvalContext:
   @classmethod
   def create(cls, corpus_dir: str, *, gen=None, eval_per_class: int | None = None,
              chunk: int = 32) -> "EvalContext":
-    """Opens the corpus and loads its dataset exactly as the corpus run did."""
+    """Opens the corpus and loads its dataset exactly as the corpus run did.
+
+    An adapter-family corpus is measured on the trunk features its run cached
+    (``features.npz``), not on images.
+    """
     from t2w_jax import data as data_lib  # local: keeps the module import light
     corpus = corpus_lib.open_corpus(corpus_dir)
     meta = corpus.meta
-    dataset = data_lib.load_dataset(meta["dataset"], image_size=meta["image_size"],
-                                    **meta.get("dataset_kwargs", {}))
+    if family_lib.family_of(meta["model"]) == "adapter":
+      dataset = family_lib.load_features(corpus_dir)
+    else:
+      dataset = data_lib.load_dataset(meta["dataset"], image_size=meta["image_size"],
+                                      **meta.get("dataset_kwargs", {}))
     if tuple(dataset.class_names) != corpus.class_names:
       raise ValueError(f"dataset {meta['dataset']!r} does not have the corpus's classes")
-    m = meta["model"]
-    model = SubtaskCNN(widths=tuple(m["widths"]), strides=tuple(m["strides"]),
-                       embed_dim=int(corpus.class_emb.shape[1]),
-                       logit_scale=float(m["logit_scale"]), conv_impl="im2col")
+    model = family_lib.build_subtask_net(meta["model"], int(corpus.class_emb.shape[1]),
+                                         conv_impl="im2col")
     per = eval_per_class or meta["trainer"]["eval_per_class"]
     # The corpus's validation split: fine-tuning draws the same training batches as the
     # corpus trainer did only if the same rows are left out.
@@ -117,7 +124,8 @@ class EvalContext:
     data = self.data
     # XLA's own convolution, one net at a time (lax.map): ~3.5x faster on XLA:CPU than the
     # vmapped im2col the trainer needs; same function of the same parameters.
-    model = self.model.clone(conv_impl="lax")
+    model = (self.model.clone(conv_impl="lax") if isinstance(self.model, SubtaskCNN)
+             else self.model)
 
     def one(args):
       flat, classes, mask = args

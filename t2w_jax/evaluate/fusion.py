@@ -106,9 +106,31 @@ def match_weights(params_a: Mapping, params_b: Mapping, *, max_iter: int = 20
 
 
 def aligned_average(params_a: Mapping, params_b: Mapping, *, max_iter: int = 20) -> dict:
-  """Average of A and B after permuting B's hidden units onto A's (Git Re-Basin style)."""
+  """Average of A and B after permuting B's hidden units onto A's (Git Re-Basin style).
+
+  Works for both subtask families: an adapter (``down`` -> relu -> ``up``) has the same
+  symmetry as a one-conv SubtaskCNN whose conv is 1x1 on a 1x1 "image" (its bottleneck
+  units), so it is matched in that form and converted back.
+  """
+  if set(params_a) == {"down", "up"}:
+    merged = aligned_average(_adapter_as_chain(params_a), _adapter_as_chain(params_b),
+                             max_iter=max_iter)
+    return _chain_as_adapter(merged)
   aligned = permute_params(params_b, match_weights(params_a, params_b, max_iter=max_iter))
   return jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2, dict(params_a), aligned)
+
+
+def _adapter_as_chain(params: Mapping) -> dict:
+  """Adapter params as the params of a one-conv chain (1x1 kernel), same hidden units."""
+  down, up = params["down"], params["up"]
+  return {"conv_0": {"kernel": np.asarray(down["kernel"])[None, None], "bias": down["bias"]},
+          "head": {"kernel": up["kernel"], "bias": up["bias"]}}
+
+
+def _chain_as_adapter(params: Mapping) -> dict:
+  conv, head = params["conv_0"], params["head"]
+  return {"down": {"kernel": np.asarray(conv["kernel"])[0, 0], "bias": conv["bias"]},
+          "up": {"kernel": head["kernel"], "bias": head["bias"]}}
 
 
 # ---------------------------------------------------------------------------------------

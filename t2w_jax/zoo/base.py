@@ -43,7 +43,7 @@ def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
                      class_emb: np.ndarray, class_ids, *, max_steps: int, batch_size: int,
                      learning_rate: float, seed: int, val_per_class: int, eval_every: int,
                      patience: int, lr_drops: int, val_seed: int = 0,
-                     log_every: int = 500):
+                     val_mask: np.ndarray | None = None, log_every: int = 500):
   """Trains the generalist on the classes ``class_ids`` (softmax over all of them).
 
   The validation split is ``val_per_class`` TRAINING images of every class
@@ -62,6 +62,8 @@ def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
     max_steps, batch_size, learning_rate: optimisation (Adam; the cap on steps).
     seed: initialisation and batch seed.
     val_per_class, val_seed: the validation split.
+    val_mask: (N,) bool, the validation split given directly (when ``images`` is a subset
+      of the dataset whose split was drawn on all of it); overrides the two above.
     eval_every, patience, lr_drops: early stopping and the plateau schedule.
     log_every: steps between progress log lines.
 
@@ -75,7 +77,8 @@ def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
   local_of = -np.ones(class_emb.shape[0], np.int64)
   local_of[class_ids] = np.arange(len(class_ids))
   in_task = local_of[labels] >= 0
-  is_val = tasks_lib.validation_mask(labels, val_per_class, val_seed)
+  is_val = (tasks_lib.validation_mask(labels, val_per_class, val_seed) if val_mask is None
+            else np.asarray(val_mask, bool))
   train_rows, val_rows = np.flatnonzero(in_task & ~is_val), np.flatnonzero(in_task & is_val)
   x_all = jnp.asarray(images[train_rows])
   y_all = jnp.asarray(local_of[labels[train_rows]].astype(np.int32))

@@ -96,26 +96,40 @@ class SubtaskCNN(nn.Module):
                   for i, (w, s) in enumerate(zip(self.widths, self.strides))]
     self.head = nn.Dense(self.embed_dim, name="head")
 
-  def embed(self, images):
-    """Images (B, H, W, 3), uint8 or float in [0, 1] -> unit vectors (B, embed_dim)."""
+  def features(self, images):
+    """Images (B, H, W, 3), uint8 or float in [0, 1] -> pooled conv features (B, widths[-1]).
+
+    What the head sees; the adapter family trains this part once as its frozen trunk.
+    """
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
       x = x / 255.0
     x = (x - 0.5) * 4.0  # roughly zero-mean, unit-variance pixels
     for conv in self.convs:
       x = nn.relu(conv(x))
-    x = jnp.mean(x, axis=(1, 2))
-    return unit_normalize(self.head(x))
+    return jnp.mean(x, axis=(1, 2))
+
+  def embed(self, images):
+    """Images (B, H, W, 3), uint8 or float in [0, 1] -> unit vectors (B, embed_dim)."""
+    return unit_normalize(self.head(self.features(images)))
 
   def __call__(self, images, class_emb):
     """Logits (B, K) of images against K class embeddings (K, embed_dim)."""
-    if class_emb.ndim != 2 or class_emb.shape[0] == 0:
-      raise ValueError(f"need a non-empty class list: class embeddings of shape (K>0, "
-                       f"{self.embed_dim}), got {class_emb.shape}")
-    if class_emb.shape[1] != self.embed_dim:
-      raise ValueError(f"class embeddings have dim {class_emb.shape[1]}, the net's text space "
-                       f"has {self.embed_dim}")
+    check_class_emb(class_emb, self.embed_dim)
     return self.logit_scale * self.embed(images) @ unit_normalize(class_emb).T
+
+
+def check_class_emb(class_emb, embed_dim: int) -> None:
+  """Raises ValueError unless ``class_emb`` is a non-empty (K, embed_dim) class list.
+
+  Shared by every subtask family, so a wrong class list fails the same way for all.
+  """
+  if class_emb.ndim != 2 or class_emb.shape[0] == 0:
+    raise ValueError(f"need a non-empty class list: class embeddings of shape (K>0, "
+                     f"{embed_dim}), got {class_emb.shape}")
+  if class_emb.shape[1] != embed_dim:
+    raise ValueError(f"class embeddings have dim {class_emb.shape[1]}, the net's text space "
+                     f"has {embed_dim}")
 
 
 def unit_normalize(x, eps=1e-8):
@@ -123,7 +137,22 @@ def unit_normalize(x, eps=1e-8):
   return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
 
 
-def init_params(model: SubtaskCNN, rng, image_size: int):
-  """Initial parameters (the inner ``params`` dict) for images of ``image_size``."""
-  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return model.init(rng, images, method=SubtaskCNN.embed)["params"]
+def init_params(model, rng, image_size: int):
+  """Initial parameters (the inner ``params`` dict) of a subtask net.
+
+  Args:
+    model: a SubtaskCNN, or any subtask family whose input is a feature vector and which
+      says so with a ``feature_dim`` attribute (``t2w_jax.zoo.family.AdapterNet``).
+    rng: PRNG key.
+    image_size: the images' height and width (unused by feature-input families; kept so
+      that every caller initialises any family the same way).
+
+  Returns:
+    The params dict.
+  """
+  feature_dim = getattr(model, "feature_dim", None)
+  if feature_dim is not None:
+    x = jnp.zeros((1, int(feature_dim)), jnp.float32)
+  else:
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  return model.init(rng, x, method="embed")["params"]

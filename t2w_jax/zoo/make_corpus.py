@@ -29,16 +29,15 @@ from t2w_jax.workdir_lock import workdir_lock
 from t2w_jax.weights.layout import ParamLayout
 from t2w_jax.zoo import base as base_lib
 from t2w_jax.zoo import corpus as corpus_lib
+from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
-from t2w_jax.zoo.cnn import SubtaskCNN, init_params
+from t2w_jax.zoo.cnn import init_params
 
 
-def build_model(config, embed_dim: int, conv_impl: str | None = None) -> SubtaskCNN:
-  """The subtask CNN a corpus config describes."""
-  m = config.model
-  return SubtaskCNN(widths=tuple(m.widths), strides=tuple(m.strides), embed_dim=embed_dim,
-                    logit_scale=float(m.logit_scale),
-                    conv_impl=conv_impl or config.trainer.conv_impl)
+def build_model(config, embed_dim: int, conv_impl: str | None = None):
+  """The subtask net a corpus config describes (``family.build_subtask_net``)."""
+  return family_lib.build_subtask_net(config.model, embed_dim,
+                                      conv_impl or config.trainer.conv_impl)
 
 
 def load_data(config):
@@ -69,8 +68,14 @@ def corpus_identity(config) -> dict:
 
 
 def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict:
-  """What identifies a corpus: a reopened directory must match it exactly."""
-  return {
+  """What identifies a corpus: a reopened directory must match it exactly.
+
+  ``config`` is the whole config (``corpus_identity``); the other keys are what readers
+  use. ``model`` holds the family (so a corpus of one family is refused by a config of the
+  other) and, for the adapter family, the trunk's shape; the trunk's training settings are
+  added for that family only.
+  """
+  meta = {
       "config": corpus_identity(config),
       "layout": layout.to_json(), "encoder": encoder_name, "template": config.template,
       "dataset": config.dataset, "dataset_kwargs": config.dataset_kwargs.to_dict(),
@@ -80,6 +85,9 @@ def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict
       "seed": config.seed, "shard_size": config.shard_size,
       "val_per_class": config.val_per_class,
   }
+  if family_lib.family_of(config.model) == "adapter":
+    meta["trunk_train"] = config.trunk_train.to_dict()
+  return meta
 
 
 def trainer_spec(config) -> masstrain.TrainerSpec:
@@ -144,8 +152,9 @@ def validate_config(config) -> None:
   for key in ("num_seen", "num_unseen", "num_heldout"):
     v = get(key)
     _check(_is_int(v) and v >= 0, key, v, "a whole number >= 0")
-  _check(get("num_seen") >= 1, "num_seen", get("num_seen"),
-         "at least 1 (the generator trains on seen tasks)")
+  _check(get("num_seen") + get("num_unseen") + get("num_heldout") >= 1, "num_seen",
+         get("num_seen"), "such that the corpus has at least one task (a corpus with no seen "
+         "task serves the room sweep, not a generator)")
   lo, hi = get("min_classes"), get("max_classes")
   _check(_is_int(lo) and lo >= 2, "min_classes", lo, "a whole number >= 2")
   _check(_is_int(hi) and hi >= lo, "max_classes", hi, f"a whole number >= min_classes ({lo})")
@@ -267,13 +276,16 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   if not os.path.exists(emb_path):
     corpus_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
 
+  seen_classes = sorted(set(range(len(names))) - set(plan.heldout_classes))
+  # The adapter family trains on the frozen trunk's cached features, not on the images.
+  dataset = family_lib.prepare_data(config, path, dataset, class_emb, seen_classes)
+
   base_path = os.path.join(path, "base.npy")
   info_path = os.path.join(path, "generalist.json")
   if os.path.exists(base_path) and os.path.exists(info_path):
     base_params = layout.unflatten(jnp.asarray(np.load(base_path)))
     logging.info("generalist: read back from %s", base_path)
   else:
-    seen_classes = sorted(set(range(len(names))) - set(plan.heldout_classes))
     base_params, info = train_generalist(config, model, dataset, class_emb, seen_classes)
     # The weights first: generalist.json marks the pair complete.
     corpus_lib.atomic_save_npy(base_path, np.asarray(layout.flatten(base_params)))

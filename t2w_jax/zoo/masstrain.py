@@ -268,7 +268,7 @@ def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
 def _embed_rows(model, params, images, rows):
   """Embeddings (R, per, d) of ``images`` at (R, per) row ids, one row at a time."""
   return jax.lax.map(
-      lambda r: model.apply({"params": params}, images[r], method=SubtaskCNN.embed), rows)
+      lambda r: model.apply({"params": params}, images[r], method="embed"), rows)
 
 
 def task_accuracy(model, data, params, classes, mask, split: str = "test"):
