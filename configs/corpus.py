@@ -1,4 +1,4 @@
-"""Corpus config: the embedded procedural dataset, MiniLM text, 1,000+ subtask nets.
+"""Corpus config: the embedded procedural dataset, MiniLM text, hundreds of subtask nets.
 
 Run (from the repository root):
 
@@ -65,17 +65,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Text.
   c.text_encoder = "minilm"
   c.template = "a photo of a {}"
-  # Subtask CNN (18.7K parameters with MiniLM's 384-d text space). ``family`` picks the
-  # generated net (t2w_jax/zoo/family.py): "cnn" this CNN, "adapter" a bottleneck adapter
-  # on a frozen trunk (the "adapter" variants below).
-  c.model = ml_collections.ConfigDict(dict(family="cnn", widths=(8, 16, 32), strides=(1, 2, 2),
-                                           logit_scale=10.0))
+  # The subtask net: the "cnn2k" CNN (2,328 parameters with MiniLM's 384-d text space), the
+  # setting of the room sweep with the largest room whose specialists are worth deploying
+  # and whose main job fits 20 minutes here (docs/results/room_sweep.md; README). ``family``
+  # picks the generated net (t2w_jax/zoo/family.py): "cnn", or "adapter" (a bottleneck
+  # adapter on a frozen trunk; the "adapter" variant below).
+  c.model = ml_collections.ConfigDict(dict(NETS["cnn2k"], logit_scale=10.0))
   # Tasks and splits.
-  c.num_seen = 904  # + 48 + 48 = 1,000 nets
+  c.num_seen = 504  # + 48 + 48 = 600 nets
   c.num_unseen = 48
   c.num_heldout = 48
-  c.min_classes = 8
-  c.max_classes = 32
+  c.min_classes = 2
+  c.max_classes = 4
   c.heldout_frac = 0.1
   # Validation images per class, carved from the training images (never the test images);
   # the generalist and the specialists early-stop on them.
@@ -91,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # each early-stopped on its task's validation images (steps is the cap).
   c.trainer = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=64, learning_rate=3e-3, eval_per_class=50,
-      eval_every=50, patience=10,
+      eval_every=50, patience=5,
       # Backend-dependent shape (see zoo/masstrain.py): im2col survives vmap and scan on
       # XLA:CPU. One net per vmap chunk there: wider chunks run faster on one core, but then
       # the second core adds nothing (our reading: their working set overflows the caches

@@ -25,7 +25,7 @@ run() {
   if [ "$status" -ne 0 ]; then echo "failed ($status): see $log" >&2; exit "$status"; fi
 }
 stage "corpus"
-run "$WORKDIR/corpus.log" 'corpus:|base net:|^\||nets in' \
+run "$WORKDIR/corpus.log" 'corpus: [0-9]|generalist: (step|kept)|trunk:|^\||nets in|^error' \
   python launch/make_corpus.py --config=configs/corpus.py --workdir="$WORKDIR"
 stage "generator"
 run "$WORKDIR/train.log" 'progress:|step [0-9]+:|done:' \

@@ -39,9 +39,15 @@ def test_constructor_picks_the_family():
     family_lib.build_subtask_net(dict(family="mlp"), 8)
 
 
-def test_cnn_family_is_todays_net():
-  model = family_lib.build_subtask_net(corpus_config.get_config().model, 384)
-  assert _num_params(model) == 18_704
+def test_cnn_family_sizes_and_features():
+  # Exact parameter counts of the named nets (MiniLM's 384-d text space): the README and
+  # the room sweep rely on them.
+  counts = {name: _num_params(family_lib.build_subtask_net(
+      corpus_config.get_config(f"net={name}").model, 384)) for name in corpus_config.NETS}
+  assert counts == {"cnn19k": 18_704, "cnn8k": 8_104, "cnn4k": 4_012, "cnn2k": 2_328,
+                    "adapter16": 7_568, "adapter4": 2_180}
+  assert corpus_config.get_config().model.widths == corpus_config.NETS["cnn2k"]["widths"]
+  model = family_lib.build_subtask_net(corpus_config.get_config("net=cnn19k").model, 384)
   params = jax.jit(lambda k: init_params(model, k, 16))(jax.random.PRNGKey(0))
   assert sorted(params) == ["conv_0", "conv_1", "conv_2", "head"]
   # embed is the head on the new features method: the same function as before.
@@ -115,16 +121,16 @@ def _adapter_config():
 
 @pytest.fixture(scope="module")
 def adapter_corpus(tmp_path_factory):
-  """An adapter tiny corpus, with every train_base call's model and labels recorded."""
+  """An adapter tiny corpus, with every train_generalist call's model and labels recorded."""
   workdir = str(tmp_path_factory.mktemp("adapter_corpus"))
-  calls, real = [], base_lib.train_base
+  calls, real = [], base_lib.train_generalist
 
   def spy(model, images, labels, *args, **kwargs):
     calls.append((model, np.asarray(images).shape, np.asarray(labels).copy()))
     return real(model, images, labels, *args, **kwargs)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(base_lib, "train_base", spy)
+    mp.setattr(base_lib, "train_generalist", spy)
     summary = make_corpus_lib.make_corpus(_adapter_config(), workdir)
   return workdir, summary, corpus_lib.open_corpus(os.path.join(workdir, "corpus")), calls
 
@@ -138,7 +144,7 @@ def test_adapter_corpus_stores_adapter_weights_only(adapter_corpus):
   assert sorted(params) == ["down", "up"]
   assert corpus.layout.total == corpus.weights.shape[1] == d * b + b + b * e + e
   assert corpus.meta["model"]["family"] == "adapter"
-  assert corpus.meta["trunk_train"]["steps"] == c.trunk_train.steps
+  assert corpus.meta["trunk_train"]["max_steps"] == c.trunk_train.max_steps
   for f in (family_lib.TRUNK_FILE, family_lib.FEATURES_FILE):
     assert os.path.exists(os.path.join(corpus.path, f))
   feats = family_lib.load_features(corpus.path)

@@ -1,5 +1,6 @@
-"""The generator learns something: on a tiny corpus, after a few hundred steps, nets
-generated for the seen (training) tasks beat the shared base net on those tasks."""
+"""The generator learns the text -> weights map: on a tiny corpus, after a few hundred steps,
+the net generated for a seen (training) task is nearer, in weight space, to that task's own
+specialist than to any other task's, and it works at least as well as the generalist."""
 import os
 
 import jax
@@ -13,7 +14,7 @@ from t2w_jax.train import loop
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
 
-def test_generated_nets_beat_base_on_seen_tasks(tmp_path):
+def test_generated_nets_follow_their_text(tmp_path):
   c = corpus_config.get_config("tiny")
   c.num_devices = 2
   make_corpus_lib.make_corpus(c, str(tmp_path))
@@ -27,15 +28,18 @@ def test_generated_nets_beat_base_on_seen_tasks(tmp_path):
   rows = ctx.rows("seen")
   tasks = ctx.tasks(rows)
   emb, mask = ctx.class_text(tasks)
-  flat = api.sample_flat(ctx.gen, emb, mask, rng=jax.random.PRNGKey(0), steps=10)
-  generated = ctx.accuracy(np.asarray(flat), tasks)
-  base = ctx.accuracy(np.repeat(ctx.corpus.base[None], len(tasks), 0), tasks)
-  # The mean of the seen nets is what a DiT that ignored its text would decode to (the
-  # normalisation is centred on it): beating it means the text was used.
-  mean_net = np.asarray(ctx.corpus.weights[rows]).mean(0)
-  mean = ctx.accuracy(np.repeat(mean_net[None], len(tasks), 0), tasks)
-  oracle = np.array([ctx.corpus.records[i]["trained_acc"] for i in rows])
-  print(f"generated {generated.mean():.3f} base {base.mean():.3f} mean {mean.mean():.3f} "
-        f"oracle {oracle.mean():.3f}")
-  assert generated.mean() > base.mean() + 0.05
-  assert generated.mean() > mean.mean() + 0.02
+  flat = np.asarray(api.sample_flat(ctx.gen, emb, mask, rng=jax.random.PRNGKey(0), steps=1))
+  specialists = np.asarray(ctx.corpus.weights[rows])
+  generalist = np.asarray(ctx.corpus.base)
+  # Tasks whose specialist moved away from the generalist (early stopping may keep step 0,
+  # and then there is nothing task-specific to find).
+  moved = [i for i, r in enumerate(rows) if ctx.corpus.records[r]["steps"] > 0]
+  assert len(moved) >= 4
+  dist = np.linalg.norm(flat[moved, None] - specialists[None, moved], axis=-1)
+  hits = np.argmin(dist, axis=1) == np.arange(len(moved))
+  generated = ctx.accuracy(flat, tasks)
+  base = ctx.accuracy(np.repeat(generalist[None], len(tasks), 0), tasks)
+  print(f"nearest own specialist {hits.sum()}/{len(moved)}; generated {generated.mean():.3f} "
+        f"generalist {base.mean():.3f}")
+  assert hits.mean() >= 0.75
+  assert generated.mean() >= base.mean() - 0.01

@@ -5,8 +5,8 @@ global mean pool -> head``. ReLU acts per channel and the pool averages each cha
 own, so reordering the output channels of conv i (kernel last axis and bias), together with
 the matching input axis of the next layer (conv i+1's kernel axis 2, or the head kernel's
 rows after the last conv), gives a different weight vector for exactly the same function.
-The DiT trainer draws such permutations to augment corpus rows (DESIGN.md, "Adversarial
-training with weight-space augmentation").
+The DiT trainer draws such permutations to augment corpus rows (docs/design.md, "Adversarial
+loss and permutation augmentation").
 
 Everything here is pure ``jnp`` on static shapes: use it inside ``jit``, and ``vmap`` it over
 a batch of params (or flat rows) with a batch of rngs. The chain is read from the parameter

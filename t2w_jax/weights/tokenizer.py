@@ -1,7 +1,7 @@
 """Hierarchical block tokenizer: a flat (D,) weight vector <-> (L, block) weight tokens.
 
 The DiT sees a network as a sequence of tokens, each a block of ``block_size`` consecutive
-values of one layer (DESIGN.md, "Block tokenizer"). Blocks never cross a layer boundary, so
+values of one layer (docs/design.md, "Invariants": round trips). Blocks never cross a layer boundary, so
 every token has one layer id and one block index within that layer, and both become token
 embeddings. The last block of a layer is zero-padded; ``mask`` marks the real positions.
 

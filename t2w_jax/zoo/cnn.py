@@ -2,8 +2,8 @@
 
 A subtask net maps an image to a vector in the text encoder's space; its logits over a
 task's classes are ``logit_scale * cos(f(x), e(class))``. The weight shape is therefore the
-same for any number and order of classes, and any class name can be asked for (DESIGN.md,
-"Text-space head"). Permuting the class list permutes the logits, nothing else.
+same for any number and order of classes, and any class name can be asked for (docs/design.md,
+"Subtask family by config"). Permuting the class list permutes the logits, nothing else.
 
 The conv layers can run as XLA convolutions (``conv_impl="lax"``) or as im2col (shifted
 slices + one matmul, ``conv_impl="im2col"``): the latter survives ``vmap`` over many nets as

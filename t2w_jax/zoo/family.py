@@ -1,7 +1,7 @@
 """Subtask families: which net the corpus stores and the generator writes (a config choice).
 
-Two families, picked by ``model.family`` in the corpus config (DESIGN.md, "The subtask
-family is a config choice"):
+Two families, picked by ``model.family`` in the corpus config (docs/design.md, "Subtask
+family by config"):
 
 * ``"cnn"`` (default): the small ``SubtaskCNN``; every parameter is generated.
 * ``"adapter"``: the T2W paper's own family. A frozen feature trunk (a ``SubtaskCNN`` of

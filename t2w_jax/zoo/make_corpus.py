@@ -324,6 +324,12 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
     trained += len(chunk)
     clock.save()
     bar.update(len(chunk))
+    # A log line per shard as well as the bar: the bar's carriage returns do not survive
+    # pipes and filters (scripts/run_default.sh), a line with rate and ETA does.
+    rate = trained / (time.time() - train_start)
+    left = len(all_tasks) - (num_shards - len(todo)) * shard - trained
+    logging.info("corpus: %d/%d nets (%.2f nets/s, ETA %.0f s)", len(all_tasks) - max(left, 0),
+                 len(all_tasks), rate, max(left, 0) / rate)
   bar.close()
   writer.finalize(num_shards)
   summary = summarize(corpus_lib.open_corpus(path).records)
