@@ -10,7 +10,8 @@ paired by task, mean +- standard error, tasks won), the generalist's steps and s
 and the specialists' seconds per net.
 
 Settings that share the generalist (same net, data, seen classes and generalist settings)
-train it once: its files are copied into the next setting's corpus directory, where
+train it once, and adapter settings that share the frozen trunk train it and compute its
+features once: the files are copied into the next setting's corpus directory, where
 ``make_corpus`` reads them back.
 """
 import json
@@ -25,14 +26,38 @@ from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
 _GENERALIST_FILES = ("base.npy", "generalist.json")
+_TRUNK_FILES = ("trunk.npz", "features.npz")  # the adapter family's frozen trunk
+_DATA_KEYS = ("dataset", "dataset_kwargs", "image_size", "text_encoder", "template", "seed",
+              "heldout_frac", "val_per_class")
+
+
+def _key(config, keys, model_keys=None) -> str:
+  out = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+         for k in keys if k in config}
+  if model_keys is not None:
+    out["model"] = {k: config.model.get(k) for k in model_keys}
+  return json.dumps(out, sort_keys=True)
 
 
 def _generalist_key(config) -> str:
   """What the generalist depends on; settings with equal keys share it."""
-  return json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                     for k in ("dataset", "dataset_kwargs", "image_size", "text_encoder",
-                               "template", "model", "base", "seed", "heldout_frac",
-                               "val_per_class")}, sort_keys=True)
+  return _key(config, _DATA_KEYS + ("model", "base", "trunk_train"))
+
+
+def _trunk_key(config) -> str:
+  """What the adapter family's trunk and its features depend on."""
+  return _key(config, _DATA_KEYS + ("trunk_train",),
+              ("family", "trunk_widths", "trunk_strides", "logit_scale"))
+
+
+def _seed_from(src: str | None, dest: str, files) -> None:
+  """Copies a finished setting's files into a new setting's corpus directory."""
+  if src is None or all(os.path.exists(os.path.join(dest, f)) for f in files):
+    return
+  os.makedirs(dest, exist_ok=True)
+  for f in files:
+    if os.path.exists(os.path.join(src, f)):
+      shutil.copy(os.path.join(src, f), os.path.join(dest, f))
 
 
 def room_of(records: Sequence[dict]) -> dict:
@@ -66,7 +91,7 @@ def run_sweep(settings: Sequence[tuple[str, object]], out_dir: str) -> list[dict
     One row per setting: name, parameters per net, the ``room_of`` figures, generalist
     steps and seconds, specialist seconds per net.
   """
-  rows, shared = [], {}
+  rows, shared, trunks = [], {}, {}
   for i, (name, config) in enumerate(settings):
     workdir = os.path.join(out_dir, name)
     done = os.path.join(workdir, "room.json")
@@ -74,12 +99,10 @@ def run_sweep(settings: Sequence[tuple[str, object]], out_dir: str) -> list[dict
       with open(done) as f:
         row = json.load(f)
     else:
-      key = _generalist_key(config)
       dest = os.path.join(workdir, "corpus")
-      if key in shared and not os.path.exists(os.path.join(dest, "base.npy")):
-        os.makedirs(dest, exist_ok=True)
-        for f in _GENERALIST_FILES:
-          shutil.copy(os.path.join(shared[key], f), os.path.join(dest, f))
+      _seed_from(shared.get(_generalist_key(config)), dest, _GENERALIST_FILES)
+      if config.model.get("family") == "adapter":
+        _seed_from(trunks.get(_trunk_key(config)), dest, _TRUNK_FILES)
       logging.info("room sweep: setting %d/%d %s", i + 1, len(settings), name)
       summary = make_corpus_lib.make_corpus(config, workdir)
       corpus = corpus_lib.open_corpus(dest)
@@ -92,6 +115,8 @@ def run_sweep(settings: Sequence[tuple[str, object]], out_dir: str) -> list[dict
                                             / max(summary["specialists_trained"], 1))}
       corpus_lib.atomic_write_json(done, row)
     shared.setdefault(_generalist_key(config), os.path.join(workdir, "corpus"))
+    if config.model.get("family") == "adapter":
+      trunks.setdefault(_trunk_key(config), os.path.join(workdir, "corpus"))
     rows.append(row)
     logging.info("room sweep: %s room %+.1f ± %.1f points (generalist %.3f, specialist %.3f)",
                  name, row["room"], row["room_se"], row["generalist"], row["specialist"])
