@@ -183,3 +183,15 @@ def test_v_parameterization_is_identity_at_small_t(corpus_dir, tmp_path):
       assert float(jnp.abs(out[1]).max()) < 0.05 * float(jnp.abs(x[1]).max())
     else:
       np.testing.assert_array_equal(out, 0.0)
+
+
+def test_disc_accuracy_counts_each_example():
+  from t2w_jax.train.step import disc_accuracy
+  real = jnp.array([1.0, -1.0, 2.0, -3.0])
+  fake = jnp.array([-1.0, -2.0, 1.0, 3.0])
+  # real right: 1st, 3rd; fake right: 1st, 2nd -> 4 of 8.
+  np.testing.assert_allclose(disc_accuracy(real, fake), 0.5)
+  # Both wrong everywhere: 0 (the old formula gave 1 here).
+  np.testing.assert_allclose(disc_accuracy(-jnp.ones(3), jnp.ones(3)), 0.0)
+  np.testing.assert_allclose(disc_accuracy(jnp.ones(3), -jnp.ones(3)), 1.0)
+  np.testing.assert_allclose(disc_accuracy(jnp.ones(2), jnp.ones(2)), 0.5)
