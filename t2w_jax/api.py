@@ -329,7 +329,7 @@ def take(params, i: int):
 def save_net(path: str, gen: Generator, params, text: str | Sequence[str]) -> None:
   """Writes one generated net as a standalone .npz (weights, layout, net settings, class
   texts; for the adapter family also the frozen trunk, as ``trunk/<param path>`` arrays)."""
-  from t2w_jax.zoo.corpus import atomic_save_npz
+  from t2w_jax.io import atomic_save_npz
   from flax import traverse_util
   names = class_names(text)
   flat = np.asarray(gen.layout.flatten(params))

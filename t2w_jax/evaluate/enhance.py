@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2w_jax import io as io_lib
 from t2w_jax.diffusion import DDIMSampler
 from t2w_jax.diffusion import denoise_from
 from t2w_jax.diffusion import get_schedule
@@ -27,7 +28,6 @@ from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.text.condition import text_condition
 from t2w_jax.train import state as state_lib
-from t2w_jax.zoo import corpus as corpus_lib
 
 DEFAULT_T = (50, 100, 200, 400)
 SOURCES = ("oracle", "generalist")
@@ -170,7 +170,7 @@ def enhance(ctx, cfg, rng) -> dict:
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     results["png"] = plots.plot_enhancement(results, os.path.join(out_dir, "enhancement.png"))
-    corpus_lib.atomic_write_bytes(os.path.join(out_dir, "enhancement.md"),
+    io_lib.atomic_write_bytes(os.path.join(out_dir, "enhancement.md"),
                                   results["markdown"].encode())
   logging.info("enhance (%d %s tasks):\n%s", n, split, results["markdown"])
   return results

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2w_jax import io as io_lib
 from t2w_jax import api
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
-from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN
 from t2w_jax.zoo.cnn import init_params
@@ -226,7 +226,7 @@ def finetune_curves(ctx, cfg, rng) -> dict:
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     results["csv"] = os.path.join(out_dir, "finetune_curves.csv")
-    corpus_lib.atomic_write_bytes(results["csv"], curves_csv(results).encode())
+    io_lib.atomic_write_bytes(results["csv"], curves_csv(results).encode())
     results["png"] = plots.plot_finetune_curves(results,
                                                 os.path.join(out_dir, "finetune_curves.png"))
   logging.info("finetune (%d %s tasks): %s", n, split,

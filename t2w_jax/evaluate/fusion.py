@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from t2w_jax import io as io_lib
 from t2w_jax import api
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.evaluate import baselines
@@ -34,7 +35,6 @@ from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
 from t2w_jax.weights import cnn_chain
 from t2w_jax.weights import permute_params
-from t2w_jax.zoo import corpus as corpus_lib
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def fusion(ctx, cfg, rng) -> dict:
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     results["png"] = plots.plot_fusion(results, os.path.join(out_dir, "fusion.png"))
-    corpus_lib.atomic_write_bytes(os.path.join(out_dir, "fusion.md"),
+    io_lib.atomic_write_bytes(os.path.join(out_dir, "fusion.md"),
                                   results["markdown"].encode())
   logging.info("fusion:\n%s", results["markdown"])
   return results

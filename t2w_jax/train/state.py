@@ -18,10 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from t2w_jax import io as io_lib
 from t2w_jax.errors import MissingError
 from t2w_jax.models import DiT, WeightDiscriminator
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
-from t2w_jax.zoo import corpus as corpus_lib
 
 SPEC_FILE = "generator.json"
 
@@ -78,7 +78,7 @@ class GeneratorSpec:
                d["template"], d["cnn"], int(d["image_size"]), d["corpus_fingerprint"])
 
   def save(self, workdir: str) -> None:
-    corpus_lib.atomic_write_json(os.path.join(workdir, SPEC_FILE), self.to_json())
+    io_lib.atomic_write_json(os.path.join(workdir, SPEC_FILE), self.to_json())
 
   @classmethod
   def load(cls, workdir: str) -> "GeneratorSpec":
