@@ -4,8 +4,12 @@ Each helper writes to a temporary file beside the target (named after the proces
 processes never share one), flushes it, then renames it over the target; on any failure the
 temporary file is removed and the target is left as it was. Corpora, checkpoints' side files,
 evaluation reports and generated nets all go through these.
+
+``quiet_orbax_logs`` keeps orbax's several INFO lines per checkpoint read or write out of
+the log.
 """
 import json
+import logging
 import os
 from typing import Any, Callable
 
@@ -66,3 +70,18 @@ def atomic_save_npz(path: str, **arrays) -> None:
     **arrays: name -> array.
   """
   _save_then_rename(f"{path}.tmp.{os.getpid()}.npz", path, lambda t: np.savez(t, **arrays))
+
+
+class _DropOrbaxInfo(logging.Filter):
+  """Drops INFO records from orbax (several lines per checkpoint save or restore)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps orbax's INFO lines out of the log (its warnings still show); idempotent."""
+  for name in ("absl", ""):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _DropOrbaxInfo) for f in logger.filters):
+      logger.addFilter(_DropOrbaxInfo())

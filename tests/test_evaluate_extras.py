@@ -10,6 +10,7 @@ import pytest
 from configs import corpus as corpus_config
 from configs import dit as dit_config
 from t2w_jax import api
+from t2w_jax import generator as generator_lib
 from t2w_jax.evaluate import enhance as enhance_lib
 from t2w_jax.evaluate import finetune as finetune_lib
 from t2w_jax.evaluate import fusion as fusion_lib
@@ -38,9 +39,9 @@ def ctx(tmp_path_factory):
   make_corpus_lib.make_corpus(c, workdir)
   context = EvalContext.create(os.path.join(workdir, "corpus"))
   d = dit_config.get_config("tiny")
-  spec = state_lib.spec_from_corpus(d, context.corpus)
-  dit = state_lib.build_dit(spec)
-  x, t, text = state_lib.dummy_inputs(spec)
+  spec = generator_lib.spec_from_corpus(d, context.corpus)
+  dit = generator_lib.build_dit(spec)
+  x, t, text = generator_lib.dummy_inputs(spec)
   lids, bids = spec.tokenizer.layer_ids, spec.tokenizer.block_ids
   params = jax.jit(lambda r: dit.init(r, x, t, lids, bids, text)["params"])(
       jax.random.PRNGKey(0))
@@ -119,9 +120,9 @@ def test_registered():
 
 def test_finetune_curves(ctx, tmp_path):
   trainer = ctx.corpus.meta["trainer"]
-  cfg = {"num_tasks": 2, "eval_every": trainer["eval_every"], "nets_per_chunk": 6,
-         "out_dir": str(tmp_path)}
-  out = finetune_lib.finetune_curves(ctx, cfg, jax.random.PRNGKey(0))
+  out = finetune_lib.finetune_curves(ctx, jax.random.PRNGKey(0), num_tasks=2,
+                                     eval_every=trainer["eval_every"], nets_per_chunk=6,
+                                     out_dir=str(tmp_path))
   steps = out["steps"]
   assert steps == list(range(0, trainer["steps"] + 1, trainer["eval_every"]))
   assert set(out["curves"]) == {"generated", "generalist", "random"}
@@ -163,8 +164,8 @@ def test_train_curves_rejects_bad_eval_every(ctx):
 
 def test_enhance(ctx, tmp_path):
   num_t = ctx.gen.config["num_timesteps"]
-  cfg = {"num_tasks": 2, "t": (5, num_t // 2, num_t + 50), "out_dir": str(tmp_path)}
-  out = enhance_lib.enhance(ctx, cfg, jax.random.PRNGKey(0))
+  out = enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2,
+                            t=(5, num_t // 2, num_t + 50), out_dir=str(tmp_path))
   assert out["t"] == [5, num_t // 2]  # the out-of-range t is dropped
   assert set(out["sources"]) == {"oracle", "generalist"}
   for s in out["sources"].values():
@@ -178,12 +179,12 @@ def test_enhance(ctx, tmp_path):
   with open(out["png"], "rb") as f:
     assert f.read(8) == PNG_MAGIC
   with pytest.raises(ValueError, match="no enhancement timestep"):
-    enhance_lib.enhance(ctx, {"num_tasks": 1, "t": (num_t,)}, jax.random.PRNGKey(0))
+    enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=1, t=(num_t,))
 
 
 def test_fusion(ctx, tmp_path):
-  cfg = {"num_pairs": 2, "num_samples": 2, "out_dir": str(tmp_path)}
-  out = fusion_lib.fusion(ctx, cfg, jax.random.PRNGKey(0))
+  out = fusion_lib.fusion(ctx, jax.random.PRNGKey(0), num_pairs=2, num_samples=2,
+                          out_dir=str(tmp_path))
   assert set(out["methods"]) == {"generated", "generated_best", "average", "aligned",
                                  "parent_a", "parent_b", "generalist"}
   assert 1 <= out["num_pairs"] <= 2 and len(out["pairs"]) == out["num_pairs"]

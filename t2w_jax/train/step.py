@@ -21,8 +21,8 @@ import optax
 
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.text.condition import text_condition
-from t2w_jax.train.state import (GeneratorSpec, TrainState, build_disc, build_optimizers,
-                                 make_denoiser)
+from t2w_jax.generator import GeneratorSpec, make_denoiser
+from t2w_jax.train.state import TrainState, build_disc, build_optimizers
 from t2w_jax.weights import permute_flat
 
 
