@@ -262,9 +262,9 @@ def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
     # K=1: the weight average of one sample is that sample.
     assert s["weight_average"]["per_task"] == s["per_task"]
   for label in ("**generated** (mean of K=1)", "**generated** (best of K=1)",
-                "**generated** (weight average of its K=1 samples)", "base net",
+                "**generated** (weight average of its K=1 samples)", "generalist",
                 "random init", "mean of seen corpus weights", "NN retrieval", "ridge",
-                "oracle", "paired by task", "Gap closure", "Novelty", "Sampler ablation",
+                "specialist", "paired by task", "Room closed", "Novelty", "Sampler ablation",
                 "Free-form"):
     assert label in table, label
   ab = saved["evals"]["sampler_ablation"]
