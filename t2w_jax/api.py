@@ -1,7 +1,7 @@
 """The public functional API: ``load(workdir)`` and ``generate(generator, text, ...)``.
 
     import jax
-    from t2w_jax import api
+    from t2w_jax import api          # or: from t2w_jax import load, generate
     gen = api.load("runs/default")
     params = api.generate(gen, "red circle, blue star and green heart",
                           rng=jax.random.PRNGKey(0), num_samples=4)
@@ -62,10 +62,16 @@ class Generator:
 def load(workdir: str, *, step: int | None = None, encoder=None) -> Generator:
   """Loads a trained generator (EMA parameters of the latest or given checkpoint).
 
+  Only what inference needs is read: ``generator.json`` and the checkpoint's EMA
+  parameters; the discriminator and the optimiser states stay on disk.
+
   Args:
     workdir: the training run's directory.
     step: a checkpoint step; None for the latest.
     encoder: an already loaded text encoder to use (must have the spec's name).
+
+  Returns:
+    The ``Generator`` that ``generate(generator, text, ...)`` takes.
 
   Raises:
     FileNotFoundError: no generator or no checkpoint in ``workdir``.

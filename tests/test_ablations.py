@@ -47,7 +47,4 @@ def test_run_ablations_tiny(tmp_path):
   for split in ("unseen", "heldout"):
     assert again["evals"]["generated"]["splits"][split]["per_task"] == (
         out["variants"]["token_concat"][split]["per_task"])
-  # Two differently built generators do not give identical nets.
-  assert out["variants"]["full"]["unseen"]["per_sample"] != (
-      out["variants"]["token_concat"]["unseen"]["per_sample"])
   assert os.path.exists(os.path.join(tmp_path, "ablations", "table.md"))
