@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variants = ",".join(VARIANTS)
   c.splits = ("unseen", "heldout")
   c.num_samples = 2            # generated nets per task
-  c.sample_steps = 0           # DDIM steps when sampling (0: the generator config's)
+  c.steps = 0                  # DDIM steps when sampling (0: the generator config's)
   c.max_tasks = 48             # tasks per split
   if arg == "tiny":
     c.dit_variant = "tiny"

@@ -47,9 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # It stays available (and ablated) for corpora of independently initialised nets.
   c.permute_aug = False
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
-  # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (train/state.py's make_denoiser). On the
-  # default corpus "v" reached a lower loss (0.35 vs 0.42) but worse nets (41.8 % vs 44.7 %
-  # on unseen tasks, README), so "x0" stays the default.
+  # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (generator.py's make_denoiser). "x0" stays
+  # the default because a lower diffusion loss under "v" did not give better nets: the loss
+  # is not the measure, the nets' accuracy is (figures: docs/results/).
   c.parameterization = "x0"
   c.schedule = "cosine"
   c.num_timesteps = 1000
@@ -69,10 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
-  # Sampling defaults used by generate() and the evaluators. One DDIM step from x_T is the
-  # DiT's own estimate of E[x0 | text]; on the default corpus it gave the best nets (53.8 %
-  # on unseen tasks against 44.6 % for DDIM-50, README "Sampler"): later steps add sampled
-  # detail that behaves like noise in weight space. The sampler ablation measures 1-100.
+  # Sampling defaults used by generate() and the evaluators (generator.resolve_sampling).
+  # One DDIM step from x_T is the DiT's own estimate of E[x0 | text]; later steps add
+  # sampled detail that behaves like noise in weight space, so one step is the default.
+  # The sampler ablation measures 1-100 steps (figures: docs/results/default_eval_table.md).
   c.sampler = "ddim"
   c.sample_steps = 1
   c.guidance = 1.0

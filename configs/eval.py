@@ -5,14 +5,16 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
   python launch/evaluate.py --config=configs/eval.py --workdir=runs/default
   python launch/evaluate.py --config=configs/eval.py:tiny --workdir=/tmp/t2w_tiny
   python launch/evaluate.py --config=configs/eval.py --workdir=DIR \\
-      --config.evals.generated.num_samples=8 --config.max_tasks=16
+      --config.evals.generated.num_samples=8 --config.max_tasks=16 \\
+      --config.evals.finetune.num_tasks=2
 
 ``get_config(arg)``: arg "" (default) or "tiny" (seconds; tests and smoke runs).
 
 ``config.evals`` is a dict of entries, big_vision style: ``evals.<key>.type`` is a
 registered evaluator (``t2w_jax.evaluate.registry.names()``), the other fields are its
-options; ``splits`` and ``max_tasks`` are inherited from the top level unless an entry sets
-them. Results land in WORKDIR/eval/results.json under ``evals.<key>``.
+options, passed to it as keyword arguments (defaults: the evaluator's signature); ``splits``
+and ``max_tasks`` are inherited from the top level by the evaluators that take them.
+Results land in WORKDIR/eval/results.json under ``evals.<key>``.
 """
 import ml_collections
 
@@ -29,53 +31,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_tasks = _placeholder(int)       # tasks per split; default: all
   c.chunk = 32                          # nets per compiled accuracy call (padded up to it)
 
+  # Each entry: the evaluator's registered name (``type``) and the options set here on
+  # purpose. An option's default lives in the evaluator's signature and only there (run
+  # ``python -c "from t2w_jax.evaluate import registry; print(registry.get('finetune').options)"``);
+  # a field left at None (a placeholder, so the command line can set it) means "the
+  # evaluator's default", and a field the evaluator does not take is an error.
   c.evals = ml_collections.ConfigDict()
-  # Base, random init, mean of seen weights, NN retrieval, ridge, oracle.
+  # Generalist, random init, mean of seen weights, NN retrieval, ridge, specialist.
   c.evals.baselines = ml_collections.ConfigDict(dict(
-      type="baselines",
-      # One value: used as is; several: the one with the lowest exact leave-one-out
-      # weight error on the seen rows.
-      ridge_lambdas=(0.01, 0.1, 1.0, 10.0, 100.0),
-      random_seed=0,
-      temperature=_placeholder(float),  # prior temperature for fusing; default: generator's
-      min_denominator=0.02))
+      type="baselines", random_seed=_placeholder(int), temperature=_placeholder(float),
+      min_denominator=_placeholder(float)))
   # K generated nets per task: accuracy, best-of-K, gap closure, novelty.
   c.evals.generated = ml_collections.ConfigDict(dict(
-      type="generated",
-      num_samples=4,
-      sampler=_placeholder(str),    # default: the generator config's ("ddim")
-      steps=_placeholder(int),      # default: the generator config's (1)
-      guidance=_placeholder(float),  # default: the generator config's (1.0)
-      temperature=_placeholder(float),  # starting-noise scale; default: the config's (1.0)
-      min_denominator=0.02,
-      novelty=True,
-      novelty_ref_rows=256,
-      novelty_samples=1))  # generated nets per task whose test predictions are compared
+      type="generated", num_samples=_placeholder(int), sampler=_placeholder(str),
+      steps=_placeholder(int), guidance=_placeholder(float), temperature=_placeholder(float),
+      min_denominator=_placeholder(float), novelty=_placeholder(bool),
+      novelty_ref_rows=_placeholder(int), novelty_samples=_placeholder(int)))
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(
-      type="sampler_ablation",
-      split="unseen", num_tasks=6, num_samples=2,
-      samplers=("ddim:1", "ddim:2", "ddim:5", "ddim:10", "ddim:25", "ddim:50", "ddim:100",
-                "ddpm"),
-      guidances=(1.0, 2.0, 4.0),
-      temperatures=(1.0, 0.5, 0.0),  # starting-noise scales; the others at guidance_sampler
-      cross=False,                  # False: samplers at guidances[0] + guidances at:
-      guidance_sampler="ddim:50"))
+      type="sampler_ablation", split=_placeholder(str), num_tasks=_placeholder(int),
+      num_samples=_placeholder(int), cross=_placeholder(bool),
+      guidance_sampler=_placeholder(str)))
   c.evals.freeform = ml_collections.ConfigDict(dict(
-      type="freeform",
-      split="unseen", max_tasks=12, num_samples=2,
-      variants=("class_list", "sentence", "sentence_no_singular", "other_prompt",
-                "whole_sentence"),
-      prompt="an image showing a {}",
-      sampler=_placeholder(str), steps=_placeholder(int), guidance=_placeholder(float)))
-
-  # Evaluators of t2w_jax/evaluate/{finetune,enhance,fusion}.py (their docstrings list every
-  # option; the ones here are those worth overriding from the command line).
+      type="freeform", split=_placeholder(str), num_tasks=_placeholder(int),
+      num_samples=_placeholder(int), prompt=_placeholder(str), sampler=_placeholder(str),
+      steps=_placeholder(int), guidance=_placeholder(float)))
+  # Evaluators of t2w_jax/evaluate/{finetune,enhance,fusion}.py.
   c.evals.finetune = ml_collections.ConfigDict(dict(
-      type="finetune", split="unseen", num_tasks=6, eval_every=25))
+      type="finetune", split=_placeholder(str), num_tasks=_placeholder(int),
+      eval_every=_placeholder(int), train_steps=_placeholder(int), steps=_placeholder(int)))
   c.evals.enhance = ml_collections.ConfigDict(dict(
-      type="enhance", split="unseen", num_tasks=6, t=(50, 100, 200, 400)))
+      type="enhance", split=_placeholder(str), num_tasks=_placeholder(int),
+      steps=_placeholder(int), guidance=_placeholder(float)))
   c.evals.fusion = ml_collections.ConfigDict(dict(
-      type="fusion", num_pairs=4, num_samples=2))
+      type="fusion", num_pairs=_placeholder(int), num_samples=_placeholder(int),
+      steps=_placeholder(int)))
 
   if arg == "tiny":
     c.chunk = 8
@@ -88,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     samplers=("ddim:5", "ddim:10", "ddim:1000", "ddpm"),
                                     guidances=(1.0, 2.0), temperatures=(1.0, 0.0),
                                     guidance_sampler="ddim:10")
-    c.evals.freeform.update(max_tasks=2, num_samples=1)
+    c.evals.freeform.update(num_tasks=2, num_samples=1)
   elif arg:
     raise ValueError(f"unknown eval config variant {arg!r}; use '' or 'tiny'")
   return c

@@ -1,7 +1,7 @@
 """The public functional API: ``load(workdir)`` and ``generate(generator, text, ...)``.
 
     import jax
-    from t2w_jax import api
+    from t2w_jax import api          # or: from t2w_jax import load, generate
     gen = api.load("runs/default")
     params = api.generate(gen, "red circle, blue star and green heart",
                           rng=jax.random.PRNGKey(0), num_samples=4)
@@ -17,10 +17,7 @@ corpus the generated params are the adapter's, and ``subtask_net(gen)`` returns 
 trunk composed with the adapter (a ``TrunkedNet``), so ``net.apply`` still takes images.
 """
 import dataclasses
-import functools
 import json
-import math
-import numbers
 import os
 from typing import Any, Sequence
 
@@ -28,13 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2w_jax import generator as generator_lib
 from t2w_jax import text as text_lib
 from t2w_jax.errors import ConfigError, MissingError
-from t2w_jax.diffusion import get_sampler, get_schedule
-from t2w_jax.text.condition import text_condition
-from t2w_jax.train import checkpoint as ckpt_lib
-from t2w_jax.train import reporting
-from t2w_jax.train import state as state_lib
+from t2w_jax.generator import check_sample_args  # noqa: F401  (part of the public API)
 from t2w_jax.weights import ParamLayout
 from t2w_jax.zoo import family as family_lib
 
@@ -43,7 +37,7 @@ from t2w_jax.zoo import family as family_lib
 class Generator:
   """What ``generate`` needs: the spec (config, layout, tokenizer, normalisation), the EMA
   DiT parameters, and the text encoder (loaded lazily on first text)."""
-  spec: state_lib.GeneratorSpec
+  spec: generator_lib.GeneratorSpec
   params: Any
   workdir: str | None = None
   step: int | None = None
@@ -68,10 +62,16 @@ class Generator:
 def load(workdir: str, *, step: int | None = None, encoder=None) -> Generator:
   """Loads a trained generator (EMA parameters of the latest or given checkpoint).
 
+  Only what inference needs is read: ``generator.json`` and the checkpoint's EMA
+  parameters; the discriminator and the optimiser states stay on disk.
+
   Args:
     workdir: the training run's directory.
     step: a checkpoint step; None for the latest.
     encoder: an already loaded text encoder to use (must have the spec's name).
+
+  Returns:
+    The ``Generator`` that ``generate(generator, text, ...)`` takes.
 
   Raises:
     FileNotFoundError: no generator or no checkpoint in ``workdir``.
@@ -79,26 +79,12 @@ def load(workdir: str, *, step: int | None = None, encoder=None) -> Generator:
   """
   if not os.path.isdir(workdir):
     raise MissingError(f"workdir {workdir!r} does not exist")
-  spec = state_lib.GeneratorSpec.load(workdir)
-  reporting.quiet_library_logs()
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
-                               save_every=0)
-  if ckpt.latest_step() is None:
-    raise MissingError(f"no checkpoint in {workdir}/checkpoints; train first")
-  config = _config_dict(spec.config)
-  abstract = jax.eval_shape(
-      lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)), jax.random.PRNGKey(0))
-  state = ckpt.restore(abstract, step)
-  ckpt.close()
+  spec = generator_lib.GeneratorSpec.load(workdir)
+  params, restored_step = generator_lib.restore_ema_params(workdir, spec, step)
   if encoder is not None and encoder.name != spec.encoder:
     raise ValueError(f"generator was trained with text encoder {spec.encoder!r}, "
                      f"got {encoder.name!r}")
-  return Generator(spec, state.ema_params, workdir, int(state.step), encoder)
-
-
-def _config_dict(d: dict):
-  import ml_collections
-  return ml_collections.ConfigDict(d)
+  return Generator(spec, params, workdir, restored_step, encoder)
 
 
 def class_names(text: str | Sequence[str]) -> list[str]:
@@ -131,45 +117,6 @@ def class_names(text: str | Sequence[str]) -> list[str]:
   if not names or any(not n.strip() for n in names):
     raise ConfigError(f"empty description: need at least one class name, got {text!r}")
   return names
-
-
-def _finite(name: str, value, *, minimum: float | None = None) -> float:
-  """value as a float, refusing non-numbers, NaN, inf and (if given) values < minimum."""
-  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-      or not math.isfinite(value)):
-    raise ConfigError(f"{name} must be a finite number, got {value!r}")
-  if minimum is not None and value < minimum:
-    raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
-  return float(value)
-
-
-def check_sample_args(*, steps=None, guidance=None, sampler=None, temperature=None,
-                      num_samples=1) -> None:
-  """Refuses a sampling argument that cannot work, naming it.
-
-  Args:
-    steps: None or a whole number >= 1.
-    guidance: None or a finite number.
-    sampler: None, "ddim" or "ddpm".
-    temperature: None or a finite number >= 0.
-    num_samples: a whole number >= 1.
-
-  Raises:
-    ConfigError (a ValueError) naming the argument.
-  """
-  if steps is not None and (not isinstance(steps, numbers.Integral)
-                            or isinstance(steps, bool) or steps < 1):
-    raise ConfigError(f"steps must be a whole number >= 1 (or None for the config's "
-                      f"default), got {steps!r}")
-  if guidance is not None:
-    _finite("guidance", guidance)
-  if temperature is not None:
-    _finite("temperature", temperature, minimum=0.0)
-  if sampler is not None and sampler not in ("ddim", "ddpm"):
-    raise ConfigError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-  if (not isinstance(num_samples, numbers.Integral) or isinstance(num_samples, bool)
-      or num_samples < 1):
-    raise ConfigError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
 
 
 def class_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
@@ -227,49 +174,60 @@ def pad_classes(class_emb: np.ndarray, max_classes: int) -> tuple[np.ndarray, np
   return out, np.arange(kp) < k
 
 
-def _sampler_fn(gen: Generator, sampler: str, steps: int, guidance_on: bool):
-  """A jitted (params, class_emb, mask, rng, guidance) -> flat (B, D) weights."""
-  key = (sampler, steps, guidance_on)
-  if key in gen._cache:
-    return gen._cache[key]
-  spec = gen.spec
-  model = state_lib.make_denoiser(spec)
-  tok, norms = spec.tokenizer, spec.norms
-  schedule = get_schedule(spec.config["schedule"], spec.config["num_timesteps"])
-  smp = get_sampler(sampler, num_steps=steps) if sampler == "ddim" else get_sampler(sampler)
-  temperature = spec.config["prior_temperature"]
-
-  def run(params, class_emb, mask, rng, guidance, noise_temperature):
-    b = class_emb.shape[0]
-    cond = text_condition(class_emb, mask, temperature)
-    null = dict(cond, drop=jnp.ones((b,), bool))
-
-    def denoise(x_t, t, c):
-      return model(params, x_t, t, c)
-
-    tokens = smp(denoise, schedule, rng, (b,) + tok.token_shape, cond,
-                 null_cond=null if guidance_on else None,
-                 guidance=guidance if guidance_on else 1.0, temperature=noise_temperature)
-    return tok.detokenize(norms.denormalize(tokens))
-
-  fn = jax.jit(run)
-  gen._cache[key] = fn
-  return fn
+def _sample_fn(gen: Generator, sampling: generator_lib.Sampling, start_t: int | None = None):
+  """``generator.make_sample_fn`` for these settings, compiled once per generator."""
+  key = (sampling.sampler, sampling.steps, sampling.guidance != 1.0, start_t)
+  if key not in gen._cache:
+    gen._cache[key] = generator_lib.make_sample_fn(
+        gen.spec, sampler=sampling.sampler, steps=sampling.steps, guided=key[2],
+        start_t=start_t)
+  return gen._cache[key]
 
 
 def sample_flat(gen: Generator, class_emb, class_mask, *, rng, steps: int | None = None,
                 guidance: float | None = None, sampler: str | None = None,
                 temperature: float | None = None) -> jax.Array:
-  """Batched core of ``generate``: (B, K, d) embeddings + (B, K) masks -> (B, D) weights."""
-  c = gen.spec.config
-  check_sample_args(steps=steps, guidance=guidance, sampler=sampler, temperature=temperature)
-  sampler = sampler or c["sampler"]
-  steps = int(c["sample_steps"] if steps is None else steps)
-  guidance = float(c["guidance"] if guidance is None else guidance)
-  temperature = float(c.get("sample_temperature", 1.0) if temperature is None else temperature)
-  fn = _sampler_fn(gen, sampler, steps, guidance != 1.0)
-  return fn(gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool),
-            rng, jnp.float32(guidance), jnp.float32(temperature))
+  """Batched core of ``generate``: (B, K, d) embeddings + (B, K) masks -> (B, D) weights.
+
+  Args:
+    gen: from ``load``.
+    class_emb: (B, K, d) class embeddings, zero-padded to K >= max_classes slots.
+    class_mask: (B, K) True for real classes.
+    rng: PRNG key.
+    steps, guidance, sampler, temperature: as ``generate``; None: the generator's
+      defaults (``generator.resolve_sampling``).
+
+  Returns:
+    (B, D) flat weights.
+  """
+  s = generator_lib.resolve_sampling(gen.spec.config, sampler=sampler, steps=steps,
+                                     guidance=guidance, temperature=temperature)
+  return _sample_fn(gen, s)(gen.params, jnp.asarray(class_emb, jnp.float32),
+                            jnp.asarray(class_mask, bool), rng, jnp.float32(s.guidance),
+                            jnp.float32(s.temperature))
+
+
+def enhance_flat(gen: Generator, flat, class_emb, class_mask, *, t: int, rng,
+                 steps: int | None = None, guidance: float | None = None):
+  """Weight enhancement: noise (B, D) nets to timestep ``t`` and denoise them with DDIM.
+
+  Args:
+    gen: from ``load``.
+    flat: (B, D) the nets to enhance.
+    class_emb, class_mask: (B, K, d) and (B, K), as ``sample_flat``.
+    t: the timestep to noise to, 0 <= t < T (each value compiles its own chain).
+    rng: PRNG key for the noise and the chain.
+    steps: DDIM steps over [0, t] (all of them when t + 1 < steps); None: the config's.
+    guidance: None: the config's.
+
+  Returns:
+    (denoised, noised): both (B, D) flat weights.
+  """
+  s = generator_lib.resolve_sampling(gen.spec.config, sampler="ddim", steps=steps,
+                                     guidance=guidance)
+  return _sample_fn(gen, s, int(t))(
+      gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool), rng,
+      jnp.float32(s.guidance), jnp.float32(s.temperature), jnp.asarray(flat, jnp.float32))
 
 
 def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int = 1,
@@ -329,7 +287,7 @@ def take(params, i: int):
 def save_net(path: str, gen: Generator, params, text: str | Sequence[str]) -> None:
   """Writes one generated net as a standalone .npz (weights, layout, net settings, class
   texts; for the adapter family also the frozen trunk, as ``trunk/<param path>`` arrays)."""
-  from t2w_jax.zoo.corpus import atomic_save_npz
+  from t2w_jax.io import atomic_save_npz  # local: writing a net is rare
   from flax import traverse_util
   names = class_names(text)
   flat = np.asarray(gen.layout.flatten(params))

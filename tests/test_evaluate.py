@@ -8,6 +8,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from t2w_jax.evaluate import run
 from t2w_jax.evaluate.context import EvalContext
 from t2w_jax.train import loop
 from t2w_jax.zoo import make_corpus as make_corpus_lib
+from t2w_jax.zoo import masstrain
 
 ALL_METHODS = ("generalist", "random", "mean_weights", "nn_retrieval", "ridge", "oracle")
 
@@ -80,15 +82,28 @@ def test_unknown_evaluator_is_a_clear_error(tmp_path):
     eval_config.get_config("huge")
 
 
+def test_misspelt_evaluator_option_is_an_error(tmp_path):
+  c = eval_config.get_config("tiny")
+  c.evals.finetune.num_task = 3  # misspelt: no silent fall back to the default
+  with pytest.raises(ValueError, match="'finetune' has no option 'num_task'.*num_tasks"):
+    run.evaluate(c, str(tmp_path))  # before touching the (missing) corpus
+  with pytest.raises(ValueError, match="no option 'sample_steps'"):
+    registry.get("enhance")(None, jax.random.PRNGKey(0), sample_steps=3)
+  # Each default lives in the signature; the config only overrides (tiny) or leaves None.
+  assert registry.get("finetune").options["num_tasks"] == 6
+  assert registry.get("finetune").options["eval_every"] == 25
+  assert eval_config.get_config().evals.finetune.num_tasks is None
+
+
 def test_registry_refuses_a_second_function_under_a_taken_name():
   assert {"baselines", "generated", "sampler_ablation", "freeform"} <= set(registry.names())
   with pytest.raises(ValueError, match="already registered"):
-    registry.register("baselines")(lambda ctx, cfg, rng: {})
+    registry.register("baselines")(lambda ctx, rng: {})
 
 
 def test_evaluator_needing_a_generator_refuses_a_context_without_one(ctx):
   with pytest.raises(ValueError, match="needs a trained generator"):
-    registry.get("generated")(ctx, ml_collections.ConfigDict(), jax.random.PRNGKey(0))
+    registry.get("generated")(ctx, jax.random.PRNGKey(0))
 
 
 # --------------------------------------------------------------------------- ridge
@@ -148,12 +163,19 @@ def test_test_predictions_agree_with_accuracy(ctx):
   pred, label = ctx.test_predictions(flat, tasks)
   acc = [(p == l)[l >= 0].mean() for p, l in zip(pred, label)]
   np.testing.assert_allclose(acc, ctx.accuracy(flat, tasks), atol=1e-6)
+  # The trainer's own measurement (vmapped im2col convolutions, per-class-row embedding)
+  # gives the same numbers: the evaluators measure what the corpus trainer measured.
+  ids, mask = ctx.padded(tasks)
+  trainer_acc = jax.vmap(lambda f, c, m: masstrain.task_accuracy(
+      ctx.model, ctx.data, ctx.corpus.layout.unflatten(f), c, m))(
+          jnp.asarray(flat), jnp.asarray(ids), jnp.asarray(mask))
+  np.testing.assert_allclose(acc, np.asarray(trainer_acc), atol=1e-6)
   assert ((pred < 0) == (label < 0)).all()
   assert (label >= 0).sum(1)[0] == len(tasks[0].class_ids) * 20  # tiny: 20 test images/class
   # The cached reference accuracies are the same numbers.
-  np.testing.assert_allclose(baselines.reference_accuracy(ctx, "oracle", rows), acc[:-1],
+  np.testing.assert_allclose(ctx.reference_accuracy("oracle", rows), acc[:-1],
                              atol=1e-6)
-  np.testing.assert_allclose(baselines.reference_accuracy(ctx, "generalist", rows[:1]), acc[-1:],
+  np.testing.assert_allclose(ctx.reference_accuracy("generalist", rows[:1]), acc[-1:],
                              atol=1e-6)
 
 
@@ -242,7 +264,7 @@ def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
   for label in ("**generated** (mean of K=1)", "**generated** (best of K=1)",
                 "**generated** (weight average of its K=1 samples)", "generalist",
                 "random init", "mean of seen corpus weights", "NN retrieval", "ridge",
-                "oracle", "paired by task", "Gap closure", "Novelty", "Sampler ablation",
+                "specialist", "paired by task", "Room closed", "Novelty", "Sampler ablation",
                 "Free-form"):
     assert label in table, label
   ab = saved["evals"]["sampler_ablation"]
@@ -264,9 +286,8 @@ def test_generation_is_deterministic(results, workdir):
                                 sampler="ddim", steps=2, guidance=1.0) for _ in range(2))
   np.testing.assert_array_equal(a, b)
   # The same key as run.evaluate gives the same accuracies it reported.
-  cfg = ml_collections.ConfigDict(dict(splits=("unseen",), num_samples=1, steps=2,
-                                       novelty=False))
-  again = registry.get("generated")(c, cfg, run.evaluator_rng(0, "generated"))
+  again = registry.get("generated")(c, run.evaluator_rng(0, "generated"), splits=("unseen",),
+                                    num_samples=1, steps=2, novelty=False)
   assert again["splits"]["unseen"]["per_sample"] == \
       results["evals"]["generated"]["splits"]["unseen"]["per_sample"]
 

@@ -10,6 +10,7 @@ import pytest
 from configs import corpus as corpus_config
 from configs import dit as dit_config
 from t2w_jax import api
+from t2w_jax import generator as generator_lib
 from t2w_jax.evaluate import enhance as enhance_lib
 from t2w_jax.evaluate import finetune as finetune_lib
 from t2w_jax.evaluate import fusion as fusion_lib
@@ -38,9 +39,9 @@ def ctx(tmp_path_factory):
   make_corpus_lib.make_corpus(c, workdir)
   context = EvalContext.create(os.path.join(workdir, "corpus"))
   d = dit_config.get_config("tiny")
-  spec = state_lib.spec_from_corpus(d, context.corpus)
-  dit = state_lib.build_dit(spec)
-  x, t, text = state_lib.dummy_inputs(spec)
+  spec = generator_lib.spec_from_corpus(d, context.corpus)
+  dit = generator_lib.build_dit(spec)
+  x, t, text = generator_lib.dummy_inputs(spec)
   lids, bids = spec.tokenizer.layer_ids, spec.tokenizer.block_ids
   params = jax.jit(lambda r: dit.init(r, x, t, lids, bids, text)["params"])(
       jax.random.PRNGKey(0))
@@ -119,9 +120,9 @@ def test_registered():
 
 def test_finetune_curves(ctx, tmp_path):
   trainer = ctx.corpus.meta["trainer"]
-  cfg = {"num_tasks": 2, "eval_every": trainer["eval_every"], "nets_per_chunk": 6,
-         "out_dir": str(tmp_path)}
-  out = finetune_lib.finetune_curves(ctx, cfg, jax.random.PRNGKey(0))
+  out = finetune_lib.finetune_curves(ctx, jax.random.PRNGKey(0), num_tasks=2,
+                                     eval_every=trainer["eval_every"], nets_per_chunk=6,
+                                     out_dir=str(tmp_path))
   steps = out["steps"]
   assert steps == list(range(0, trainer["steps"] + 1, trainer["eval_every"]))
   assert set(out["curves"]) == {"generated", "generalist", "random"}
@@ -163,8 +164,8 @@ def test_train_curves_rejects_bad_eval_every(ctx):
 
 def test_enhance(ctx, tmp_path):
   num_t = ctx.gen.config["num_timesteps"]
-  cfg = {"num_tasks": 2, "t": (5, num_t // 2, num_t + 50), "out_dir": str(tmp_path)}
-  out = enhance_lib.enhance(ctx, cfg, jax.random.PRNGKey(0))
+  out = enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2,
+                            t=(5, num_t // 2, num_t + 50), out_dir=str(tmp_path))
   assert out["t"] == [5, num_t // 2]  # the out-of-range t is dropped
   assert set(out["sources"]) == {"oracle", "generalist"}
   for s in out["sources"].values():
@@ -175,15 +176,35 @@ def test_enhance(ctx, tmp_path):
   rows = ctx.rows("unseen", 2)
   oracle = np.mean([ctx.corpus.records[r]["trained_acc"] for r in rows])
   assert out["sources"]["oracle"]["before"] == pytest.approx(oracle, abs=1e-6)
-  with open(out["png"], "rb") as f:
-    assert f.read(8) == PNG_MAGIC
+  base_acc = np.mean([ctx.corpus.records[r]["base_acc"] for r in rows])
+  assert out["sources"]["generalist"]["before"] == pytest.approx(base_acc, abs=1e-6)
+  # Every figure, recomputed from the public pieces: one enhance_flat call per t with the
+  # evaluator's key, the sources stacked oracle first, then measured per task.
+  tasks = ctx.tasks(rows)
+  flat = np.concatenate([np.asarray(ctx.corpus.weights[rows], np.float32),
+                         np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], 2, 0)])
+  emb, mask = ctx.class_text(tasks * 2)
+  for i, t in enumerate(out["t"]):
+    den, noi = api.enhance_flat(ctx.gen, flat, emb, mask, t=t,
+                                rng=jax.random.fold_in(jax.random.PRNGKey(0), i))
+    after = ctx.accuracy(np.asarray(den), tasks * 2).reshape(2, 2)
+    noised = ctx.accuracy(np.asarray(noi), tasks * 2).reshape(2, 2)
+    for j, name in enumerate(("oracle", "generalist")):
+      src = out["sources"][name]
+      assert src["after"][i] == pytest.approx(after[j].mean(), abs=1e-12)
+      assert src["after_std"][i] == pytest.approx(after[j].std(), abs=1e-12)
+      assert src["noised"][i] == pytest.approx(noised[j].mean(), abs=1e-12)
+      assert src["gain"][i] == pytest.approx(after[j].mean() - src["before"], abs=1e-12)
+  # At t = 0 the noise is a sliver: the noised net is the net, up to float rounding.
+  zero = api.enhance_flat(ctx.gen, flat[:1], emb[:1], mask[:1], t=0, rng=jax.random.PRNGKey(1))
+  np.testing.assert_allclose(np.asarray(zero[1]), flat[:1], atol=0.05)
   with pytest.raises(ValueError, match="no enhancement timestep"):
-    enhance_lib.enhance(ctx, {"num_tasks": 1, "t": (num_t,)}, jax.random.PRNGKey(0))
+    enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=1, t=(num_t,))
 
 
 def test_fusion(ctx, tmp_path):
-  cfg = {"num_pairs": 2, "num_samples": 2, "out_dir": str(tmp_path)}
-  out = fusion_lib.fusion(ctx, cfg, jax.random.PRNGKey(0))
+  out = fusion_lib.fusion(ctx, jax.random.PRNGKey(0), num_pairs=2, num_samples=2,
+                          out_dir=str(tmp_path))
   assert set(out["methods"]) == {"generated", "generated_best", "average", "aligned",
                                  "parent_a", "parent_b", "generalist"}
   assert 1 <= out["num_pairs"] <= 2 and len(out["pairs"]) == out["num_pairs"]
@@ -201,6 +222,35 @@ def test_fusion(ctx, tmp_path):
   wide = dataclasses.replace(ctx, max_classes=max(ctx.max_classes, len(union.class_ids)))
   avg = (np.asarray(ctx.corpus.weights[ra]) + np.asarray(ctx.corpus.weights[rb])) / 2
   assert wide.accuracy(avg[None], [union])[0] == pytest.approx(p["accuracy"]["average"])
+  # Every pair's figures, recomputed: the parents, the generalist and the aligned average
+  # measured directly, and the generated nets sampled with the evaluator's key.
+  unions, kmax = [], ctx.max_classes
+  for p in out["pairs"]:
+    ra, rb = rec[p["task_a"]], rec[p["task_b"]]
+    unions.append(fusion_lib.union_task(*ctx.tasks([ra, rb]), task_id=-1 - len(unions)))
+    kmax = max(kmax, len(unions[-1].class_ids))
+  wide = dataclasses.replace(ctx, max_classes=kmax)
+  layout = ctx.corpus.layout
+  for p, u in zip(out["pairs"], unions):
+    fa = np.asarray(ctx.corpus.weights[rec[p["task_a"]]], np.float32)
+    fb = np.asarray(ctx.corpus.weights[rec[p["task_b"]]], np.float32)
+    aligned = np.asarray(layout.flatten(fusion_lib.aligned_average(layout.unflatten(fa),
+                                                                   layout.unflatten(fb))))
+    nets = {"parent_a": fa, "parent_b": fb, "aligned": aligned,
+            "generalist": np.asarray(ctx.corpus.base, np.float32)}
+    for name, net in nets.items():
+      assert wide.accuracy(net[None], [u])[0] == pytest.approx(p["accuracy"][name], abs=1e-6)
+  emb, mask = wide.class_text(unions)
+  gen = np.asarray(api.sample_flat(ctx.gen, np.repeat(emb, 2, 0), np.repeat(mask, 2, 0),
+                                   rng=jax.random.PRNGKey(0)))
+  acc = wide.accuracy(gen, [u for u in unions for _ in range(2)]).reshape(len(unions), 2)
+  for i, p in enumerate(out["pairs"]):
+    assert p["accuracy"]["generated"] == pytest.approx(acc[i].mean(), abs=1e-12)
+    assert p["accuracy"]["generated_best"] == pytest.approx(acc[i].max(), abs=1e-12)
+  for name, m in out["methods"].items():
+    per = [p["accuracy"][name] for p in out["pairs"]]
+    assert m["mean"] == pytest.approx(np.mean(per), abs=1e-12)
+    assert m["std"] == pytest.approx(np.std(per), abs=1e-12)
   with open(out["png"], "rb") as f:
     assert f.read(8) == PNG_MAGIC
 

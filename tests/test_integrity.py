@@ -20,6 +20,7 @@ from t2w_jax import api, cli
 from t2w_jax.errors import BusyError, ConfigError, CorruptError, MissingError, UserError
 from t2w_jax.train import loop
 from t2w_jax.workdir_lock import LOCK_FILE, workdir_lock
+from t2w_jax import io as io_lib
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
@@ -273,7 +274,7 @@ def test_failed_save_leaves_no_temp_file(tmp_path):
   target = tmp_path / "out.npz"
   target.mkdir()  # os.replace onto a directory fails after the temp file is written
   with pytest.raises(OSError):
-    corpus_lib.atomic_save_npz(str(target), a=np.zeros(3))
+    io_lib.atomic_save_npz(str(target), a=np.zeros(3))
   assert os.listdir(tmp_path) == ["out.npz"]
 
 

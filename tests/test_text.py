@@ -242,6 +242,20 @@ def test_clip_text_only_folders(tmp_path):
   np.testing.assert_allclose(enc.encode(_CLIP_TEXTS[:2]), ref, atol=1e-5)
 
 
+def test_fallback_only_for_a_valid_but_unavailable_encoder(tmp_path, caplog):
+  # A misspelt name is the user's error: it fails, naming the encoder, with no fallback.
+  for typo in ("clipp:/models/clip-vit-b32", "mini-lm", "MiniLMM"):
+    with pytest.raises(ValueError, match=f"unknown text encoder '{typo}'"):
+      text.get_encoder_with_fallback(typo)
+  # A valid name whose weights are not on disk falls back to MiniLM, with a warning.
+  missing = str(tmp_path / "clip-vit-b32")
+  with caplog.at_level("WARNING"):
+    enc = text.get_encoder_with_fallback(f"clip:{missing}")
+  assert enc.name == text.get_encoder("minilm").name
+  assert any("not available" in r.getMessage() and "clip" in r.getMessage()
+             for r in caplog.records)
+
+
 def test_clip_needs_an_existing_path(tmp_path):
   with pytest.raises(ValueError, match="path="):
     text.get_encoder("clip")

@@ -168,18 +168,55 @@ def test_errors(trained, corpus_dir, tmp_path):
 def test_v_parameterization_is_identity_at_small_t(corpus_dir, tmp_path):
   """At init (DiT output 0) the v-denoiser returns sqrt(abar_t) x_t: ~x_t at t=0 and ~0
   (the mean net) at t=T-1; the x0 denoiser returns 0 everywhere."""
+  from t2w_jax import generator as generator_lib
   from t2w_jax.train import state as state_lib
   for how in ("v", "x0"):
     config = tiny(corpus_dir, parameterization=how)
     corpus = loop.open_training_corpus(config, str(tmp_path))
-    spec = state_lib.spec_from_corpus(config, corpus)
+    spec = generator_lib.spec_from_corpus(config, corpus)
     params = state_lib.unbox(state_lib.init_state(spec, config, jax.random.PRNGKey(0)).params)
-    x, _, text = state_lib.dummy_inputs(spec, batch=2)
+    x, _, text = generator_lib.dummy_inputs(spec, batch=2)
     x = jax.random.normal(jax.random.PRNGKey(1), x.shape)
-    out = state_lib.make_denoiser(spec)(params, x, jnp.array([0, config.num_timesteps - 1]),
+    out = generator_lib.make_denoiser(spec)(params, x, jnp.array([0, config.num_timesteps - 1]),
                                         text)
     if how == "v":
       np.testing.assert_allclose(out[0], x[0], atol=2e-2)
       assert float(jnp.abs(out[1]).max()) < 0.05 * float(jnp.abs(x[1]).max())
     else:
       np.testing.assert_array_equal(out, 0.0)
+
+
+def test_disc_accuracy_counts_each_example():
+  from t2w_jax.train.step import disc_accuracy
+  real = jnp.array([1.0, -1.0, 2.0, -3.0])
+  fake = jnp.array([-1.0, -2.0, 1.0, 3.0])
+  # real right: 1st, 3rd; fake right: 1st, 2nd -> 4 of 8.
+  np.testing.assert_allclose(disc_accuracy(real, fake), 0.5)
+  # Both wrong everywhere: 0 (the old formula gave 1 here).
+  np.testing.assert_allclose(disc_accuracy(-jnp.ones(3), jnp.ones(3)), 0.0)
+  np.testing.assert_allclose(disc_accuracy(jnp.ones(3), -jnp.ones(3)), 1.0)
+  np.testing.assert_allclose(disc_accuracy(jnp.ones(2), jnp.ones(2)), 0.5)
+
+
+def test_load_reads_only_the_ema_params_and_the_public_api(trained):
+  """``load`` restores the EMA parameters alone (no discriminator or optimiser is built),
+  and they are the ones the full TrainState checkpoint holds."""
+  import ml_collections
+  from t2w_jax import generate, load  # the API as the model card names it
+  from t2w_jax import generator as generator_lib
+  from t2w_jax.train import checkpoint as ckpt_lib
+  from t2w_jax.train import state as state_lib
+  workdir, _ = trained
+  gen = load(workdir)
+  spec = generator_lib.GeneratorSpec.load(workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+                               save_every=0)
+  config = ml_collections.ConfigDict(spec.config)
+  full = ckpt.restore(jax.eval_shape(
+      lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)), jax.random.PRNGKey(0)))
+  ckpt.close()
+  assert gen.step == int(full.step) == 60
+  _leaves_close(gen.params, full.ema_params, atol=0)
+  assert jax.tree.structure(gen.params) == jax.tree.structure(full.ema_params)
+  nets = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
+  assert nets["head"]["kernel"].shape[0] == 1

@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t2w_jax import api
 from t2w_jax import bench
+from t2w_jax import generator as generator_lib
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.models import DiT, model_flops_per_example, param_count, unbox
 from t2w_jax.text.condition import text_condition
@@ -233,14 +234,14 @@ def small_generator(config: ml_collections.ConfigDict, cnn: dict, image_size: in
       jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(seed), image_size)))
   tok = BlockTokenizer(layout, config.block_size, group=config.token_group)
   norms = LayerNorms(tok, (0.0,) * tok.num_layers, (1.0,) * tok.num_layers)
-  spec = state_lib.GeneratorSpec(
+  spec = generator_lib.GeneratorSpec(
       config=config.to_dict(), tokenizer=tok, norms=norms, encoder="minilm",
       template="a photo of a {}",
       cnn=dict({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in cnn.items()},
                logit_scale=float(cnn["logit_scale"]), embed_dim=int(cnn["embed_dim"])),
       image_size=image_size, corpus_fingerprint=layout.fingerprint())
-  x, t, text = state_lib.dummy_inputs(spec)
-  params = random_params(state_lib.build_dit(spec), seed, x, t, jnp.asarray(tok.layer_ids),
+  x, t, text = generator_lib.dummy_inputs(spec)
+  params = random_params(generator_lib.build_dit(spec), seed, x, t, jnp.asarray(tok.layer_ids),
                          jnp.asarray(tok.block_ids), text)
   return api.Generator(spec, params)
 

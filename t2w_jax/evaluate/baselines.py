@@ -22,7 +22,6 @@ and std, and the gap closure of every method computed from the split means.
 import dataclasses
 import logging
 from typing import Sequence
-import weakref
 
 import jax
 import numpy as np
@@ -39,9 +38,10 @@ DEFAULT_MIN_DENOMINATOR = 0.02
 
 
 # --------------------------------------------------------------------------- text side
-def temperature_of(ctx, cfg=None) -> float:
-  """The prior temperature for fusing class embeddings: config, else the generator's, else 1."""
-  t = cfg.get("temperature", None) if cfg is not None else None
+def temperature_of(ctx, temperature: float | None = None) -> float:
+  """The prior temperature for fusing class embeddings: the given one, else the generator's,
+  else 1."""
+  t = temperature
   if t is None and getattr(ctx, "gen", None) is not None:
     t = ctx.gen.config.get("prior_temperature", 1.0)
   return float(1.0 if t is None else t)
@@ -219,57 +219,6 @@ def seen_weights(ctx) -> np.ndarray:
   return np.asarray(ctx.corpus.weights[ctx.rows("seen")], np.float32)
 
 
-# Test predictions of the reference nets (base, oracle) per context and corpus row: every
-# evaluator compares against them, and measuring a net on a task is the dominant cost.
-_REFERENCE = weakref.WeakKeyDictionary()
-
-
-def accuracy_from_predictions(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
-  """(n,) accuracies from ``EvalContext.test_predictions`` output (-1 labels: no image)."""
-  valid = label >= 0
-  return ((pred == label) & valid).sum(1) / np.maximum(valid.sum(1), 1)
-
-
-def accuracy(ctx, flat: np.ndarray, tasks) -> np.ndarray:
-  """(n,) test accuracy of net i on task i: ``ctx.accuracy``'s numbers, computed through
-  ``ctx.test_predictions`` (XLA convolutions, class-count buckets: several times faster)."""
-  return accuracy_from_predictions(*ctx.test_predictions(flat, tasks))
-
-
-def reference_predictions(ctx, which: str, rows) -> tuple[np.ndarray, np.ndarray]:
-  """Test predictions of the generalist ("generalist") or the task's specialist ("oracle").
-
-  Args:
-    ctx: EvalContext.
-    which: "generalist" or "oracle".
-    rows: corpus rows of the tasks.
-
-  Returns:
-    (pred, label), (n, K*P) as ``EvalContext.test_predictions``; computed once per context
-    and row, then served from a cache.
-  """
-  if which not in ("generalist", "oracle"):
-    raise ValueError(f"reference net must be 'generalist' or 'oracle', got {which!r}")
-  cache = _REFERENCE.setdefault(ctx, {})
-  rows = [int(r) for r in rows]
-  todo = sorted({r for r in rows if (which, r) not in cache})
-  if todo:
-    if which == "generalist":
-      nets = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], len(todo), 0)
-    else:
-      nets = np.asarray(ctx.corpus.weights[todo], np.float32)
-    pred, label = ctx.test_predictions(nets, ctx.tasks(todo))
-    for i, r in enumerate(todo):
-      cache[(which, r)] = (pred[i], label[i])
-  return (np.stack([cache[(which, r)][0] for r in rows]),
-          np.stack([cache[(which, r)][1] for r in rows]))
-
-
-def reference_accuracy(ctx, which: str, rows) -> np.ndarray:
-  """(n,) test accuracy of the generalist or of each task's specialist (cached)."""
-  return accuracy_from_predictions(*reference_predictions(ctx, which, rows))
-
-
 def stats(acc: np.ndarray) -> dict:
   """Mean, std (population) and per-task values of a (n,) accuracy vector."""
   acc = np.asarray(acc, np.float64)
@@ -285,10 +234,9 @@ def gap_closure_from_means(x: float, base: float, oracle: float,
   return None if abs(den) < min_den else float((x - base) / den)
 
 
-def split_tasks(ctx, cfg, split: str):
-  """Rows and tasks of a split, the first ``cfg.max_tasks`` (all if None)."""
-  limit = cfg.get("max_tasks", None)
-  rows = ctx.rows(split, limit)
+def split_tasks(ctx, max_tasks: int | None, split: str):
+  """Rows and tasks of a split, the first ``max_tasks`` (all if None)."""
+  rows = ctx.rows(split, None if max_tasks is None else int(max_tasks))
   if len(rows) == 0:
     raise ValueError(f"corpus at {ctx.corpus.path} has no {split!r} tasks to evaluate")
   return rows, ctx.tasks(rows)
@@ -296,36 +244,50 @@ def split_tasks(ctx, cfg, split: str):
 
 # --------------------------------------------------------------------------- evaluator
 @registry.register("baselines")
-def evaluate_baselines(ctx, cfg, rng) -> dict:
+def evaluate_baselines(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
+                       max_tasks: int | None = None,
+                       ridge_lambdas: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0),
+                       random_seed: int = 0, temperature: float | None = None,
+                       min_denominator: float = DEFAULT_MIN_DENOMINATOR) -> dict:
   """Accuracy of generalist, random, mean-weights, NN retrieval, ridge and specialist
   ("oracle") nets per split.
 
-  Config keys (all optional): ``splits`` (("unseen", "heldout")), ``max_tasks`` (None =
-  all), ``ridge_lambdas`` ((0.01, 0.1, 1, 10, 100); several = pick by leave-one-out),
-  ``random_seed`` (0), ``temperature`` (None = the generator's prior temperature or 1),
-  ``min_denominator`` (0.02).
+  Args:
+    ctx: the ``EvalContext``.
+    rng: unused (everything here is deterministic given the seeds).
+    splits: corpus splits to measure.
+    max_tasks: the first ``max_tasks`` tasks of each split; None: all.
+    ridge_lambdas: one value: used as is; several: the one with the lowest exact
+      leave-one-out weight error on the seen rows.
+    random_seed: the random-init baseline's first seed (task i gets random_seed + i).
+    temperature: prior temperature for fusing class embeddings; None: the generator's
+      (1 without a generator).
+    min_denominator: gap closure is None where |specialist - generalist| is below it.
+
+  Returns:
+    JSON-ready dict: ridge_lambda, ridge_loo_mse, temperature, min_denominator and per
+    split each method's statistics and gap closure.
   """
-  del rng  # everything here is deterministic given the config's seeds
-  splits = tuple(cfg.get("splits", ("unseen", "heldout")))
-  min_den = float(cfg.get("min_denominator", DEFAULT_MIN_DENOMINATOR))
-  temperature = temperature_of(ctx, cfg)
+  del rng
+  splits = tuple(splits)
+  min_den = float(min_denominator)
+  temperature = temperature_of(ctx, temperature)
   seen_rows = ctx.rows("seen")
   if len(seen_rows) == 0:
     raise ValueError(f"corpus at {ctx.corpus.path} has no seen rows to fit baselines on")
   seen_w = seen_weights(ctx)
   seen_x = fused_embeddings(ctx, ctx.tasks(seen_rows), temperature)
   mean_w = seen_w.mean(0)
-  ridge, loo = select_ridge(seen_x, seen_w,
-                            cfg.get("ridge_lambdas", (0.01, 0.1, 1.0, 10.0, 100.0)))
+  ridge, loo = select_ridge(seen_x, seen_w, ridge_lambdas)
   logging.info("baselines: ridge lambda %g (leave-one-out MSE %s)", ridge.lam, loo)
 
   out = {"ridge_lambda": ridge.lam,
          "ridge_loo_mse": {f"{k:g}": v for k, v in loo.items()},
          "temperature": temperature, "min_denominator": min_den, "splits": {}}
-  per_split = {split: split_tasks(ctx, cfg, split) for split in splits}
+  per_split = {split: split_tasks(ctx, max_tasks, split) for split in splits}
   # One random net per task of every split, seeds random_seed, random_seed + 1, ...
   randoms = random_init(ctx, sum(len(t) for _, t in per_split.values()),
-                        int(cfg.get("random_seed", 0)))
+                        int(random_seed))
   offset = 0
   for split, (rows, tasks) in per_split.items():
     n = len(tasks)
@@ -338,10 +300,10 @@ def evaluate_baselines(ctx, cfg, rng) -> dict:
         "ridge": ridge.predict(q).astype(np.float32),
     }
     # One batched call for the text/weight baselines; generalist and specialist are cached.
-    acc = accuracy(ctx, np.concatenate(list(nets.values())), list(tasks) * len(nets))
+    acc = ctx.accuracy(np.concatenate(list(nets.values())), list(tasks) * len(nets))
     acc = {m: acc[j * n:(j + 1) * n] for j, m in enumerate(nets)}
-    acc["generalist"] = reference_accuracy(ctx, "generalist", rows)
-    acc["oracle"] = reference_accuracy(ctx, "oracle", rows)
+    acc["generalist"] = ctx.reference_accuracy("generalist", rows)
+    acc["oracle"] = ctx.reference_accuracy("oracle", rows)
     methods = {m: stats(acc[m]) for m in METHODS}
     b, o = methods["generalist"]["mean"], methods["oracle"]["mean"]
     out["splits"][split] = {

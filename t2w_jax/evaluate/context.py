@@ -1,11 +1,12 @@
 """What every evaluator shares: the corpus, the test images on device, and batched accuracy.
 
-``EvalContext.accuracy(flat_weights, tasks)`` measures n nets on n tasks (net i on task i)
-on each task's test images, in fixed-size jitted chunks (one compile per chunk size).
+``EvalContext.test_predictions(flat_weights, tasks)`` is the one way nets are measured:
+the predictions of net i on task i's test images (which images count is
+``zoo.masstrain.eval_set``'s, the trainer's own definition). ``accuracy`` and the cached
+``reference_predictions`` of the generalist and the specialists are built on it.
 """
 import dataclasses
 import functools
-import os
 from typing import Sequence
 
 import jax
@@ -40,6 +41,10 @@ class EvalContext:
   max_classes: int
   gen: object = None
   chunk: int = 32
+  # Test predictions of the reference nets, keyed by (which, corpus row, class slots).
+  # An init field, so ``dataclasses.replace`` (a context with wider class padding) shares
+  # it instead of starting empty.
+  reference_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
   def create(cls, corpus_dir: str, *, gen=None, eval_per_class: int | None = None,
@@ -93,45 +98,17 @@ class EvalContext:
 
   # ---------------------------------------------------------------- measuring nets
   @functools.cached_property
-  def _acc_fn(self):
-    layout = self.corpus.layout
-
-    def one(flat, classes, mask):
-      params = layout.unflatten(flat)
-      return masstrain.task_accuracy(self.model, self.data, params, classes, mask)
-
-    return jax.jit(jax.vmap(one))
-
-  def accuracy(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task]) -> np.ndarray:
-    """Test accuracy of net i on task i, for (n, D) flat weights and n tasks."""
-    flat = np.asarray(flat, np.float32)
-    if flat.ndim != 2 or flat.shape[0] != len(tasks):
-      raise ValueError(f"need one (D,) net per task: weights {flat.shape}, {len(tasks)} tasks")
-    ids, mask = self.padded(tasks)
-    out = []
-    for s in range(0, len(tasks), self.chunk):
-      e = min(s + self.chunk, len(tasks))
-      pad = self.chunk - (e - s)
-      f = np.concatenate([flat[s:e], np.repeat(flat[e - 1:e], pad, 0)])
-      i = np.concatenate([ids[s:e], np.repeat(ids[e - 1:e], pad, 0)])
-      m = np.concatenate([mask[s:e], np.repeat(mask[e - 1:e], pad, 0)])
-      out.append(np.asarray(self._acc_fn(f, i, m))[:e - s])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-  @functools.cached_property
   def _pred_fn(self):
     layout = self.corpus.layout
     data = self.data
-    # XLA's own convolution, one net at a time (lax.map): ~3.5x faster on XLA:CPU than the
+    # XLA's own convolution, one net at a time (lax.map): faster on XLA:CPU than the
     # vmapped im2col the trainer needs; same function of the same parameters.
     model = (self.model.clone(conv_impl="lax") if isinstance(self.model, SubtaskCNN)
              else self.model)
 
     def one(args):
       flat, classes, mask = args
-      per = data.test_index.shape[1]
-      rows = data.test_index[classes]
-      valid = (jnp.arange(per)[None, :] < data.test_count[classes][:, None]) & mask[:, None]
+      rows, valid = masstrain.eval_set(data, classes, mask)
       x = data.test_images[rows.reshape(-1)]
       logits = masstrain.masked_logits(model, layout.unflatten(flat), x,
                                        data.class_emb[classes], mask)
@@ -139,19 +116,23 @@ class EvalContext:
 
     return jax.jit(lambda flat, classes, mask: jax.lax.map(one, (flat, classes, mask)))
 
+  @functools.cached_property
+  def _valid_fn(self):
+    data = self.data
+    return jax.jit(jax.vmap(lambda classes, mask: masstrain.eval_set(data, classes, mask)[1]))
+
   def test_predictions(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task]):
     """Predicted local labels of net i on task i's test images, for n nets and n tasks.
 
-    The test set is ``accuracy``'s (K padded class slots x P images per class). Tasks are
-    measured in buckets of K rounded up to a multiple of 8 (one compile per bucket and
-    chunk size), so a task of 8 classes does not pay for 32 slots; each compiled call runs
-    up to 8 nets one after another with XLA convolutions. ``predictions`` compiles once
-    per task instead.
+    The test set is K padded class slots x P images per class (``masstrain.eval_set``).
+    Tasks are measured in buckets of K rounded up to a multiple of 8 (one compile per
+    bucket and chunk size), so a task of 8 classes does not pay for 32 slots; each
+    compiled call runs up to 8 nets one after another with XLA convolutions.
 
     Returns:
       (pred, label): (n, K*P) int32 over K = ``max_classes`` slots of P images; both are
       -1 where a slot holds no test image, so ``accuracy == (pred == label)[label >= 0]
-      .mean()`` per row (see ``evaluate.baselines.accuracy_from_predictions``).
+      .mean()`` per row (``accuracy_from_predictions``).
     """
     flat = np.asarray(flat, np.float32)
     if flat.ndim != 2 or flat.shape[0] != len(tasks):
@@ -171,24 +152,51 @@ class EvalContext:
         pad = np.concatenate([part, np.repeat(part[-1:], chunk - len(part))])
         out = self._pred_fn(flat[pad], ids[pad, :kb], mask[pad, :kb])
         pred[part, :kb * per] = np.asarray(out)[:len(part)]
-    counts = np.asarray(self.data.test_count)[ids]  # (n, K)
-    valid = (np.arange(per)[None, None] < counts[..., None]) & mask[..., None]
+    valid = np.asarray(self._valid_fn(jnp.asarray(ids), jnp.asarray(mask)))  # (n, K, P)
     label = np.where(valid, np.arange(kmax)[None, :, None], -1).reshape(len(tasks), -1)
     return pred, label.astype(np.int32)
 
-  def predictions(self, flat: np.ndarray, task: tasks_lib.Task) -> np.ndarray:
-    """(n, M) predicted local labels of n nets on one task's M test images."""
-    ids, mask = self.padded([task])
-    rows = np.asarray(self.data.test_index)[ids[0]]
-    counts = np.asarray(self.data.test_count)[ids[0]]
-    sel = np.concatenate([rows[k, :counts[k]] for k in range(len(task.class_ids))])
-    x = jnp.asarray(np.asarray(self.data.test_images)[sel])
-    emb = jnp.asarray(self.corpus.class_emb)[ids[0]]
+  def accuracy(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task]) -> np.ndarray:
+    """(n,) test accuracy of net i on task i, for (n, D) flat weights and n tasks."""
+    return accuracy_from_predictions(*self.test_predictions(flat, tasks))
 
-    @jax.jit
-    def pred(f):
-      logits = masstrain.masked_logits(self.model, self.corpus.layout.unflatten(f), x, emb,
-                                       jnp.asarray(mask[0]))
-      return jnp.argmax(logits, -1)
+  def reference_predictions(self, which: str, rows) -> tuple[np.ndarray, np.ndarray]:
+    """Test predictions of the generalist ("generalist") or the task's specialist ("oracle").
 
-    return np.stack([np.asarray(pred(jnp.asarray(f))) for f in np.asarray(flat)])
+    Every evaluator compares against them and measuring a net is the dominant cost, so
+    each (net, row) is measured once per context (and the contexts ``dataclasses.replace``
+    derives from it) and then served from ``reference_cache``.
+
+    Args:
+      which: "generalist" or "oracle".
+      rows: corpus rows of the tasks.
+
+    Returns:
+      (pred, label), (n, K*P) as ``test_predictions``.
+    """
+    if which not in ("generalist", "oracle"):
+      raise ValueError(f"reference net must be 'generalist' or 'oracle', got {which!r}")
+    cache = self.reference_cache
+    rows = [int(r) for r in rows]
+    key = lambda r: (which, r, self.max_classes)  # noqa: E731
+    todo = sorted({r for r in rows if key(r) not in cache})
+    if todo:
+      if which == "generalist":
+        nets = np.repeat(np.asarray(self.corpus.base, np.float32)[None], len(todo), 0)
+      else:
+        nets = np.asarray(self.corpus.weights[todo], np.float32)
+      pred, label = self.test_predictions(nets, self.tasks(todo))
+      for i, r in enumerate(todo):
+        cache[key(r)] = (pred[i], label[i])
+    return (np.stack([cache[key(r)][0] for r in rows]),
+            np.stack([cache[key(r)][1] for r in rows]))
+
+  def reference_accuracy(self, which: str, rows) -> np.ndarray:
+    """(n,) test accuracy of the generalist or of each task's specialist (cached)."""
+    return accuracy_from_predictions(*self.reference_predictions(which, rows))
+
+
+def accuracy_from_predictions(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+  """(n,) accuracies from ``EvalContext.test_predictions`` output (-1 labels: no image)."""
+  valid = label >= 0
+  return ((pred == label) & valid).sum(1) / np.maximum(valid.sum(1), 1)

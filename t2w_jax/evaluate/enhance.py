@@ -13,79 +13,27 @@ generation. All tasks and both sources go through the chain as one batch per t.
 """
 import logging
 import os
+from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from t2w_jax.diffusion import DDIMSampler
-from t2w_jax.diffusion import denoise_from
-from t2w_jax.diffusion import get_schedule
-from t2w_jax.diffusion import q_sample
+from t2w_jax import api
+from t2w_jax import generator as generator_lib
+from t2w_jax import io as io_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
-from t2w_jax.text.condition import text_condition
-from t2w_jax.train import state as state_lib
-from t2w_jax.zoo import corpus as corpus_lib
 
 DEFAULT_T = (50, 100, 200, 400)
 SOURCES = ("oracle", "generalist")
-
-
-def make_enhancer(gen, t: int, *, steps: int, guidance: float = 1.0):
-  """A jitted ``(flat (B, D), class_emb (B, K, d), mask (B, K), rng) -> (denoised, noised)``.
-
-  Args:
-    gen: a loaded ``api.Generator``.
-    t: the timestep to noise to, 0 <= t < T (static: it fixes the chain length).
-    steps: DDIM steps over [0, t] (all of them when t + 1 < steps).
-    guidance: classifier-free guidance scale (1.0: conditional only).
-
-  Returns:
-    The function; both outputs are (B, D) flat weights.
-  """
-  spec = gen.spec
-  num_t = int(spec.config["num_timesteps"])
-  if not 0 <= t < num_t:
-    raise ValueError(f"enhancement timestep t={t} out of range [0, {num_t}) for this "
-                     "generator's schedule")
-  model = state_lib.make_denoiser(spec)
-  tok, norms = spec.tokenizer, spec.norms
-  schedule = get_schedule(spec.config["schedule"], num_t)
-  sampler = DDIMSampler(num_steps=int(steps))
-  temperature = spec.config["prior_temperature"]
-  guided = guidance != 1.0
-
-  def run(params, flat, class_emb, mask, rng):
-    b = flat.shape[0]
-    x0 = norms.normalize(tok.tokenize(flat))
-    k_noise, k_chain = jax.random.split(rng)
-    # Noise only the real positions: pad positions stay exactly 0, as in training data.
-    noise = jnp.where(tok.mask, jax.random.normal(k_noise, x0.shape), 0.0)
-    x_t = q_sample(schedule, x0, jnp.full((b,), t, jnp.int32), noise)
-    cond = text_condition(class_emb, mask, temperature)
-    null = dict(cond, drop=jnp.ones((b,), bool))
-
-    def denoise(x, ts, c):
-      return model(params, x, ts, c)
-
-    out = denoise_from(sampler, denoise, schedule, k_chain, x_t, t, cond,
-                       null_cond=null if guided else None, guidance=guidance if guided else 1.0)
-    back = lambda tokens: tok.detokenize(norms.denormalize(tokens))  # noqa: E731
-    return back(out), back(x_t)
-
-  fn = jax.jit(run)
-  return lambda flat, class_emb, mask, rng: fn(
-      gen.params, jnp.asarray(flat, jnp.float32), jnp.asarray(class_emb, jnp.float32),
-      jnp.asarray(mask, bool), rng)
 
 
 def _markdown(results: dict) -> str:
   names = list(results["sources"])
   head = "| t | " + " | ".join(f"{n} before | {n} noised | {n} denoised" for n in names) + " |"
   lines = [f"### Weight enhancement ({results['num_tasks']} {results['split']} tasks, DDIM "
-           f"{results['sample_steps']} steps, guidance {results['guidance']:g})", "", head,
+           f"{results['steps']} steps, guidance {results['guidance']:g})", "", head,
            "|---" * (3 * len(names) + 1) + "|"]
   for i, t in enumerate(results["t"]):
     cells = []
@@ -98,21 +46,26 @@ def _markdown(results: dict) -> str:
 
 
 @registry.register("enhance", needs_generator=True)
-def enhance(ctx, cfg, rng) -> dict:
-  """Weight enhancement over a grid of t, for the oracle and the base net of each task.
-
-  Config keys (all optional): ``split`` ("unseen"), ``num_tasks`` (8), ``t`` ((50, 100,
-  200, 400); values >= the generator's T are dropped with a warning), ``sources``
-  (("oracle", "generalist")), ``sample_steps`` (the generator's default), ``guidance`` (the
-  generator's default), ``out_dir`` (None: no files written).
+def enhance(ctx, rng, *, split: str = "unseen", num_tasks: int = 6,
+            t: Sequence[int] = DEFAULT_T, sources: Sequence[str] = SOURCES,
+            steps: int | None = None, guidance: float | None = None,
+            out_dir: str | None = None) -> dict:
+  """Weight enhancement over a grid of t, for the specialist and the generalist of each task.
 
   Args:
     ctx: the ``EvalContext`` (with a generator).
-    cfg: this evaluator's config (ConfigDict or dict).
     rng: PRNG key for the noise and the chain.
+    split: the corpus split whose tasks are enhanced.
+    num_tasks: its first ``num_tasks`` tasks.
+    t: timesteps to noise to; values outside the generator's [0, T) are dropped with a
+      warning.
+    sources: nets to enhance: "oracle" (each task's specialist) and/or "generalist".
+    steps: DDIM steps over [0, t]; None: the generator's default.
+    guidance: classifier-free guidance scale; None: the generator's default.
+    out_dir: where enhancement.md/.png go; None: no files written.
 
   Returns:
-    JSON-ready dict: split, num_tasks, t (list), sample_steps, guidance, sources {name:
+    JSON-ready dict: split, num_tasks, t (list), steps, guidance, sources {name:
     {before, after (per t), after_std, noised (per t), gain (after - before per t)}},
     png (when written) and markdown.
   """
@@ -121,44 +74,42 @@ def enhance(ctx, cfg, rng) -> dict:
     raise ValueError("enhance needs a trained generator in the context")
   if gen.layout.fingerprint() != ctx.corpus.layout.fingerprint():
     raise ValueError("the generator was trained for another net layout than the corpus's")
-  split = cfg.get("split", "unseen")
-  rows = ctx.rows(split, int(cfg.get("num_tasks", 8)))
+  rows = ctx.rows(split, int(num_tasks))
   if len(rows) == 0:
     raise ValueError(f"the corpus has no {split!r} tasks to enhance")
   tasks = ctx.tasks(rows)
   n = len(tasks)
-  sources = list(cfg.get("sources", SOURCES))
+  sources = list(sources)
   unknown = sorted(set(sources) - set(SOURCES))
   if unknown or not sources:
     raise ValueError(f"unknown enhancement sources {unknown or sources}; known: {list(SOURCES)}")
   num_t = int(gen.config["num_timesteps"])
-  grid = [int(t) for t in cfg.get("t", DEFAULT_T)]
-  kept = [t for t in grid if 0 <= t < num_t]
+  grid = [int(x) for x in t]
+  kept = [x for x in grid if 0 <= x < num_t]
   if len(kept) < len(grid):
     logging.warning("enhance: dropping t %s outside the generator's [0, %d)",
                     sorted(set(grid) - set(kept)), num_t)
   if not kept:
     raise ValueError(f"no enhancement timestep in [0, {num_t}); got t={grid}")
-  steps = int(cfg.get("sample_steps") or gen.config["sample_steps"])
-  guidance = cfg.get("guidance")
-  guidance = float(gen.config["guidance"] if guidance is None else guidance)
+  setting = generator_lib.resolve_sampling(gen.config, sampler="ddim", steps=steps,
+                                           guidance=guidance)
 
   nets = {"oracle": np.asarray(ctx.corpus.weights[rows], np.float32),
           "generalist": np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)}
   flat = np.concatenate([nets[s] for s in sources])
   all_tasks = tasks * len(sources)
   emb, mask = ctx.class_text(all_tasks)
-  before = baselines.accuracy(ctx, flat, all_tasks).reshape(len(sources), n)
+  before = ctx.accuracy(flat, all_tasks).reshape(len(sources), n)
   after, noised = [], []
-  for i, t in enumerate(kept):
-    fn = make_enhancer(gen, t, steps=steps, guidance=guidance)
-    den, noi = fn(flat, emb, mask, jax.random.fold_in(rng, i))
-    after.append(baselines.accuracy(ctx, np.asarray(den), all_tasks).reshape(len(sources), n))
-    noised.append(baselines.accuracy(ctx, np.asarray(noi), all_tasks).reshape(len(sources), n))
+  for i, t_i in enumerate(kept):
+    den, noi = api.enhance_flat(gen, flat, emb, mask, t=t_i, rng=jax.random.fold_in(rng, i),
+                                steps=setting.steps, guidance=setting.guidance)
+    after.append(ctx.accuracy(np.asarray(den), all_tasks).reshape(len(sources), n))
+    noised.append(ctx.accuracy(np.asarray(noi), all_tasks).reshape(len(sources), n))
   after, noised = np.stack(after, 1), np.stack(noised, 1)  # (sources, t, n)
 
-  results = {"split": split, "num_tasks": n, "t": kept, "sample_steps": steps,
-             "guidance": guidance, "sources": {}}
+  results = {"split": split, "num_tasks": n, "t": kept, "steps": setting.steps,
+             "guidance": setting.guidance, "sources": {}}
   for j, s in enumerate(sources):
     b = float(before[j].mean())
     results["sources"][s] = {
@@ -166,11 +117,10 @@ def enhance(ctx, cfg, rng) -> dict:
         "noised": noised[j].mean(-1).tolist(),
         "gain": (after[j].mean(-1) - before[j].mean()).tolist()}
   results["markdown"] = _markdown(results)
-  out_dir = cfg.get("out_dir")
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     results["png"] = plots.plot_enhancement(results, os.path.join(out_dir, "enhancement.png"))
-    corpus_lib.atomic_write_bytes(os.path.join(out_dir, "enhancement.md"),
+    io_lib.atomic_write_bytes(os.path.join(out_dir, "enhancement.md"),
                                   results["markdown"].encode())
   logging.info("enhance (%d %s tasks):\n%s", n, split, results["markdown"])
   return results

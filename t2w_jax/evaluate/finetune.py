@@ -19,16 +19,17 @@ import csv
 import io
 import logging
 import os
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from t2w_jax import api
+from t2w_jax import io as io_lib
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
-from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN
 from t2w_jax.zoo.cnn import init_params
@@ -147,32 +148,40 @@ def _markdown(results: dict) -> str:
 
 
 @registry.register("finetune")
-def finetune_curves(ctx, cfg, rng) -> dict:
+def finetune_curves(ctx, rng, *, split: str = "unseen", num_tasks: int = 6,
+                    methods: Sequence[str] = METHODS, train_steps: int | None = None,
+                    batch_size: int | None = None, learning_rate: float | None = None,
+                    nets_per_chunk: int | None = None, eval_every: int = 25,
+                    steps: int | None = None, guidance: float | None = None,
+                    sampler: str | None = None, out_dir: str | None = None) -> dict:
   """Fine-tune curves from the generated net, the generalist and a random init.
-
-  Config keys (all optional): ``split`` ("unseen"), ``num_tasks`` (8), ``methods``
-  (generated, generalist, random; "generated" is skipped with a warning when the context has no
-  generator), ``steps`` / ``batch_size`` / ``learning_rate`` / ``nets_per_chunk`` (the
-  corpus trainer's), ``eval_every`` (10), ``sample_steps`` / ``guidance`` / ``sampler``
-  (the generator's defaults), ``out_dir`` (None: no files written).
 
   Args:
     ctx: the ``EvalContext``.
-    cfg: this evaluator's config (ConfigDict or dict).
     rng: PRNG key (generation and the random inits).
+    split: the corpus split whose tasks are fine-tuned on.
+    num_tasks: its first ``num_tasks`` tasks.
+    methods: starting points among ``METHODS``; "generated" is skipped with a warning when
+      the context has no generator.
+    train_steps, batch_size, learning_rate, nets_per_chunk: the fine-tuning recipe; None:
+      the corpus trainer's.
+    eval_every: test accuracy every this many steps (must divide the step count).
+    steps, guidance, sampler: sampling of the generated starts; None: the generator's
+      defaults.
+    out_dir: where finetune_curves.csv/.png go; None: no files written.
 
   Returns:
     JSON-ready dict: split, num_tasks, eval_every, steps (list), curves {method: {mean,
     std}}, initial / final {method: mean acc}, per_task {task_ids, initial / final {method:
-    [acc per task]}}, per_task_curves {method: [task][step index]}, csv / png paths (when written) and markdown.
+    [acc per task]}}, per_task_curves {method: [task][step index]}, csv / png paths (when
+    written) and markdown.
   """
   trainer = ctx.corpus.meta["trainer"]
-  split = cfg.get("split", "unseen")
-  rows = ctx.rows(split, int(cfg.get("num_tasks", 8)))
+  rows = ctx.rows(split, int(num_tasks))
   if len(rows) == 0:
     raise ValueError(f"the corpus has no {split!r} tasks to fine-tune on")
   tasks = ctx.tasks(rows)
-  methods = list(cfg.get("methods", METHODS))
+  methods = list(methods)
   unknown = sorted(set(methods) - set(METHODS))
   if unknown:
     raise ValueError(f"unknown fine-tune methods {unknown}; known: {list(METHODS)}")
@@ -182,11 +191,13 @@ def finetune_curves(ctx, cfg, rng) -> dict:
   if "generated" in methods and ctx.gen.layout.fingerprint() != ctx.corpus.layout.fingerprint():
     raise ValueError("the generator was trained for another net layout than the corpus's")
   spec = masstrain.TrainerSpec(
-      steps=int(cfg.get("steps", trainer["steps"])),
-      batch_size=int(cfg.get("batch_size", trainer["batch_size"])),
-      learning_rate=float(cfg.get("learning_rate", trainer["learning_rate"])),
-      nets_per_chunk=int(cfg.get("nets_per_chunk", trainer["nets_per_chunk"])))
-  eval_every = int(cfg.get("eval_every", 10))
+      steps=int(trainer["steps"] if train_steps is None else train_steps),
+      batch_size=int(trainer["batch_size"] if batch_size is None else batch_size),
+      learning_rate=float(trainer["learning_rate"] if learning_rate is None
+                          else learning_rate),
+      nets_per_chunk=int(trainer["nets_per_chunk"] if nets_per_chunk is None
+                         else nets_per_chunk))
+  eval_every = int(eval_every)
   layout, n = ctx.corpus.layout, len(tasks)
   gen_rng, init_rng = jax.random.split(rng)
 
@@ -195,8 +206,7 @@ def finetune_curves(ctx, cfg, rng) -> dict:
     if method == "generated":
       emb, mask = ctx.class_text(tasks)
       inits[method] = np.asarray(api.sample_flat(
-          ctx.gen, emb, mask, rng=gen_rng, steps=cfg.get("sample_steps"),
-          guidance=cfg.get("guidance"), sampler=cfg.get("sampler")))
+          ctx.gen, emb, mask, rng=gen_rng, steps=steps, guidance=guidance, sampler=sampler))
     elif method == "generalist":
       inits[method] = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)
     else:
@@ -222,11 +232,10 @@ def finetune_curves(ctx, cfg, rng) -> dict:
       "per_task_curves": {k: accs[i].tolist() for i, k in enumerate(methods)},
   }
   results["markdown"] = _markdown(results)
-  out_dir = cfg.get("out_dir")
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     results["csv"] = os.path.join(out_dir, "finetune_curves.csv")
-    corpus_lib.atomic_write_bytes(results["csv"], curves_csv(results).encode())
+    io_lib.atomic_write_bytes(results["csv"], curves_csv(results).encode())
     results["png"] = plots.plot_finetune_curves(results,
                                                 os.path.join(out_dir, "finetune_curves.png"))
   logging.info("finetune (%d %s tasks): %s", n, split,

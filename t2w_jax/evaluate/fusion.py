@@ -27,6 +27,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from t2w_jax import api
+from t2w_jax import io as io_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import plots
@@ -34,7 +35,6 @@ from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
 from t2w_jax.weights import cnn_chain
 from t2w_jax.weights import permute_params
-from t2w_jax.zoo import corpus as corpus_lib
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,37 +190,40 @@ def _markdown(results: dict) -> str:
 
 
 @registry.register("fusion", needs_generator=True)
-def fusion(ctx, cfg, rng) -> dict:
+def fusion(ctx, rng, *, pair_splits: Sequence[str] = ("unseen", "seen"), num_pairs: int = 4,
+           num_samples: int = 2, max_union: int | None = None, match_iters: int = 20,
+           steps: int | None = None, guidance: float | None = None,
+           sampler: str | None = None, out_dir: str | None = None) -> dict:
   """Generated net for "A and B" against averaging, aligned averaging and the parents.
-
-  Config keys (all optional): ``pair_splits`` (("unseen", "seen"): where pairs are drawn
-  from, in order of preference; not ``splits``, which run.py fills in from the top level),
-  ``num_pairs`` (4), ``num_samples`` (4, generated nets per pair), ``max_union`` (the
-  generator's ``max_classes``), ``match_iters`` (20), ``sample_steps`` / ``guidance`` /
-  ``sampler`` (the generator's defaults), ``out_dir`` (None: no files written).
 
   Args:
     ctx: the ``EvalContext`` (with a generator).
-    cfg: this evaluator's config (ConfigDict or dict).
     rng: PRNG key for generation.
+    pair_splits: where pairs are drawn from, in order of preference (not ``splits``, which
+      run.py fills in from the top level for the evaluators that take it).
+    num_pairs: task pairs.
+    num_samples: generated nets per pair.
+    max_union: most classes in a pair's union; None: the generator's ``max_classes``.
+    match_iters: weight-matching iterations of the aligned average.
+    steps, guidance, sampler: sampling; None: the generator's defaults.
+    out_dir: where fusion.md/.png go; None: no files written.
 
   Returns:
     JSON-ready dict: num_pairs, num_samples, methods {name: {mean, std}} (generated,
-    generated_best, average, aligned, parent_a, parent_b, base), pairs (task ids, class
-    names of the union, per-method accuracy), png (when written) and markdown.
+    generated_best, average, aligned, parent_a, parent_b, generalist), pairs (task ids,
+    class names of the union, per-method accuracy), png (when written) and markdown.
   """
   gen = ctx.gen
   if gen is None:
     raise ValueError("fusion needs a trained generator in the context")
   if gen.layout.fingerprint() != ctx.corpus.layout.fingerprint():
     raise ValueError("the generator was trained for another net layout than the corpus's")
-  splits = list(cfg.get("pair_splits", ("unseen", "seen")))
+  splits = list(pair_splits)
   rows = [int(r) for s in splits for r in ctx.rows(s)]
-  num_pairs = int(cfg.get("num_pairs", 4))
-  num_samples = int(cfg.get("num_samples", 4))
+  num_pairs, num_samples = int(num_pairs), int(num_samples)
   if num_pairs < 1 or num_samples < 1:
     raise ValueError(f"num_pairs and num_samples must be >= 1, got {num_pairs}, {num_samples}")
-  max_union = int(cfg.get("max_union") or gen.config["max_classes"])
+  max_union = int(max_union or gen.config["max_classes"])
   pairs = choose_pairs(ctx.corpus.records, rows, num_pairs, max_union)
   if not pairs:
     raise ValueError(f"no pair of corpus tasks in splits {splits} whose union is a new task")
@@ -237,7 +240,7 @@ def fusion(ctx, cfg, rng) -> dict:
   uctx = dataclasses.replace(ctx, max_classes=kmax) if kmax > ctx.max_classes else ctx
 
   layout = ctx.corpus.layout
-  max_iter = int(cfg.get("match_iters", 20))
+  max_iter = int(match_iters)
   nets = {"average": [], "aligned": [], "parent_a": [], "parent_b": [], "generalist": []}
   base = np.asarray(ctx.corpus.base, np.float32)
   for a, b in pairs:
@@ -254,11 +257,11 @@ def fusion(ctx, cfg, rng) -> dict:
   emb, mask = uctx.class_text(unions)
   generated = np.asarray(api.sample_flat(
       gen, np.repeat(emb, num_samples, 0), np.repeat(mask, num_samples, 0), rng=rng,
-      steps=cfg.get("sample_steps"), guidance=cfg.get("guidance"), sampler=cfg.get("sampler")))
+      steps=steps, guidance=guidance, sampler=sampler))
   names = list(nets)
   flat = np.concatenate([generated] + [np.stack(nets[k]) for k in names])
   tasks = [u for u in unions for _ in range(num_samples)] + unions * len(names)
-  acc = baselines.accuracy(uctx, flat, tasks)
+  acc = uctx.accuracy(flat, tasks)
   per = {"generated": acc[:p * num_samples].reshape(p, num_samples).mean(1),
          "generated_best": acc[:p * num_samples].reshape(p, num_samples).max(1)}
   rest = acc[p * num_samples:].reshape(len(names), p)
@@ -275,11 +278,9 @@ def fusion(ctx, cfg, rng) -> dict:
                 for i, (x, y, u) in enumerate(zip(ta, tb, unions))],
   }
   results["markdown"] = _markdown(results)
-  out_dir = cfg.get("out_dir")
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
     results["png"] = plots.plot_fusion(results, os.path.join(out_dir, "fusion.png"))
-    corpus_lib.atomic_write_bytes(os.path.join(out_dir, "fusion.md"),
-                                  results["markdown"].encode())
+    io_lib.atomic_write_bytes(os.path.join(out_dir, "fusion.md"), results["markdown"].encode())
   logging.info("fusion:\n%s", results["markdown"])
   return results

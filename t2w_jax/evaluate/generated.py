@@ -25,24 +25,13 @@ import jax
 import numpy as np
 
 from t2w_jax import api
+from t2w_jax import generator as generator_lib
 from t2w_jax import text as text_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import registry
 
 
 # --------------------------------------------------------------------------- sampling
-def sampler_setting(ctx, cfg) -> tuple[str, int, float]:
-  """(sampler, steps, guidance): the evaluator config's, else the generator's defaults."""
-  c = ctx.gen.config
-  sampler = cfg.get("sampler", None) or c["sampler"]
-  steps = int(cfg.get("steps", None) or c["sample_steps"])
-  guidance = cfg.get("guidance", None)
-  guidance = float(c["guidance"] if guidance is None else guidance)
-  if sampler == "ddpm":
-    steps = int(c["num_timesteps"])  # DDPM always walks the whole chain
-  return sampler, steps, guidance
-
-
 def pad_to(emb: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Pads (n, K0, d) class embeddings and (n, K0) masks to K = max(K0, k) class slots."""
   n, k0, d = emb.shape
@@ -88,7 +77,7 @@ def accuracy_samples(ctx, nets: np.ndarray, tasks) -> np.ndarray:
   """(n, S, D) nets, S per task -> (n, S) test accuracies."""
   n, s, d = nets.shape
   rep = [t for t in tasks for _ in range(s)]
-  return baselines.accuracy(ctx, nets.reshape(n * s, d), rep).reshape(n, s)
+  return ctx.accuracy(nets.reshape(n * s, d), rep).reshape(n, s)
 
 
 def sample_stats(acc: np.ndarray) -> dict:
@@ -172,7 +161,7 @@ def nearest_rows(queries: np.ndarray, keys: np.ndarray, *, center: np.ndarray | 
   return idx, np.sqrt(np.maximum(best, 0.0))
 
 
-def novelty(ctx, nets: np.ndarray, rows, tasks, seen_w: np.ndarray, *, ref_rows: int = 256,
+def measure_novelty(ctx, nets: np.ndarray, rows, tasks, seen_w: np.ndarray, *, ref_rows: int = 256,
             samples: int = 1) -> dict:
   """How far generated nets are from the training corpus, and whether they act alike.
 
@@ -213,7 +202,7 @@ def novelty(ctx, nets: np.ndarray, rows, tasks, seen_w: np.ndarray, *, ref_rows:
       rep + rep + list(tasks))
   m = n * ns
   p_gen, p_nn, p_or_nn = pred[:m], pred[m:2 * m], pred[2 * m:]
-  p_or, l_or = baselines.reference_predictions(ctx, "oracle", rows)
+  p_or, l_or = ctx.reference_predictions("oracle", rows)
   valid = label[:m] >= 0
 
   def frac(a, b, v):
@@ -240,31 +229,48 @@ def novelty(ctx, nets: np.ndarray, rows, tasks, seen_w: np.ndarray, *, ref_rows:
 # --------------------------------------------------------------------------- evaluators
 def _reference(ctx, rows):
   """(n,) accuracies of the base net and of the oracles on the tasks of ``rows`` (cached)."""
-  return (baselines.reference_accuracy(ctx, "generalist", rows),
-          baselines.reference_accuracy(ctx, "oracle", rows))
+  return (ctx.reference_accuracy("generalist", rows),
+          ctx.reference_accuracy("oracle", rows))
 
 
 @registry.register("generated", needs_generator=True)
-def evaluate_generated(ctx, cfg, rng) -> dict:
+def evaluate_generated(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
+                       max_tasks: int | None = None, num_samples: int = 4,
+                       sampler: str | None = None, steps: int | None = None,
+                       guidance: float | None = None, temperature: float | None = None,
+                       min_denominator: float = baselines.DEFAULT_MIN_DENOMINATOR,
+                       novelty: bool = True, novelty_ref_rows: int = 256,
+                       novelty_samples: int = 1) -> dict:
   """K generated nets per task: accuracy, best-of-K, gap closure and novelty per split.
 
-  Config keys (all optional): ``splits`` (("unseen", "heldout")), ``max_tasks`` (None),
-  ``num_samples`` (4), ``sampler``/``steps``/``guidance``/``temperature`` (None = the
-  generator's), ``min_denominator`` (0.02), ``novelty`` (True), ``novelty_ref_rows`` (256),
-  ``novelty_samples`` (1: generated nets per task whose predictions are compared).
+  Args:
+    ctx: the ``EvalContext`` (with a generator).
+    rng: PRNG key; each split's nets use a key folded from it and the split's name.
+    splits: corpus splits to measure.
+    max_tasks: the first ``max_tasks`` tasks of each split; None: all.
+    num_samples: K, generated nets per task.
+    sampler, steps, guidance, temperature: sampling; None: the generator's defaults
+      (``generator.resolve_sampling``).
+    min_denominator: gap closure leaves out tasks with |specialist - generalist| below it.
+    novelty: measure novelty (distance to the seen corpus, prediction agreement).
+    novelty_ref_rows: seen nets giving the corpus's typical nearest-neighbour spacing.
+    novelty_samples: generated nets per task whose test predictions are compared.
+
+  Returns:
+    JSON-ready dict: num_samples, sampler, steps, guidance, temperature and per split the
+    accuracy statistics, the generalist's and specialist's, gap closures, the weight
+    average's and novelty.
   """
-  splits = tuple(cfg.get("splits", ("unseen", "heldout")))
-  k = int(cfg.get("num_samples", 4))
-  sampler, steps, guidance = sampler_setting(ctx, cfg)
-  temperature = cfg.get("temperature", None)
-  temperature = float(ctx.gen.config.get("sample_temperature", 1.0) if temperature is None
-                      else temperature)
-  min_den = float(cfg.get("min_denominator", baselines.DEFAULT_MIN_DENOMINATOR))
-  seen_w = baselines.seen_weights(ctx) if cfg.get("novelty", True) else None
+  k = int(num_samples)
+  setting = generator_lib.resolve_sampling(ctx.gen.config, sampler=sampler, steps=steps,
+                                           guidance=guidance, temperature=temperature)
+  sampler, steps, guidance, temperature = setting
+  min_den = float(min_denominator)
+  seen_w = baselines.seen_weights(ctx) if novelty else None
   out = {"num_samples": k, "sampler": sampler, "steps": steps, "guidance": guidance,
          "temperature": temperature, "splits": {}}
   for split in splits:
-    rows, tasks = baselines.split_tasks(ctx, cfg, split)
+    rows, tasks = baselines.split_tasks(ctx, max_tasks, split)
     emb, mask = ctx.class_text(tasks)
     t0 = time.time()
     # Keyed by the split's name, so a split's nets do not depend on which others run.
@@ -282,13 +288,13 @@ def evaluate_generated(ctx, cfg, rng) -> dict:
     # One net per task: the weight average of its K samples. The corpus nets share the
     # base net's basin, so averaging cancels part of each sample's SGD-like noise (the mean
     # of all corpus weights beats the base net for the same reason).
-    avg = baselines.accuracy(ctx, nets.mean(1), tasks)
+    avg = ctx.accuracy(nets.mean(1), tasks)
     res["weight_average"] = {**baselines.stats(avg),
                              "gap_closure": gap_closure(avg, base, oracle, min_den)}
     if seen_w is not None:
-      res["novelty"] = novelty(ctx, nets, rows, tasks, seen_w,
-                               ref_rows=int(cfg.get("novelty_ref_rows", 256)),
-                               samples=int(cfg.get("novelty_samples", 1)))
+      res["novelty"] = measure_novelty(ctx, nets, rows, tasks, seen_w,
+                                       ref_rows=int(novelty_ref_rows),
+                                       samples=int(novelty_samples))
     out["splits"][split] = res
   return out
 
@@ -306,32 +312,50 @@ def parse_setting(setting: str, num_timesteps: int) -> tuple[str, int]:
   return "ddim", int(steps)
 
 
+ABLATION_SAMPLERS = ("ddim:1", "ddim:2", "ddim:5", "ddim:10", "ddim:25", "ddim:50", "ddim:100",
+                     "ddpm")
+
+
 @registry.register("sampler_ablation", needs_generator=True)
-def evaluate_sampler_ablation(ctx, cfg, rng) -> dict:
+def evaluate_sampler_ablation(ctx, rng, *, split: str = "unseen", num_tasks: int = 6,
+                              num_samples: int = 2,
+                              samplers: Sequence[str] = ABLATION_SAMPLERS,
+                              guidances: Sequence[float] = (1.0, 2.0, 4.0),
+                              temperatures: Sequence[float] = (1.0, 0.5, 0.0),
+                              cross: bool = False, guidance_sampler: str = "ddim:50",
+                              num_timesteps: int | None = None) -> dict:
   """Generated-net accuracy per sampler/steps/guidance setting on a few tasks.
 
-  Config keys: ``split`` ("unseen"), ``num_tasks`` (8), ``num_samples`` (2), ``samplers``
-  (("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddpm")), ``guidances`` ((1.0, 2.0, 4.0)),
-  ``cross`` (False: samplers at guidance ``guidances[0]`` plus guidances at
-  ``guidance_sampler`` ("ddim:50"); True: every pair), ``temperatures`` ((1.0,): scales of
-  the starting noise; the first goes with every setting above, the others run at
-  ``guidance_sampler`` and ``guidances[0]``). DDIM settings with more steps than the
-  generator's chain are skipped and listed.
+  Args:
+    ctx: the ``EvalContext`` (with a generator).
+    rng: PRNG key, the same for every setting (paired comparison).
+    split: the corpus split; num_tasks: its first tasks; num_samples: nets per task.
+    samplers: "ddim:STEPS" or "ddpm" settings. DDIM settings with more steps than the
+      generator's chain are skipped and listed.
+    guidances: classifier-free guidance scales.
+    temperatures: starting-noise scales; the first goes with every setting, the others
+      run at ``guidance_sampler`` and ``guidances[0]``.
+    cross: False: samplers at ``guidances[0]`` plus guidances at ``guidance_sampler``;
+      True: every pair.
+    guidance_sampler: the sampler the guidance scales are measured with.
+    num_timesteps: the chain length settings are checked against; None: the generator's.
+
+  Returns:
+    JSON-ready dict: split, n_tasks, num_samples, task_ids, base_mean, oracle_mean, rows
+    (one per setting) and skipped.
   """
-  split = cfg.get("split", "unseen")
-  num_t = int(cfg.get("num_timesteps", 0) or ctx.gen.config["num_timesteps"])
-  k = int(cfg.get("num_samples", 2))
-  rows, tasks = baselines.split_tasks(ctx, {"max_tasks": cfg.get("num_tasks", 8)}, split)
-  samplers = [str(s) for s in cfg.get("samplers", ("ddim:10", "ddim:25", "ddim:50",
-                                                   "ddim:100", "ddpm"))]
-  guidances = [float(g) for g in cfg.get("guidances", (1.0, 2.0, 4.0))]
+  num_t = int(num_timesteps or ctx.gen.config["num_timesteps"])
+  k = int(num_samples)
+  rows, tasks = baselines.split_tasks(ctx, num_tasks, split)
+  samplers = [str(x) for x in samplers]
+  guidances = [float(g) for g in guidances]
   if not samplers or not guidances:
     raise ValueError("sampler_ablation needs at least one sampler and one guidance scale")
-  temps = [float(x) for x in cfg.get("temperatures", (1.0,))]
+  temps = [float(x) for x in temperatures]
   if not temps or min(temps) < 0:
     raise ValueError(f"sampler_ablation temperatures must be >= 0 and not empty: {temps}")
-  gs = str(cfg.get("guidance_sampler", "ddim:50"))
-  if cfg.get("cross", False):
+  gs = str(guidance_sampler)
+  if cross:
     grid = [(s, g, temps[0]) for s in samplers for g in guidances]
   else:
     grid = ([(s, guidances[0], temps[0]) for s in samplers]
@@ -513,30 +537,42 @@ def freeform_condition(ctx, names_per_task: Sequence[Sequence[str]], variant: st
 
 
 @registry.register("freeform", needs_generator=True)
-def evaluate_freeform(ctx, cfg, rng) -> dict:
+def evaluate_freeform(ctx, rng, *, split: str = "unseen", num_tasks: int = 12,
+                      num_samples: int = 2, variants: Sequence[str] = FREEFORM_VARIANTS,
+                      prompt: str = "an image showing a {}", sampler: str | None = None,
+                      steps: int | None = None, guidance: float | None = None) -> dict:
   """Generated-net accuracy when tasks are described in sentences rather than class lists.
 
-  Variants (``variants``; all by default): ``class_list`` ("red circle, blue star and
-  green heart", split and templated: the reference), ``sentence`` (a user-style sentence,
-  parsed by ``parse_freeform``), ``sentence_no_singular`` (same, plurals kept),
-  ``other_prompt`` (class names in a prompt other than the training template,
-  ``prompt``), ``whole_sentence`` (the sentence embedded as ONE text token). Accuracy is
-  always measured against the task's true classes. Other keys: ``split`` ("unseen"),
-  ``max_tasks`` (16), ``num_samples`` (2), ``sampler``/``steps``/``guidance``.
+  Variants: ``class_list`` ("red circle, blue star and green heart", split and templated:
+  the reference), ``sentence`` (a user-style sentence, parsed by ``parse_freeform``),
+  ``sentence_no_singular`` (same, plurals kept), ``other_prompt`` (class names in a prompt
+  other than the training template, ``prompt``), ``whole_sentence`` (the sentence embedded
+  as ONE text token). Accuracy is always measured against the task's true classes.
+
+  Args:
+    ctx: the ``EvalContext`` (with a generator).
+    rng: PRNG key, the same for every variant (paired comparison).
+    split: the corpus split; num_tasks: its first tasks; num_samples: nets per task.
+    variants: which of ``FREEFORM_VARIANTS``.
+    prompt: the template of ``other_prompt``.
+    sampler, steps, guidance: sampling; None: the generator's defaults.
+
+  Returns:
+    JSON-ready dict: split, n_tasks, num_samples, sampler, steps, guidance, base_mean,
+    oracle_mean and per variant its accuracy, best-of-K, parse rate and examples.
   """
-  split = cfg.get("split", "unseen")
-  k = int(cfg.get("num_samples", 2))
-  sampler, steps, guidance = sampler_setting(ctx, cfg)
-  rows, tasks = baselines.split_tasks(ctx, {"max_tasks": cfg.get("max_tasks", 16)}, split)
+  k = int(num_samples)
+  sampler, steps, guidance, _ = generator_lib.resolve_sampling(
+      ctx.gen.config, sampler=sampler, steps=steps, guidance=guidance)
+  rows, tasks = baselines.split_tasks(ctx, num_tasks, split)
   names = [list(ctx.corpus.records[r]["classes"]) for r in rows]
-  variants = [str(v) for v in cfg.get("variants", FREEFORM_VARIANTS)]
+  variants = [str(v) for v in variants]
   base, oracle = _reference(ctx, rows)
   out = {"split": split, "n_tasks": len(tasks), "num_samples": k, "sampler": sampler,
          "steps": steps, "guidance": guidance, "base_mean": float(base.mean()),
          "oracle_mean": float(oracle.mean()), "variants": {}}
   for v in variants:
-    texts, parsed, emb, mask = freeform_condition(ctx, names, v,
-                                                  cfg.get("prompt", "an image showing a {}"))
+    texts, parsed, emb, mask = freeform_condition(ctx, names, v, prompt)
     # Same key for every variant: a paired comparison of the descriptions.
     nets = sample_nets(ctx, emb, mask, rng, num_samples=k, sampler=sampler, steps=steps,
                        guidance=guidance)

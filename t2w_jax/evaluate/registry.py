@@ -1,16 +1,17 @@
 """Evaluators, registered by name and picked by name from the eval config.
 
-An evaluator is a function ``(ctx, eval_config, rng) -> dict`` where ``ctx`` is an
-``EvalContext`` (corpus, test images, optional generator), ``eval_config`` is that
-evaluator's own ``ml_collections.ConfigDict`` (the entry ``config.evals.<key>``, whose
-``type`` field names the evaluator, as in big_vision's ``config.evals``) and ``rng`` is a
-``jax.random`` key derived deterministically from ``config.seed`` and ``<key>``. It returns a
+An evaluator is a function ``(ctx, rng, *, option=default, ...) -> dict`` where ``ctx`` is
+an ``EvalContext`` (corpus, test images, optional generator), ``rng`` is a ``jax.random``
+key derived deterministically from ``config.seed`` and the entry's key, and the keyword
+arguments are its options: the entry ``config.evals.<key>`` minus its ``type`` (big_vision's
+``config.evals``), passed as ``**options``. Each option's default lives in the signature
+and nowhere else; an option the function does not take is an error naming it. It returns a
 JSON-serialisable dict (numbers, strings, lists, dicts). Register one with::
 
   from t2w_jax.evaluate import registry
 
   @registry.register("finetune", needs_generator=True)
-  def finetune(ctx, cfg, rng):
+  def finetune(ctx, rng, *, num_tasks: int = 6, eval_every: int = 25):
     ...
     return {"steps": [...], "curves": {...}}
 
@@ -20,8 +21,11 @@ that list that does not exist yet is skipped, any other import error propagates.
 """
 import dataclasses
 import importlib
+import inspect
 import logging
 from typing import Any, Callable
+
+from t2w_jax.errors import ConfigError
 
 # The modules whose import registers the built-in evaluators.
 MODULES = (
@@ -32,7 +36,7 @@ MODULES = (
     "t2w_jax.evaluate.fusion",
 )
 
-EvalFn = Callable[[Any, Any, Any], dict]
+EvalFn = Callable[..., dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Evaluator:
 
   Attributes:
     name: the registry name (``config.evals.<key>.type``).
-    fn: ``(ctx, eval_config, rng) -> dict``.
+    fn: ``(ctx, rng, **options) -> dict``.
     needs_generator: whether it needs ``ctx.gen`` (a loaded generator).
     doc: first line of the function's docstring, for listings.
   """
@@ -50,11 +54,26 @@ class Evaluator:
   needs_generator: bool
   doc: str
 
-  def __call__(self, ctx, eval_config, rng) -> dict:
+  @property
+  def options(self) -> dict:
+    """{option: default} of the function's keyword-only arguments."""
+    return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+  def check_options(self, options) -> None:
+    """Raises a ConfigError (a ValueError) naming any option the evaluator does not take."""
+    unknown = sorted(set(options) - set(self.options))
+    if unknown:
+      raise ConfigError(f"evaluator {self.name!r} has no option {', '.join(map(repr, unknown))}"
+                        f"; its options: {', '.join(sorted(self.options))}")
+
+  def __call__(self, ctx, rng, **options) -> dict:
+    """Runs the evaluator with ``options`` (keyword arguments; unknown ones are refused)."""
+    self.check_options(options)
     if self.needs_generator and getattr(ctx, "gen", None) is None:
       raise ValueError(f"evaluator {self.name!r} needs a trained generator, but the "
                        "context has none (is there a checkpoint in the workdir?)")
-    out = self.fn(ctx, eval_config, rng)
+    out = self.fn(ctx, rng, **options)
     if not isinstance(out, dict):
       raise TypeError(f"evaluator {self.name!r} returned {type(out).__name__}, not a dict")
     return out

@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any
 
-from t2w_jax.zoo.corpus import atomic_write_bytes
+from t2w_jax.io import atomic_write_bytes
 
 _ROW_LABELS = {
     "generalist": "generalist (same net, all seen classes, early-stopped)",

@@ -3,9 +3,12 @@
 The config (``configs/eval.py``) names its evaluators in ``config.evals``, big_vision
 style: each entry ``config.evals.<key>`` is a ConfigDict whose ``type`` is a registered
 evaluator name (``registry.names()``) and whose other fields are that evaluator's options.
-Every evaluator gets a copy of its entry with ``splits``, ``max_tasks`` (from the top
-level) and ``out_dir`` (WORKDIR/eval) filled in where it does not set them, and a PRNG key
-folded from ``config.seed`` and ``<key>``, so results do not depend on evaluator order.
+Every evaluator is called with its entry's fields (minus ``type``) as keyword arguments;
+a field left at None (a placeholder) is not passed, so the evaluator's own default (in its
+signature, the one place defaults live) applies. ``splits``, ``max_tasks`` (from the top
+level) and ``out_dir`` (WORKDIR/eval) are added for the evaluators that take them where the
+entry does not set them. Each gets a PRNG key folded from ``config.seed`` and ``<key>``, so
+results do not depend on evaluator order.
 
 Writes WORKDIR/eval/results.json (every figure) and WORKDIR/eval/table.md.
 """
@@ -41,8 +44,34 @@ def _entries(config) -> list[tuple[str, registry.Evaluator, ml_collections.Confi
     typ = entry.get("type", None) if hasattr(entry, "get") else None
     if not typ:
       raise ValueError(f"config.evals.{key} has no 'type' (the evaluator's registered name)")
-    out.append((key, registry.get(typ), entry))
+    ev = registry.get(typ)
+    ev.check_options(k for k in entry if k != "type")  # a misspelt option fails now
+    out.append((key, ev, entry))
   return out
+
+
+def evaluator_options(ev: registry.Evaluator, entry, config, out_dir: str) -> dict:
+  """The keyword arguments of one evaluator entry.
+
+  Args:
+    ev: the registered evaluator.
+    entry: ``config.evals.<key>``.
+    config: the whole eval config (for the inherited ``splits`` and ``max_tasks``).
+    out_dir: WORKDIR/eval.
+
+  Returns:
+    The entry's fields minus ``type`` and minus those left at None, plus the inherited
+    ones the evaluator takes and the entry does not set.
+  """
+  d = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
+  options = {k: v for k, v in d.items() if k != "type" and v is not None}
+  takes = ev.options
+  for name in _INHERITED:
+    if name in takes and name not in d and config.get(name, None) is not None:
+      options[name] = config[name]
+  if "out_dir" in takes and "out_dir" not in d:
+    options["out_dir"] = out_dir
+  return options
 
 
 def _load_generator(config, workdir: str, needed: bool, corpus_meta: dict):
@@ -92,15 +121,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       "config": config.to_dict(), "seconds": {}},
              "evals": {}}
   for key, ev, entry in entries:
-    cfg = ml_collections.ConfigDict(entry.to_dict())
-    for name in _INHERITED:
-      if name not in cfg and name in config:
-        setattr(cfg, name, config[name])
-    if "out_dir" not in cfg:
-      cfg.out_dir = out_dir
+    options = evaluator_options(ev, entry, config, out_dir)
     t0 = time.time()
     logging.info("evaluator %s (%s) ...", key, ev.name)
-    res = ev(ctx, cfg, evaluator_rng(seed, key))
+    res = ev(ctx, evaluator_rng(seed, key), **options)
     results["evals"][key] = {"type": ev.name, **res}
     results["meta"]["seconds"][key] = round(time.time() - t0, 2)
     logging.info("evaluator %s done in %.1fs", key, time.time() - t0)

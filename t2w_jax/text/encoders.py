@@ -57,6 +57,30 @@ def known_encoders() -> tuple[str, ...]:
   return ("minilm", "clip")
 
 
+def check_encoder_name(name: str) -> tuple[str, str, str]:
+  """Splits an encoder name into (kind, ":" or "", argument), refusing an unknown kind.
+
+  Args:
+    name: e.g. "minilm", "clip:/path/to/clip".
+
+  Returns:
+    (kind lower-cased, separator, argument).
+
+  Raises:
+    ValueError: not a non-empty string, or a kind ``get_encoder`` does not know (the
+      message names the encoder and the known kinds).
+  """
+  if not isinstance(name, str) or not name.strip():
+    raise ValueError(f"encoder name must be a non-empty string, got {name!r}; "
+                     f"known encoders: {', '.join(known_encoders())}")
+  kind, sep, arg = name.strip().partition(":")
+  kind = kind.lower()
+  if kind not in known_encoders():
+    raise ValueError(f"unknown text encoder {name!r}; known encoders: "
+                     f"{', '.join(known_encoders())}")
+  return kind, sep, arg
+
+
 def get_encoder(name: str = "minilm", *, reuse: bool = True, **kwargs: Any) -> TextEncoder:
   """Builds (or reuses) a text encoder by name.
 
@@ -73,14 +97,7 @@ def get_encoder(name: str = "minilm", *, reuse: bool = True, **kwargs: Any) -> T
   Raises:
     ValueError: the name is unknown, or it names a path twice.
   """
-  if not isinstance(name, str) or not name.strip():
-    raise ValueError(f"encoder name must be a non-empty string, got {name!r}; "
-                     f"known encoders: {', '.join(known_encoders())}")
-  kind, sep, arg = name.strip().partition(":")
-  kind = kind.lower()
-  if kind not in known_encoders():
-    raise ValueError(f"unknown text encoder {name!r}; known encoders: "
-                     f"{', '.join(known_encoders())}")
+  kind, sep, arg = check_encoder_name(name)
   if sep and arg:
     if kind == "minilm" and arg == _minilm_default_tag():
       pass  # The packaged model: the default needs no path.
@@ -311,7 +328,14 @@ def get_encoder_with_fallback(name: str, fallback: str | None = "minilm",
   without those weights (offline, no cache) they fall back to the packaged MiniLM with a
   logged warning rather than failing. The encoder actually used is recorded by name in the
   corpus, so nothing downstream can mix the two.
+
+  Only an encoder that is valid but unavailable falls back: a misspelt or unknown name
+  ("clipp", "mini-lm") fails at once with an error naming it.
+
+  Raises:
+    ValueError: ``name`` is not a known encoder (no fallback for a typo).
   """
+  check_encoder_name(name)  # outside the try: a typo is the user's error, not unavailability
   try:
     return get_encoder(name, **kwargs)
   except (OSError, ImportError, ValueError, EnvironmentError) as e:

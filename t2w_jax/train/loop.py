@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2w_jax import generator as generator_lib
+from t2w_jax import io as io_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
 from t2w_jax.train import checkpoint as ckpt_lib
@@ -56,13 +58,13 @@ def open_training_corpus(config, workdir: str):
   return corpus_lib.open_corpus(config.corpus_dir or os.path.join(workdir, "corpus"))
 
 
-def load_or_make_spec(config, workdir: str, corpus) -> state_lib.GeneratorSpec:
+def load_or_make_spec(config, workdir: str, corpus) -> generator_lib.GeneratorSpec:
   """Reads workdir/generator.json when resuming (checking it matches), else writes it."""
-  fresh = state_lib.spec_from_corpus(config, corpus)
-  if os.path.exists(os.path.join(workdir, state_lib.SPEC_FILE)):
-    stored = state_lib.GeneratorSpec.load(workdir)
+  fresh = generator_lib.spec_from_corpus(config, corpus)
+  if os.path.exists(os.path.join(workdir, generator_lib.SPEC_FILE)):
+    stored = generator_lib.GeneratorSpec.load(workdir)
     ckpt_lib.check_meta(stored.identity(), fresh.identity(),
-                        where=os.path.join(workdir, state_lib.SPEC_FILE))
+                        where=os.path.join(workdir, generator_lib.SPEC_FILE))
     return stored
   fresh.save(workdir)
   return fresh
@@ -131,7 +133,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
 
 
 def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
-  reporting.quiet_library_logs()
+  io_lib.quiet_orbax_logs()
   os.makedirs(workdir, exist_ok=True)
   corpus = open_training_corpus(config, workdir)
   spec = load_or_make_spec(config, workdir, corpus)

@@ -61,17 +61,3 @@ class ProgressReporter:
       self.writer.write_scalars(step, {"steps_per_sec": rate})
     self._last_t, self._last_step = now, step
 
-
-class _DropChattyInfo(logging.Filter):
-  """Drops INFO records from orbax (several lines per checkpoint save)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
-
-
-def quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO lines out of the training log (warnings still show)."""
-  for name in ("absl", ""):
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, _DropChattyInfo) for f in logger.filters):
-      logger.addFilter(_DropChattyInfo())

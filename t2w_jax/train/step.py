@@ -21,9 +21,26 @@ import optax
 
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.text.condition import text_condition
-from t2w_jax.train.state import (GeneratorSpec, TrainState, build_disc, build_optimizers,
-                                 make_denoiser)
+from t2w_jax.generator import GeneratorSpec, make_denoiser
+from t2w_jax.train.state import TrainState, build_disc, build_optimizers
 from t2w_jax.weights import permute_flat
+
+
+def disc_accuracy(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """The discriminator's accuracy over all real and fake examples together.
+
+  A real example is right when its logit is > 0, a fake one when its logit is < 0; the
+  two halves count equally (both batches have the same size in the train step).
+
+  Args:
+    real_logits: (B,) logits on real corpus weights.
+    fake_logits: (B,) logits on the generator's predictions.
+
+  Returns:
+    A scalar in [0, 1].
+  """
+  right = jnp.concatenate([jnp.ravel(real_logits) > 0, jnp.ravel(fake_logits) < 0])
+  return jnp.mean(right.astype(jnp.float32))
 
 
 def layer_token_weights(spec: GeneratorSpec) -> np.ndarray | None:
@@ -102,7 +119,7 @@ def make_train_step(spec: GeneratorSpec, config):
         real_logits = critic(dp, x0, text["fused"])
         fake_logits = critic(dp, fake, text["fused"])
         loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
-        return loss, jnp.mean((real_logits > 0) == (fake_logits < 0))
+        return loss, disc_accuracy(real_logits, fake_logits)
 
       (d_loss, d_acc), d_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(disc_params)
       d_updates, disc_opt_state = disc_tx.update(d_grads, disc_opt_state, disc_params)

@@ -38,43 +38,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from t2w_jax.errors import ConfigError, CorruptError, MissingError
+# The atomic writers live in t2w_jax.io; re-exported here because the corpus builder
+# (zoo/make_corpus.py, zoo/family.py, zoo/room.py) still calls them as corpus_lib.atomic_*.
+from t2w_jax.io import (atomic_save_npy, atomic_save_npz, atomic_write_bytes,  # noqa: F401
+                        atomic_write_json)
 from t2w_jax.weights.layout import ParamLayout
 
 CHECKSUMS_FILE = "checksums.json"
 
 FORMAT_VERSION = 1
-
-
-def _save_then_rename(tmp: str, path: str, save) -> None:
-  """Runs ``save(tmp)`` then renames tmp to path; on any failure no temp file is left."""
-  try:
-    save(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.lexists(tmp) and not os.path.isdir(tmp):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  def save(tmp):
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-  _save_then_rename(f"{path}.tmp.{os.getpid()}", path, save)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-  atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-  _save_then_rename(f"{path}.tmp.{os.getpid()}.npy", path, lambda t: np.save(t, array))
-
-
-def atomic_save_npz(path: str, **arrays) -> None:
-  _save_then_rename(f"{path}.tmp.{os.getpid()}.npz", path, lambda t: np.savez(t, **arrays))
 
 
 def file_digest(path: str) -> dict:

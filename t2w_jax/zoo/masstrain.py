@@ -237,11 +237,21 @@ def _train_one(model, spec, data, base_params, classes, mask, seed) -> _Fit:
   return _Fit(c["best"], c["best_period"] * every, c["period"] * every, c["loss"])
 
 
-def _test_set(data, classes, mask, split: str = "test"):
+def eval_set(data, classes, mask, split: str = "test"):
   """A task's held-out images as (K, per) row ids and validity (padding, missing images).
 
-  ``split`` is "test" (the test images) or "val" (the validation rows of the training
-  images); ``_images`` gives the array the row ids index.
+  The one definition of which (class slot, image) pairs count: the trainer's early
+  stopping, the corpus accuracies and every evaluator's accuracy use it.
+
+  Args:
+    data: ``DeviceData``.
+    classes: (K,) global class ids of the task's slots.
+    mask: (K,) True for real classes.
+    split: "test" (the test images) or "val" (the validation rows of the training
+      images); ``_images`` gives the array the row ids index.
+
+  Returns:
+    (rows (K, per) image row ids, valid (K, per) bool).
   """
   index, count = ((data.test_index, data.test_count) if split == "test"
                   else (data.val_index, data.val_count))
@@ -279,7 +289,7 @@ def task_accuracy(model, data, params, classes, mask, split: str = "test"):
   small (the trainer measured faster this way than embedding the whole test set at once;
   docs/bench).
   """
-  rows, valid = _test_set(data, classes, mask, split)
+  rows, valid = eval_set(data, classes, mask, split)
   feats = _embed_rows(model, params, _images(data, split), rows)  # (K, per, d)
   return _accuracy_from_embeddings(model, feats, valid, data.class_emb[classes], mask)
 
@@ -295,7 +305,7 @@ def class_embeddings_of(model, params, data):
 
 def accuracy_from_class_embeddings(model, data, feats, classes, mask):
   """``task_accuracy`` of the net whose ``class_embeddings_of`` are ``feats``."""
-  _, valid = _test_set(data, classes, mask)
+  _, valid = eval_set(data, classes, mask)
   return _accuracy_from_embeddings(model, feats[classes], valid, data.class_emb[classes], mask)
 
 
