@@ -38,10 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from t2w_jax.errors import ConfigError, CorruptError, MissingError
-# The atomic writers live in t2w_jax.io; re-exported here because the corpus builder
-# (zoo/make_corpus.py, zoo/family.py, zoo/room.py) still calls them as corpus_lib.atomic_*.
-from t2w_jax.io import (atomic_save_npy, atomic_save_npz, atomic_write_bytes,  # noqa: F401
-                        atomic_write_json)
+from t2w_jax.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from t2w_jax.weights.layout import ParamLayout
 
 CHECKSUMS_FILE = "checksums.json"

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from t2w_jax import io as io_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.zoo import base as base_lib
-from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo.cnn import SubtaskCNN, check_class_emb, unit_normalize
 
 FAMILIES = ("cnn", "adapter")
@@ -71,7 +71,11 @@ class AdapterNet(nn.Module):
 
   def embed(self, features):
     """Features (B, feature_dim) -> unit vectors (B, embed_dim)."""
-    return unit_normalize(self.up(nn.relu(self.down(features.astype(jnp.float32)))))
+    z = self.up(nn.relu(self.down(features.astype(jnp.float32))))
+    # A narrow ReLU bottleneck can be all zero for an input, and then (bias zero at init)
+    # so is z: the gradient of a plain norm at 0 is NaN, which killed training. The
+    # smoothed norm has a finite gradient there and is the same elsewhere.
+    return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
 
   def __call__(self, features, class_emb):
     """Logits (B, K) of feature vectors against K class embeddings (K, embed_dim)."""
@@ -160,7 +164,7 @@ def train_trunk(trunk: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
 def save_params(path: str, params) -> None:
   """Writes a params pytree as one .npz array per parameter path (atomically)."""
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  corpus_lib.atomic_save_npz(path, **{k: np.asarray(v) for k, v in flat.items()})
+  io_lib.atomic_save_npz(path, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def load_params(path: str) -> dict:
@@ -262,7 +266,7 @@ def feature_dataset(dataset, trunk: SubtaskCNN, trunk_params,
 
 def save_features(path: str, data: FeatureDataset) -> None:
   """Writes a FeatureDataset as one .npz (atomically)."""
-  corpus_lib.atomic_save_npz(
+  io_lib.atomic_save_npz(
       path, name=np.array(data.name), class_names=np.array(data.class_names),
       train_images=data.train_images, train_labels=data.train_labels,
       test_images=data.test_images, test_labels=data.test_labels)

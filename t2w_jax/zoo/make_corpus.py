@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 
 from t2w_jax import data as data_lib
+from t2w_jax import io as io_lib
 from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
@@ -274,7 +275,7 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   clock = _Clock(path, start)
   emb_path = os.path.join(path, "class_emb.npz")
   if not os.path.exists(emb_path):
-    corpus_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
+    io_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
 
   seen_classes = sorted(set(range(len(names))) - set(plan.heldout_classes))
   # The adapter family trains on the frozen trunk's cached features, not on the images.
@@ -288,8 +289,8 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   else:
     base_params, info = train_generalist(config, model, dataset, class_emb, seen_classes)
     # The weights first: generalist.json marks the pair complete.
-    corpus_lib.atomic_save_npy(base_path, np.asarray(layout.flatten(base_params)))
-    corpus_lib.atomic_write_json(info_path, info.to_json())
+    io_lib.atomic_save_npy(base_path, np.asarray(layout.flatten(base_params)))
+    io_lib.atomic_write_json(info_path, info.to_json())
 
   data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh,
                             val_per_class=config.val_per_class, val_seed=config.seed)
@@ -339,14 +340,14 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   # This call's specialist training alone (a resumed run trains only what was left).
   summary["specialists_trained"] = trained
   summary["specialist_seconds"] = time.time() - train_start
-  corpus_lib.atomic_write_json(os.path.join(path, "summary.json"), summary)
+  io_lib.atomic_write_json(os.path.join(path, "summary.json"), summary)
   return summary
 
 
 def _write_or_check_plan(plan_path: str, plan: tasks_lib.TaskPlan) -> None:
   """Writes plan.json, or checks a stored one against the plan this config draws."""
   if not os.path.exists(plan_path):
-    corpus_lib.atomic_write_json(plan_path, plan.to_json())
+    io_lib.atomic_write_json(plan_path, plan.to_json())
     return
   with open(plan_path) as f:
     stored = json.load(f)
@@ -378,7 +379,7 @@ class _Clock:
 
   def save(self) -> float:
     total = self.before + time.time() - self.start
-    corpus_lib.atomic_write_json(self.file, {"seconds": total, "attempts": self.attempts})
+    io_lib.atomic_write_json(self.file, {"seconds": total, "attempts": self.attempts})
     return total
 
 

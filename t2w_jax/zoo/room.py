@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from t2w_jax import io as io_lib
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
@@ -113,14 +114,14 @@ def run_sweep(settings: Sequence[tuple[str, object]], out_dir: str) -> list[dict
              "generalist_seconds": summary["generalist"]["seconds"],
              "specialist_seconds_per_net": (summary["specialist_seconds"]
                                             / max(summary["specialists_trained"], 1))}
-      corpus_lib.atomic_write_json(done, row)
+      io_lib.atomic_write_json(done, row)
     shared.setdefault(_generalist_key(config), os.path.join(workdir, "corpus"))
     if config.model.get("family") == "adapter":
       trunks.setdefault(_trunk_key(config), os.path.join(workdir, "corpus"))
     rows.append(row)
     logging.info("room sweep: %s room %+.1f ± %.1f points (generalist %.3f, specialist %.3f)",
                  name, row["room"], row["room_se"], row["generalist"], row["specialist"])
-  corpus_lib.atomic_write_json(os.path.join(out_dir, "rows.json"), rows)
+  io_lib.atomic_write_json(os.path.join(out_dir, "rows.json"), rows)
   return rows
 
 
