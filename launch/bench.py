@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--steps", type=int, help="train steps per net (default: config)")
   c.add_argument("--nets_per_chunk", type=int, help="override the config's vmap chunk")
   c.add_argument("--conv_impl", choices=["lax", "im2col"], help="override the trainer's conv")
+  c.add_argument("--eval_every", type=int,
+                 help="trainer's validation checks every N steps (early stopping's cost; "
+                      "no net stops, so both sides train the same steps); default 0")
   c.add_argument("--data", choices=["auto", "shapes", "synthetic"],
                  help="dataset (default auto: the embedded shapes, else synthetic)")
 
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
         corpus_config.get_config(args.variant), quick=args.quick, repeats=args.repeats,
         matmul_size=args.matmul_size, nets=args.nets, baseline_nets=args.baseline_nets,
         steps=args.steps, nets_per_chunk=args.nets_per_chunk, conv_impl=args.conv_impl,
-        data=args.data)
+        eval_every=args.eval_every, data=args.data)
     result = corpus_bench.run(settings)
     report = corpus_bench.format_report(result)
   else:

@@ -75,6 +75,9 @@ class Settings:
     repeats: timed repeats (medians are reported).
     matmul_size: n of the n x n x n peak matmul (0: 2048 on CPU, 8192 on accelerators).
     seed: tasks, data and initial net.
+    eval_every: the trainer's validation checks (early stopping's cost) every this many
+      steps, with a patience that never stops a net, so both sides train the same steps;
+      0: no checks.
   """
   steps: int = 150
   batch_size: int = 64
@@ -102,6 +105,7 @@ class Settings:
   repeats: int = 3
   matmul_size: int = 0
   seed: int = 0
+  eval_every: int = 0
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "eval_per_class", "nets_per_chunk", "baseline_nets",
@@ -223,7 +227,8 @@ def trainer_spec(s: Settings) -> masstrain.TrainerSpec:
   return masstrain.TrainerSpec(steps=s.steps, batch_size=s.batch_size,
                                learning_rate=s.learning_rate,
                                nets_per_chunk=s.nets_per_chunk,
-                               eval_per_class=s.eval_per_class)
+                               eval_per_class=s.eval_per_class, eval_every=s.eval_every,
+                               patience=max(s.steps // max(s.eval_every, 1), 1) + 1)
 
 
 def make_step(model: SubtaskCNN, spec: masstrain.TrainerSpec):
@@ -388,7 +393,9 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   model = make_model(s, s.conv_impl)
   spec = trainer_spec(s)
   class_emb = class_embeddings(dataset.num_classes, s.embed_dim, s.seed)
-  data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh)
+  # With checks, a validation split of eval_per_class images per class, as a corpus has.
+  data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh,
+                            val_per_class=s.eval_per_class if s.eval_every else 0)
   base1 = init_base(model, s)
   base = jax.device_put(base1, NamedSharding(mesh, P()))
   tasks = make_tasks(s, dataset.num_classes, nets)

@@ -1,6 +1,6 @@
 """Weight enhancement: noise an existing net to timestep t, denoise it with its task's text.
 
-For each source net (the corpus oracle net of each task, and the shared base net) and each
+For each source net (each task's specialist, the "oracle" corpus row, and the generalist) and each
 t of a grid: tokenise and normalise the weights exactly as the generator saw its training
 data (``gen.spec.tokenizer``, ``gen.spec.norms``), noise them with ``q_sample`` under the
 generator's schedule, run the DDIM reverse chain from t (``diffusion.denoise_from``)
@@ -31,7 +31,9 @@ SOURCES = ("oracle", "generalist")
 
 def _markdown(results: dict) -> str:
   names = list(results["sources"])
-  head = "| t | " + " | ".join(f"{n} before | {n} noised | {n} denoised" for n in names) + " |"
+  label = {"oracle": "specialist"}  # the report's name for the task's own corpus net
+  head = "| t | " + " | ".join(f"{label.get(n, n)} before | {label.get(n, n)} noised | "
+                               f"{label.get(n, n)} denoised" for n in names) + " |"
   lines = [f"### Weight enhancement ({results['num_tasks']} {results['split']} tasks, DDIM "
            f"{results['steps']} steps, guidance {results['guidance']:g})", "", head,
            "|---" * (3 * len(names) + 1) + "|"]
