@@ -59,7 +59,8 @@ def test_corpus_bench_cli_quick(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # let the launch script set up its own host devices
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "corpus",
-                         "--quick", "--json", str(out)], env=env, capture_output=True,
+                         "--quick", "--eval_every", "2", "--json", str(out)], env=env,
+                        capture_output=True,
                         text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "net-steps/s" in proc.stdout and "ratio trainer / per-net loop" in proc.stdout
@@ -78,6 +79,12 @@ def test_corpus_bench_cli_quick(tmp_path):
   assert r["ratio"] == pytest.approx(t["net_steps_per_s"] / b["net_steps_per_s"])
   assert b["steps"] == t["steps"] == r["settings"]["steps"]
   assert r["data"] == b["data"] == "synthetic"
+  # With validation checks, the trainer is also timed without them in the same run.
+  n = r["trainer_without_checks"]
+  assert r["settings"]["eval_every"] == 2 and n["steps"] == t["steps"]
+  assert r["ratio_checks_vs_none"] == pytest.approx(t["net_steps_per_s"]
+                                                    / n["net_steps_per_s"])
+  assert "ratio trainer with validation checks every 2 steps" in proc.stdout
 
 
 @pytest.mark.slow

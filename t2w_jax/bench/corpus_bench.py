@@ -454,6 +454,10 @@ def run(s: Settings, baseline_timeout: float | None = None) -> dict:
   s = dataclasses.replace(s, data=source)
   baseline = spawn_baseline(s, timeout=baseline_timeout)
   trainer = run_trainer(s, dataset)
+  # With early-stopping checks, the same trainer without them, in the same run: what the
+  # checks cost per net-step.
+  no_checks = (run_trainer(dataclasses.replace(s, eval_every=0), dataset) if s.eval_every
+               else None)
   # Resolved only now: asking for the backend earlier would open the accelerator in this
   # process while the baseline runs.
   s = dataclasses.replace(s, matmul_size=s.matmul_size or bench.default_matmul_size())
@@ -461,7 +465,12 @@ def run(s: Settings, baseline_timeout: float | None = None) -> dict:
   matmul = {"float32": bench.matmul_peak(s.matmul_size, "float32", s.repeats, devices)}
   if jax.default_backend() != "cpu":
     matmul["bfloat16"] = bench.matmul_peak(s.matmul_size, "bfloat16", s.repeats, devices)
+  out = {}
+  if no_checks is not None:
+    out = {"trainer_without_checks": no_checks,
+           "ratio_checks_vs_none": trainer["net_steps_per_s"] / no_checks["net_steps_per_s"]}
   return {
+      **out,
       "benchmark": "corpus", "settings": s.to_json(), "data": source,
       "machine": bench.machine_info(), "trainer": trainer, "baseline": baseline,
       "matmul": matmul, "flops_method": FLOPS_METHOD,
@@ -491,6 +500,11 @@ def format_report(r: dict) -> str:
       ["per-net loop, train steps only", "", b["conv_impl"], b["train_only_net_steps_per_s"],
        "", "", ""],
   ]
+  if "trainer_without_checks" in r:
+    n = r["trainer_without_checks"]
+    rows.insert(1, ["en-masse trainer without validation checks", f"{n['devices']} x "
+                    f"{m['device_kind']}", n["conv_impl"], n["net_steps_per_s"],
+                    n["gflops_per_s"], "", ""])
   lines = [
       "corpus trainer benchmark",
       f"machine: {bench.describe_machine(m)}",
@@ -506,6 +520,9 @@ def format_report(r: dict) -> str:
       f"ratio trainer / per-net loop: {r['ratio']:.2f}x "
       f"({r['ratio_vs_train_only']:.2f}x against the loop's train steps alone)",
   ]
+  if "ratio_checks_vs_none" in r:
+    lines.append(f"ratio trainer with validation checks every {s['eval_every']} steps / "
+                 f"without: {r['ratio_checks_vs_none']:.2f}x (same steps; no net stops)")
   if "bfloat16" in mm:
     lines.append(f"matmul bf16: {mm['bfloat16']['gflops_per_s']:.4g} GFLOP/s "
                  f"(trainer at {100 * t['gflops_per_s'] / mm['bfloat16']['gflops_per_s']:.1f}%)")
