@@ -207,8 +207,8 @@ def random_init(ctx, n: int, seed: int) -> np.ndarray:
   layout = ctx.corpus.layout
 
   # One jitted init, called per seed. The key is an "rbg" key: XLA:CPU compiles flax's
-  # init with threefry keys ~6x slower (13 s against 2 s on a loaded 2-core machine), and
-  # the bits of a random init do not matter, only that they are seeded.
+  # init with threefry keys several times slower, and the bits of a random init do not
+  # matter, only that they are seeded.
   one = jax.jit(lambda key: layout.flatten(cnn_lib.init_params(ctx.model, key, size)))
   return np.stack([np.asarray(one(jax.random.key(seed + i, impl="rbg")), np.float32)
                    for i in range(n)])
