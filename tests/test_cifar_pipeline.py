@@ -42,5 +42,5 @@ def test_cifar100_corpus_train_evaluate(tmp_path, monkeypatch, caplog):
     from t2w_jax.evaluate import run as eval_run  # pylint: disable=g-import-not-at-top
     from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
     results = eval_run.evaluate(eval_config.get_config("tiny"), workdir)
-  assert "oracle" in results["table"]
+  assert "specialist" in results["table"] and "generalist" in results["table"]
   assert os.path.exists(os.path.join(workdir, "eval", "results.json"))
