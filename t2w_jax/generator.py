@@ -20,7 +20,7 @@ import logging
 import math
 import numbers
 import os
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from t2w_jax.errors import ConfigError
 

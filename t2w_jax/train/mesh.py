@@ -1,6 +1,5 @@
 """The device mesh ('data', 'model') and the shardings of the train state and batches."""
 import contextlib
-import functools
 import logging
 
 import flax.linen as nn

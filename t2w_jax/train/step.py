@@ -12,7 +12,6 @@ One call of ``train_step(state, batch)``:
 4. updates the discriminator on real x0 against the (stopped) predictions;
 5. updates the EMA parameters.
 """
-import functools
 
 import jax
 import jax.numpy as jnp
