@@ -46,6 +46,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # mean net (normalised residuals ~50x larger, measured) and make the target multimodal.
   # It stays available (and ablated) for corpora of independently initialised nets.
   c.permute_aug = False
+  # The functional (task) loss: the x0 prediction decoded to a subtask net, its
+  # cross-entropy on `task_images` images of the example's own seen task (training rows
+  # only; t2w_jax/task_loss.py). 0 turns it off; diffusion_weight 0 with it on is the
+  # "task loss only" ablation.
+  c.task_loss_weight = 1.0
+  c.task_images = 32
+  c.diffusion_weight = 1.0
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
   # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (generator.py's make_denoiser). "x0" stays
   # the default because a lower diffusion loss under "v" did not give better nets: the loss

@@ -47,6 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=_placeholder(int), guidance=_placeholder(float), temperature=_placeholder(float),
       min_denominator=_placeholder(float), novelty=_placeholder(bool),
       novelty_ref_rows=_placeholder(int), novelty_samples=_placeholder(int)))
+  # The plain hypernetwork (text -> weight delta, trained through the task loss alone, no
+  # corpus): the bar the diffusion generator has to clear (t2w_jax/evaluate/hypernet.py).
+  c.evals.hypernet = ml_collections.ConfigDict(dict(
+      type="hypernet", max_steps=_placeholder(int), hidden=_placeholder(int),
+      learning_rate=_placeholder(float)))
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(
       type="sampler_ablation", split=_placeholder(str), num_tasks=_placeholder(int),
       num_samples=_placeholder(int), cross=_placeholder(bool),
@@ -72,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.enhance.update(num_tasks=2, t=(10, 50))
     c.evals.fusion.update(num_pairs=1, num_samples=1)
     c.evals.generated.num_samples = 2
+    c.evals.hypernet.update(max_steps=40, eval_every=10, hidden=32, val_tasks=8,
+                            batch_size=8, images=8)
     c.evals.generated.novelty_ref_rows = 8
     c.evals.sampler_ablation.update(num_tasks=2, num_samples=1,
                                     samplers=("ddim:5", "ddim:10", "ddim:1000", "ddpm"),

@@ -53,10 +53,11 @@ def test_loss_goes_down(corpus_dir, tmp_path):
   state, shardings = loop.create_sharded_state(spec, config, mesh)
   step = loop.compile_step(spec, config, mesh, shardings)
   batches = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)
+  data = loop.put_task_images(config, corpus, mesh)
   losses = []
   with mesh_lib.activate(mesh):
     for i in range(config.num_steps):
-      state, m = step(state, loop.put_batch(batches(i), mesh))
+      state, m = step(state, loop.put_batch(batches(i), mesh), data)
       losses.append(float(m["diffusion_loss"]))
   first, last = np.mean(losses[:10]), np.mean(losses[-10:])
   assert last < 0.9 * first, (first, last)
@@ -74,9 +75,11 @@ def test_resume_reaches_same_state(corpus_dir, tmp_path):
 
 
 def test_eight_devices_match_one(corpus_dir, tmp_path):
-  """One train step on a (4 data x 2 model) mesh equals the step on one device."""
+  """Two train steps on a (4 data x 2 model) mesh equal the steps on one device, with
+  every loss on: diffusion, task (functional), adversarial, FGSM and permutations."""
   assert len(jax.devices()) >= 8
-  config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01, permute_aug=True)
+  config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01, permute_aug=True,
+                task_loss_weight=1.0)
   corpus = loop.open_training_corpus(config, str(tmp_path))
   spec = loop.load_or_make_spec(config, str(tmp_path), corpus)
   batch = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)(0)
@@ -85,11 +88,13 @@ def test_eight_devices_match_one(corpus_dir, tmp_path):
     mesh = mesh_lib.make_mesh(*shape)
     state, shardings = loop.create_sharded_state(spec, config, mesh)
     step = loop.compile_step(spec, config, mesh, shardings)
+    data = loop.put_task_images(config, corpus, mesh)
     with mesh_lib.activate(mesh):
-      state, metrics = step(state, loop.put_batch(batch, mesh))
-      state, metrics = step(state, loop.put_batch(batch, mesh))
+      state, metrics = step(state, loop.put_batch(batch, mesh), data)
+      state, metrics = step(state, loop.put_batch(batch, mesh), data)
     out[shape] = (jax.device_get(state), jax.device_get(metrics))
   (s1, m1), (s8, m8) = out[(1, 1)], out[(4, 2)]
+  assert m1["task_loss"] > 0
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], atol=1e-5, rtol=1e-5)
   _leaves_close(s1.params, s8.params, atol=1e-5)

@@ -54,14 +54,9 @@ class EvalContext:
     An adapter-family corpus is measured on the trunk features its run cached
     (``features.npz``), not on images.
     """
-    from t2w_jax import data as data_lib  # local: keeps the module import light
     corpus = corpus_lib.open_corpus(corpus_dir)
     meta = corpus.meta
-    if family_lib.family_of(meta["model"]) == "adapter":
-      dataset = family_lib.load_features(corpus_dir)
-    else:
-      dataset = data_lib.load_dataset(meta["dataset"], image_size=meta["image_size"],
-                                      **meta.get("dataset_kwargs", {}))
+    dataset = family_lib.load_task_dataset(corpus_dir, meta)
     if tuple(dataset.class_names) != corpus.class_names:
       raise ValueError(f"dataset {meta['dataset']!r} does not have the corpus's classes")
     model = family_lib.build_subtask_net(meta["model"], int(corpus.class_emb.shape[1]),

@@ -30,6 +30,7 @@ from t2w_jax.errors import ConfigError
 # The modules whose import registers the built-in evaluators.
 MODULES = (
     "t2w_jax.evaluate.baselines",
+    "t2w_jax.evaluate.hypernet",
     "t2w_jax.evaluate.generated",
     "t2w_jax.evaluate.finetune",
     "t2w_jax.evaluate.enhance",

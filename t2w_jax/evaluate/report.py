@@ -28,6 +28,14 @@ _ROW_LABELS = {
 }
 
 
+_HYPERNET_LABEL = "plain hypernetwork (text → weight delta, task loss only, no corpus)"
+
+
+def _method(result: dict | None, split: str, method: str) -> dict | None:
+  """A method's statistics in an evaluator's result (``splits.<split>.methods.<method>``)."""
+  return ((result or {}).get("splits", {}).get(split, {}).get("methods", {}).get(method))
+
+
 def to_jsonable(obj: Any) -> Any:
   """numpy scalars/arrays -> Python; NaN/inf -> None (strict JSON); tuples -> lists."""
   if isinstance(obj, dict):
@@ -107,15 +115,21 @@ def _main_table(results: dict) -> list[str]:
     if any("weight_average" in (g.get(s) or {}) for s in splits):
       rows.append([f"**generated** (weight average of its K={k} samples)"]
                   + [_cell((g.get(s) or {}).get("weight_average")) for s in splits])
+  hyper = _find(results, "hypernet")
+  hyper_row = ([_HYPERNET_LABEL] + [_cell(_method(hyper, s, "hypernet")) for s in splits]
+               if hyper else None)
   if base:
     for m, label in _ROW_LABELS.items():
       if m == "ridge":
         label = f"ridge (text → weights, λ={base.get('ridge_lambda', 0):g})"
-      rows.append([label] + [_cell(base["splits"].get(s, {}).get("methods", {}).get(m))
-                             for s in splits])
+      if m == "oracle" and hyper_row:
+        rows.append(hyper_row)
+      rows.append([label] + [_cell(_method(base, s, m)) for s in splits])
   elif gen:  # no baselines evaluator: still show the generalist and the specialist
     for m in ("generalist", "oracle"):
       rows.append([_ROW_LABELS[m]] + [_cell(gen["splits"].get(s, {}).get(m)) for s in splits])
+  if hyper_row and not base:
+    rows.append(hyper_row)
   lines = ["## Test accuracy (%) of each method on each split's tasks", "",
            "Cells: mean ± std over the split's tasks of each task's test accuracy. "
            "unseen = new combinations of seen classes; heldout = tasks with held-out "
@@ -158,9 +172,11 @@ def _paired_lines(results: dict) -> list[str]:
     return []
   splits = [s for s in gen["splits"] if s in base["splits"]]
 
-  def cell(s, m):
-    got = (base["splits"][s].get("methods", {}).get(m) or {}).get("per_task")
-    p = paired_difference(gen["splits"][s].get("per_task"), got)
+  hyper = _find(results, "hypernet")
+
+  def cell(s, m, src=base):
+    p = paired_difference(gen["splits"][s].get("per_task"),
+                          (_method(src, s, m) or {}).get("per_task"))
     if p is None:
       return "–"
     se = "" if p["se"] is None else f" ± {_pct(p['se'])}"
@@ -168,6 +184,9 @@ def _paired_lines(results: dict) -> list[str]:
 
   rows = [[_ROW_LABELS[m].split(" (")[0]] + [cell(s, m) for s in splits]
           for m in ("generalist", "mean_weights", "nn_retrieval", "ridge", "oracle")]
+  if hyper:
+    rows.insert(-1, [_HYPERNET_LABEL.split(" (")[0]]
+                + [cell(s, "hypernet", hyper) for s in splits])
   return _section("Generated (mean of K) minus each method, paired by task",
                   "Points of test accuracy: mean over tasks of (generated − method) ± its "
                   "standard error, and (tasks where generated is higher / tasks). A difference "
@@ -201,6 +220,11 @@ def _gap_lines(results: dict) -> list[str]:
       rows.append(["generated (weight average of K), from split means"]
                   + [_ratio(g[s]["weight_average"]["gap_closure"]["from_means"])
                      for s in splits])
+  hyper = _find(results, "hypernet")
+  if hyper:
+    rows.append([f"{_HYPERNET_LABEL.split(' (')[0]}, from split means"]
+                + [_ratio(hyper["splits"].get(s, {}).get("gap_closure_from_means"))
+                   for s in splits])
   if base:
     for m in ("nn_retrieval", "ridge", "mean_weights"):
       rows.append([f"{_ROW_LABELS[m].split(' (')[0]}, from split means"]

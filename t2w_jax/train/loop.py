@@ -14,6 +14,7 @@ import numpy as np
 
 from t2w_jax import generator as generator_lib
 from t2w_jax import io as io_lib
+from t2w_jax import task_loss as task_loss_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
 from t2w_jax.train import checkpoint as ckpt_lib
@@ -49,8 +50,8 @@ class CorpusBatches:
 
   def __call__(self, step: int) -> dict:
     idx = np.random.default_rng([self.seed, step]).integers(0, len(self), self.batch_size)
-    return {"weights": self.weights[idx], "class_emb": self.class_emb[self.class_ids[idx]],
-            "class_mask": self.mask[idx]}
+    return {"weights": self.weights[idx], "class_ids": self.class_ids[idx],
+            "class_emb": self.class_emb[self.class_ids[idx]], "class_mask": self.mask[idx]}
 
 
 def open_training_corpus(config, workdir: str):
@@ -88,10 +89,26 @@ def create_sharded_state(spec, config, mesh):
 
 
 def compile_step(spec, config, mesh, shardings):
-  """The jitted train step with in/out shardings and the state donated."""
+  """The jitted ``step(state, batch, data)``: state sharded as ``shardings`` (and donated),
+  the batch split over 'data', the task loss's images replicated."""
   step = make_train_step(spec, config)
-  return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+  return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
+                                     mesh_lib.replicated(mesh)),
                  out_shardings=(shardings, None), donate_argnums=0)
+
+
+def put_task_images(config, corpus, mesh):
+  """The task loss's images (``task_loss.seen_task_images``), replicated over the mesh;
+  an empty placeholder when the task loss is off (nothing is loaded)."""
+  if config.task_loss_weight <= 0:
+    return task_loss_lib.TaskImages(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int32),
+                                    np.zeros((1,), np.int32))
+  data = task_loss_lib.seen_task_images(corpus, corpus.path)
+  sharding = mesh_lib.replicated(mesh)
+  # Every process holds the same arrays; a callback builds the global array on any
+  # number of hosts.
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx]), data)
 
 
 def put_batch(batch: dict, mesh) -> dict:
@@ -152,6 +169,7 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
                len(batches), spec.tokenizer.num_tokens, spec.tokenizer.block_size,
                dict(mesh.shape), start, config.num_steps)
   step_fn = compile_step(spec, config, mesh, shardings)
+  task_data = put_task_images(config, corpus, mesh)
   writer = reporting.MetricWriter(os.path.join(workdir, "tb") if jax.process_index() == 0
                                   else None)
   progress = reporting.ProgressReporter(config.num_steps, every_secs=15.0)
@@ -159,7 +177,7 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   history, last, t0 = [], {}, time.time()
   with mesh_lib.activate(mesh):
     for step in range(start, end):
-      state, metrics = step_fn(state, put_batch(batches(step), mesh))
+      state, metrics = step_fn(state, put_batch(batches(step), mesh), task_data)
       history.append(metrics)
       done = step + 1
       if done % config.log_every == 0 or done == end:

@@ -87,6 +87,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, P())
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh):
   """Mesh + logical axis rules, so the models' activation constraints apply."""

@@ -7,8 +7,11 @@ One call of ``train_step(state, batch)``:
 2. draws t and noise, forms x_t, drops the text of a ``text_dropout`` fraction
    (classifier-free guidance), and optionally nudges x_t adversarially (FGSM on the
    diffusion loss, ``perturb_eps``);
-3. updates the DiT on ``x0_loss + adv_weight * softplus(-D(x0_pred))`` (non-saturating; the
-   adversarial term joins after ``adv_start`` steps);
+3. updates the DiT on ``diffusion_weight * x0_loss + task_loss_weight * task_loss +
+   adv_weight * softplus(-D(x0_pred))``: the task loss decodes the x0 prediction to
+   subtask weights and takes their cross-entropy on images of the example's own task
+   (``t2w_jax/task_loss.py``); the adversarial term is non-saturating and joins after
+   ``adv_start`` steps;
 4. updates the discriminator on real x0 against the (stopped) predictions;
 5. updates the EMA parameters.
 """
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from t2w_jax import task_loss as task_loss_lib
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.text.condition import text_condition
 from t2w_jax.generator import GeneratorSpec, make_denoiser
@@ -55,10 +59,17 @@ def layer_token_weights(spec: GeneratorSpec) -> np.ndarray | None:
 
 
 def make_train_step(spec: GeneratorSpec, config):
-  """Returns the pure ``train_step(state, batch) -> (state, metrics)``.
+  """Returns the pure ``train_step(state, batch, data) -> (state, metrics)``.
 
-  ``batch`` holds ``weights`` (B, D) raw flat corpus rows, ``class_emb`` (B, K, d) and
-  ``class_mask`` (B, K).
+  ``batch`` holds ``weights`` (B, D) raw flat corpus rows, ``class_ids`` (B, K) dataset
+  class ids, ``class_emb`` (B, K, d) and ``class_mask`` (B, K). ``data`` is the
+  ``task_loss.TaskImages`` the task loss draws from (replicated; unused when
+  ``task_loss_weight`` is 0).
+
+  The task loss weighs every timestep alike: each x0 prediction along the chain is a net
+  the sampler may return (the one-step sampler returns the prediction at t = T-1), so no t
+  may predict a net that fails its task. Examples whose text was dropped (classifier-free
+  guidance) are left out of it: their prediction cannot know the task.
   """
   disc = build_disc(spec)
   tx, disc_tx = build_optimizers(config)
@@ -69,14 +80,17 @@ def make_train_step(spec: GeneratorSpec, config):
   layer_w = layer_token_weights(spec)
   layer_w = None if layer_w is None else jnp.asarray(layer_w)
   use_adv = config.adv_weight > 0
+  use_task = config.task_loss_weight > 0
+  task_loss = task_loss_lib.make_task_loss(
+      task_loss_lib.subtask_model(spec.cnn, spec.text_dim), layout, config.task_images)
 
   denoise = make_denoiser(spec)
 
   def critic(disc_params, tokens, fused):
     return disc.apply({"params": disc_params}, tokens, lids, bids, fused)
 
-  def train_step(state: TrainState, batch):
-    rng, k_perm, k_t, k_noise, k_drop = jax.random.split(state.rng, 5)
+  def train_step(state: TrainState, batch, data=None):
+    rng, k_perm, k_t, k_noise, k_drop, k_task = jax.random.split(state.rng, 6)
     flat = batch["weights"]
     if config.permute_aug:
       flat = permute_flat(k_perm, flat, layout)
@@ -97,17 +111,29 @@ def make_train_step(spec: GeneratorSpec, config):
     def loss_fn(params):
       pred = denoise(params, x_t, t, text)
       diff = x0_loss(pred, x0, mask, layer_w)
-      if not use_adv:
-        return diff, (diff, jnp.zeros(()), pred)
-      adv = jnp.mean(jax.nn.softplus(-critic(state.disc_params, pred * mask, text["fused"])))
-      return diff + adv_scale * adv, (diff, adv, pred)
+      total = config.diffusion_weight * diff
+      task = jnp.zeros(())
+      if use_task:
+        nets = tok.detokenize(norms.denormalize(pred))
+        per_net = task_loss(nets, batch["class_ids"], batch["class_mask"], batch["class_emb"],
+                            data, k_task)
+        keep = (~drop).astype(per_net.dtype)
+        task = jnp.sum(per_net * keep) / jnp.maximum(jnp.sum(keep), 1.0)
+        total = total + config.task_loss_weight * task
+      adv = jnp.zeros(())
+      if use_adv:
+        adv = jnp.mean(jax.nn.softplus(-critic(state.disc_params, pred * mask,
+                                                text["fused"])))
+        total = total + adv_scale * adv
+      return total, (diff, task, adv, pred)
 
-    (loss, (diff, adv, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (diff, task, adv, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p,
                        state.ema_params, params)
-    metrics = {"loss": loss, "diffusion_loss": diff, "adv_loss": adv,
+    metrics = {"loss": loss, "diffusion_loss": diff, "task_loss": task, "adv_loss": adv,
                "grad_norm": optax.global_norm(grads)}
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state

@@ -287,6 +287,24 @@ def load_features(corpus_dir: str) -> FeatureDataset:
                           z["train_labels"], z["test_images"], z["test_labels"])
 
 
+def load_task_dataset(corpus_dir: str, meta: Mapping):
+  """What a finished corpus's nets run on, loaded as its corpus run loaded it.
+
+  The image dataset at the corpus's image size (family "cnn"), or the cached trunk
+  features of an adapter-family corpus (the trunk is not run again). Evaluation and the
+  generator's task loss both read their data through this function.
+
+  Args:
+    corpus_dir: the corpus directory.
+    meta: the corpus's meta.json.
+  """
+  if family_of(meta["model"]) == "adapter":
+    return load_features(corpus_dir)
+  from t2w_jax import data as data_lib  # local: keeps this module's import light
+  return data_lib.load_dataset(meta["dataset"], image_size=meta["image_size"],
+                               **meta.get("dataset_kwargs", {}))
+
+
 def prepare_data(config, corpus_dir: str, dataset, class_emb: np.ndarray, seen_classes):
   """What the corpus's nets train and are measured on: images, or cached trunk features.
 

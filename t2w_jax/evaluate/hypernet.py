@@ -1,0 +1,181 @@
+"""The plain hypernetwork baseline: an MLP from a task's class embeddings to a delta over
+the generalist's weights, trained through the task loss alone, with no corpus of weights.
+
+It is what a user with the seen classes' images and no corpus of trained nets would build
+instead of a weight generator, and the bar the diffusion generator has to clear (issue 10):
+a generator trained on a corpus of specialists earns its cost only if it beats a
+hypernetwork trained directly for the tasks' loss.
+
+Training draws fresh tasks every step: 2..K classes (the corpus's task sizes) out of the
+seen tasks' classes, images from their training rows (``task_loss.seen_task_images``: no
+held-out class, no validation row). It early-stops like every other trained baseline: the
+cross-entropy on the validation rows of a fixed set of seen-class tasks is checked every
+``eval_every`` steps, and the best-validating parameters after ``patience`` checks without
+improvement are kept.
+"""
+import logging
+import time
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t2w_jax import task_loss as task_loss_lib
+from t2w_jax.evaluate import registry
+from t2w_jax.evaluate.baselines import gap_closure_from_means, split_tasks, stats
+from t2w_jax.zoo.cnn import unit_normalize
+
+
+class TextHypernet(nn.Module):
+  """Class embeddings of a task -> a delta over the generalist's flat weights.
+
+  The task is the mean of its unit class embeddings (the subtask net's head already sees
+  each class's embedding; the delta only has to know which classes are in play). The last
+  layer starts at zero, so the untrained hypernetwork returns the generalist.
+
+  Attributes:
+    out_dim: D, the flat weight count.
+    hidden: hidden width.
+    depth: hidden layers.
+  """
+  out_dim: int
+  hidden: int = 512
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, class_emb, mask):
+    """(B, K, d) class embeddings and (B, K) mask -> (B, D) weight deltas."""
+    m = mask.astype(jnp.float32)[..., None]
+    x = jnp.sum(unit_normalize(class_emb) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+    for i in range(self.depth):
+      x = nn.gelu(nn.Dense(self.hidden, name=f"hidden_{i}")(x))
+    return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros, name="out")(x)
+
+
+def sample_tasks(key, pool, batch: int, min_classes: int, max_classes: int):
+  """``batch`` random tasks of min..max distinct classes from ``pool``: (B, K) ids, mask.
+
+  Padding slots repeat the task's first class (as ``data.tasks.pad_tasks`` does).
+  """
+  k_n, k_perm = jax.random.split(key)
+  n = jax.random.randint(k_n, (batch,), min_classes, max_classes + 1)
+  perms = jax.vmap(lambda k: jax.random.permutation(k, pool))(jax.random.split(k_perm, batch))
+  perms = perms[:, :max_classes]
+  mask = jnp.arange(max_classes)[None, :] < n[:, None]
+  return jnp.where(mask, perms, perms[:, :1]), mask
+
+
+def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images: int,
+                   learning_rate: float, max_steps: int, eval_every: int, patience: int,
+                   val_tasks: int):
+  """Trains a TextHypernet on fresh seen-class tasks; returns (params, info)."""
+  corpus = ctx.corpus
+  meta = corpus.meta
+  pool = np.asarray(task_loss_lib.seen_classes(corpus), np.int32)
+  sizes = [len(r["class_ids"]) for r in corpus.records]
+  kmin, kmax = min(sizes), max(sizes)
+  if len(pool) < kmax:
+    raise ValueError(f"{len(pool)} seen classes cannot make tasks of {kmax} classes")
+  train_data = jax.tree.map(jnp.asarray, task_loss_lib.seen_task_images(
+      corpus, corpus.path, "train", dataset=ctx.dataset))
+  val_data = jax.tree.map(jnp.asarray, task_loss_lib.seen_task_images(
+      corpus, corpus.path, "val", dataset=ctx.dataset))
+  if int(np.asarray(val_data.class_count)[pool].min()) == 0:
+    raise ValueError("the hypernetwork baseline early-stops on the corpus's validation rows, "
+                     "but this corpus has none (val_per_class = 0)")
+  class_emb = jnp.asarray(corpus.class_emb, jnp.float32)
+  base = jnp.asarray(corpus.base, jnp.float32)
+  model = TextHypernet(out_dim=int(base.shape[0]), hidden=hidden, depth=depth)
+  loss_fn = task_loss_lib.make_task_loss(
+      task_loss_lib.subtask_model(meta["model"], int(class_emb.shape[1])), corpus.layout,
+      images)
+  k_init, k_val, k_val_img, k_train = jax.random.split(rng, 4)
+  v_classes, v_mask = sample_tasks(k_val, jnp.asarray(pool), val_tasks, kmin, kmax)
+  params = model.init(k_init, class_emb[v_classes[:1]], v_mask[:1])["params"]
+  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, max_steps, alpha=0.05))
+
+  def nets(p, classes, mask):
+    return base[None] + model.apply({"params": p}, class_emb[classes], mask)
+
+  def mean_loss(p, classes, mask, data, key):
+    return jnp.mean(loss_fn(nets(p, classes, mask), classes, mask, class_emb[classes], data,
+                            key))
+
+  @jax.jit
+  def period(p, opt, step0):
+    def one(carry, i):
+      p, opt = carry
+      k_task, k_img = jax.random.split(jax.random.fold_in(k_train, step0 + i))
+      classes, mask = sample_tasks(k_task, jnp.asarray(pool), batch_size, kmin, kmax)
+      loss, g = jax.value_and_grad(mean_loss)(p, classes, mask, train_data, k_img)
+      upd, opt = tx.update(g, opt, p)
+      return (optax.apply_updates(p, upd), opt), loss
+    (p, opt), losses = jax.lax.scan(one, (p, opt), jnp.arange(eval_every))
+    val = mean_loss(p, v_classes, v_mask, val_data, k_val_img)
+    return p, opt, jnp.mean(losses), val
+
+  val0 = float(jax.jit(mean_loss)(params, v_classes, v_mask, val_data, k_val_img))
+  best, best_val, best_step, bad, step, opt = params, val0, 0, 0, 0, tx.init(params)
+  t0 = time.time()
+  while step < max_steps and bad < patience:
+    params, opt, loss, val = period(params, opt, step)
+    step += eval_every
+    val = float(val)
+    if val < best_val:
+      best, best_val, best_step, bad = params, val, step, 0
+    else:
+      bad += 1
+    logging.info("hypernet: step %d train loss %.4f val loss %.4f (best %.4f at %d; %.1f "
+                 "steps/s)", step, float(loss), val, best_val, best_step,
+                 step / max(time.time() - t0, 1e-9))
+  info = {"kept_step": best_step, "steps_run": step, "val_loss": best_val,
+          "val_loss_at_start": val0, "seconds": time.time() - t0}
+  return best, model, info
+
+
+@registry.register("hypernet")
+def evaluate_hypernet(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
+                      max_tasks: int | None = None, hidden: int = 512, depth: int = 2,
+                      batch_size: int = 64, images: int = 32, learning_rate: float = 1e-3,
+                      max_steps: int = 6000, eval_every: int = 250, patience: int = 4,
+                      val_tasks: int = 128, min_denominator: float = 0.02) -> dict:
+  """The plain hypernetwork baseline (text -> weight delta, task loss only, no corpus).
+
+  Args:
+    ctx: the ``EvalContext``.
+    rng: training randomness (init, tasks, images).
+    splits / max_tasks: the tasks measured, as in the other evaluators.
+    hidden / depth: the MLP.
+    batch_size: tasks per step; images: images per task per step.
+    learning_rate: Adam, cosine-decayed over ``max_steps``.
+    max_steps / eval_every / patience: early stopping on validation cross-entropy.
+    val_tasks: fixed seen-class tasks whose validation rows decide the stop.
+    min_denominator: gap closure is None where |specialist - generalist| is below it.
+
+  Returns:
+    JSON-ready dict: training info and, per split, the method's statistics (``methods.
+    hypernet``, with per-task accuracies) and its gap closure from the split means.
+  """
+  params, model, info = train_hypernet(
+      ctx, rng, hidden=hidden, depth=depth, batch_size=batch_size, images=images,
+      learning_rate=learning_rate, max_steps=max_steps, eval_every=eval_every,
+      patience=patience, val_tasks=val_tasks)
+  base = np.asarray(ctx.corpus.base, np.float32)
+  apply = jax.jit(lambda p, e, m: model.apply({"params": p}, e, m))
+  out = dict(info, hidden=hidden, depth=depth, splits={})
+  for split in splits:
+    rows, tasks = split_tasks(ctx, max_tasks, split)
+    emb, mask = ctx.class_text(tasks)
+    nets = base[None] + np.asarray(apply(params, emb, mask), np.float32)
+    acc = ctx.accuracy(nets, tasks)
+    g = ctx.reference_accuracy("generalist", rows).mean()
+    o = ctx.reference_accuracy("oracle", rows).mean()
+    out["splits"][split] = {
+        "n_tasks": len(tasks), "task_ids": [t.task_id for t in tasks],
+        "methods": {"hypernet": stats(acc)},
+        "gap_closure_from_means": gap_closure_from_means(float(acc.mean()), g, o,
+                                                         float(min_denominator))}
+  return out

@@ -1,0 +1,118 @@
+"""The functional (task) loss: a decoded net's cross-entropy on its own task's images.
+
+The generator's train step (``train/step.py``) adds it to the diffusion loss, and the plain
+hypernetwork baseline (``evaluate/hypernet.py``) trains on it alone; both use this module,
+so "the task loss of a net" has one definition.
+
+What may be used: the training images of the classes that occur in the corpus's SEEN tasks,
+minus the validation rows (``data.tasks.validation_mask``, the split every net early-stops
+on). ``seen_task_images`` builds that pool and nothing else: held-out classes' images and the
+validation rows are not in the arrays it returns, so no later indexing can reach them. For the
+adapter family the pool holds the trunk's cached features (the frozen trunk never runs here).
+"""
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.zoo import family as family_lib
+from t2w_jax.zoo import masstrain
+
+
+class TaskImages(NamedTuple):
+  """The images the task loss may draw from, by class.
+
+  images: (N, ...) uint8 images or float32 trunk features: allowed rows only.
+  class_index: (C, W) int32 rows of ``images`` of each dataset class.
+  class_count: (C,) int32 valid entries per class; 0 for a class training may not use.
+  """
+  images: Any
+  class_index: Any
+  class_count: Any
+
+
+def task_images(dataset, classes: Sequence[int], *, val_per_class: int, val_seed: int,
+                split: str = "train") -> TaskImages:
+  """The training rows of ``classes`` without the validation rows (or, with
+  ``split="val"``, the validation rows alone), indexed by class.
+
+  Args:
+    dataset: an ImageDataset (or the adapter family's FeatureDataset).
+    classes: the dataset classes that may be used.
+    val_per_class, val_seed: the corpus's validation split.
+    split: "train" (validation rows left out) or "val" (only them).
+
+  Returns:
+    TaskImages over all of the dataset's classes (count 0 outside ``classes``).
+  """
+  if split not in ("train", "val"):
+    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+  labels = np.asarray(dataset.train_labels)
+  is_val = tasks_lib.validation_mask(labels, val_per_class, val_seed)
+  use = is_val if split == "val" else ~is_val
+  rows = np.flatnonzero(np.isin(labels, np.asarray(list(classes), np.int64)) & use)
+  index, count = masstrain._index_by_class(labels[rows], len(dataset.class_names))
+  return TaskImages(np.asarray(dataset.train_images)[rows], index, count)
+
+
+def seen_classes(corpus) -> list[int]:
+  """The dataset classes that occur in the corpus's seen tasks (no held-out class)."""
+  return sorted({c for i in corpus.indices("seen") for c in corpus.records[i]["class_ids"]})
+
+
+def seen_task_images(corpus, corpus_dir: str, split: str = "train",
+                     dataset=None) -> TaskImages:
+  """What training may see: the seen tasks' classes' training rows (``split="train"``),
+  or their validation rows (``split="val"``, for early stopping).
+
+  Args:
+    corpus: an opened ``zoo.corpus.Corpus``.
+    corpus_dir: its directory (the adapter family's cached features live there).
+    split: "train" or "val".
+    dataset: the corpus's data if already loaded (``family.load_task_dataset``).
+  """
+  meta = corpus.meta
+  if dataset is None:
+    dataset = family_lib.load_task_dataset(corpus_dir, meta)
+  return task_images(dataset, seen_classes(corpus),
+                     val_per_class=int(meta.get("val_per_class", 0)),
+                     val_seed=int(meta["seed"]), split=split)
+
+
+def subtask_model(model_cfg, embed_dim: int):
+  """The subtask net (a corpus's ``meta["model"]`` or a spec's ``cnn``) in the form that
+  survives ``vmap`` over nets (im2col convolutions)."""
+  return family_lib.build_subtask_net(model_cfg, embed_dim, conv_impl="im2col")
+
+
+def make_task_loss(model, layout, per_task: int):
+  """``loss(flat, classes, mask, class_emb, data, rng) -> (B,)`` per-net cross-entropy.
+
+  Net i (flat weights ``flat[i]``, any differentiable function of the parameters being
+  trained) is measured on ``per_task`` images of its own task, balanced over the task's
+  classes as the corpus trainer draws them (pick a class slot, then one of its images).
+  Vectorised over the B nets with ``vmap``; no Python loop over tasks.
+
+  Args:
+    model: the subtask net (``subtask_model``).
+    layout: the corpus's ParamLayout (flat vector <-> params).
+    per_task: images per net per call.
+  """
+
+  def loss(flat, classes, mask, class_emb, data: TaskImages, rng):
+    def one(flat, classes, mask, emb, key):
+      k_cls, k_img = jax.random.split(key)
+      local = jax.random.randint(k_cls, (per_task,), 0, jnp.sum(mask))
+      cls = classes[local]
+      j = jax.random.randint(k_img, (per_task,), 0, data.class_count[cls])
+      x = data.images[data.class_index[cls, j]]
+      logits = masstrain.masked_logits(model, layout.unflatten(flat), x, emb, mask)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, local).mean()
+
+    keys = jax.random.split(rng, flat.shape[0])
+    return jax.vmap(one)(flat, classes, mask, class_emb, keys)
+
+  return loss
