@@ -6,9 +6,9 @@
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
 net-steps/s and GFLOP/s, against a large matmul. ``dit``: DiT train samples/s and denoising
-latency at the PyTorch T2W's CIFAR-100 size, MFU, and DDIM-50 generation time at the small
-config, with the PyTorch reference figures. ``--quick`` runs tiny sizes once (smoke test).
-See t2w_jax/bench/ for what exactly is timed.
+latency at the PyTorch T2W's CIFAR-100 size, MFU, one net at the default config, and DDIM-50
+generation time at the small config. ``--quick`` runs tiny sizes once (smoke test). See
+t2w_jax/bench/ for what exactly is timed. A user error is one line, exit status 2.
 """
 import argparse
 import os
@@ -50,9 +50,29 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _default_net() -> tuple[dict, int]:
+  """The default corpus's subtask net (with its text dimension) and image size."""
+  from configs import corpus as corpus_config  # noqa: PLC0415
+  c = corpus_config.get_config("")
+  if c.text_encoder != "minilm":
+    raise ValueError(f"the one-net figure assumes MiniLM text (384-d), the default corpus "
+                     f"uses {c.text_encoder!r}")
+  return dict(c.model.to_dict(), embed_dim=384), int(c.image_size)
+
+
 def main(argv=None) -> int:
+  """Runs the benchmark the command line names; a UserError is one line and exit status 2."""
+  from t2w_jax.errors import UserError  # noqa: PLC0415  (imports no JAX)
+  try:
+    return _main(argv)
+  except UserError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    return 2  # as t2w_jax.cli.USER_ERROR_EXIT, without importing absl here
+
+
+def _main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if args.which == "corpus" or args.host_devices:
+  if args.which == "corpus" or getattr(args, "host_devices", False):
     platform.setup_host_devices()
   import logging  # noqa: PLC0415  (after the platform set-up, like every JAX import)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -72,9 +92,12 @@ def main(argv=None) -> int:
   else:
     from configs import dit as dit_config  # noqa: PLC0415
     from t2w_jax.bench import dit_bench  # noqa: PLC0415
+    cnn, image_size = _default_net()
     result = dit_bench.run(dit_config.get_config("tiny" if args.quick else "small"),
                            quick=args.quick, repeats=args.repeats, dtype=args.dtype,
-                           matmul_size=args.matmul_size, train_steps=args.train_steps)
+                           matmul_size=args.matmul_size, train_steps=args.train_steps,
+                           default_cnn=None if args.quick else cnn,
+                           default_image_size=image_size)
     report = dit_bench.format_report(result)
   print(report, flush=True)
   if args.json:
