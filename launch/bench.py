@@ -1,14 +1,17 @@
-"""Benchmarks: the corpus trainer and the DiT.
+"""Benchmarks: the corpus trainer, the DiT, and the DiT beside the PyTorch T2W.
 
   python launch/bench.py corpus [--quick] [--json PATH] [--repeats N] [--nets N] ...
   python launch/bench.py dit [--quick] [--json PATH] [--repeats N] [--dtype bfloat16] ...
+  python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON] [--json PATH] ...
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
 net-steps/s and GFLOP/s, against a large matmul. ``dit``: DiT train samples/s and denoising
 latency at the PyTorch T2W's CIFAR-100 size, MFU, one net at the default config, and DDIM-50
-generation time at the small config. ``--quick`` runs tiny sizes once (smoke test). See
-t2w_jax/bench/ for what exactly is timed. A user error is one line, exit status 2.
+generation time at the small config. ``pytorch``: the same CIFAR-size figures for ours and
+for the PyTorch T2W of a checkout (timed in a subprocess by a Python with torch), with the
+ratios, in one run. ``--quick`` runs tiny sizes once (smoke test). See t2w_jax/bench/ for
+what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
 import argparse
 import os
@@ -47,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--host_devices", action="store_true",
                  help="one single-threaded XLA device per CPU core (batch split over them)")
   d.add_argument("--train_steps", type=int, help="train steps per timed repeat")
+
+  t = sub.add_parser("pytorch", parents=[common],
+                     help="ours and the PyTorch T2W side by side at its CIFAR size")
+  t.add_argument("--t2w_repo", required=True, help="path of a checkout of the PyTorch T2W")
+  t.add_argument("--torch_python", default=sys.executable,
+                 help="the Python that has torch (default: this one)")
+  t.add_argument("--torch_threads", type=int, help="torch's threads (default: CPU count)")
+  t.add_argument("--torch_timeout", type=float, default=3600.0,
+                 help="seconds the PyTorch side may take")
+  t.add_argument("--train_steps", type=int, help="train steps per timed repeat")
   return parser
 
 
@@ -89,7 +102,7 @@ def _main(argv=None) -> int:
         eval_every=args.eval_every, data=args.data)
     result = corpus_bench.run(settings)
     report = corpus_bench.format_report(result)
-  else:
+  elif args.which == "dit":
     from configs import dit as dit_config  # noqa: PLC0415
     from t2w_jax.bench import dit_bench  # noqa: PLC0415
     cnn, image_size = _default_net()
@@ -99,6 +112,17 @@ def _main(argv=None) -> int:
                            default_cnn=None if args.quick else cnn,
                            default_image_size=image_size)
     report = dit_bench.format_report(result)
+  else:
+    from configs import dit as dit_config  # noqa: PLC0415
+    from t2w_jax.bench import pytorch_bench  # noqa: PLC0415
+    cnn, image_size = _default_net()
+    result = pytorch_bench.run(
+        args.t2w_repo, dit_config.get_config("tiny" if args.quick else "small"),
+        torch_python=args.torch_python, threads=args.torch_threads, quick=args.quick,
+        repeats=args.repeats, train_steps=args.train_steps, matmul_size=args.matmul_size,
+        default_cnn=None if args.quick else cnn, default_image_size=image_size,
+        timeout=args.torch_timeout)
+    report = pytorch_bench.format_report(result)
   print(report, flush=True)
   if args.json:
     bench.write_json(args.json, result)
