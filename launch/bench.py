@@ -1,14 +1,17 @@
-"""Benchmarks: the corpus trainer and the DiT.
+"""Benchmarks: the corpus trainer, the DiT, and the DiT beside the PyTorch T2W.
 
   python launch/bench.py corpus [--quick] [--json PATH] [--repeats N] [--nets N] ...
   python launch/bench.py dit [--quick] [--json PATH] [--repeats N] [--dtype bfloat16] ...
+  python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON] [--json PATH] ...
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
 net-steps/s and GFLOP/s, against a large matmul. ``dit``: DiT train samples/s and denoising
-latency at the PyTorch T2W's CIFAR-100 size, MFU, and DDIM-50 generation time at the small
-config, with the PyTorch reference figures. ``--quick`` runs tiny sizes once (smoke test).
-See t2w_jax/bench/ for what exactly is timed.
+latency at the PyTorch T2W's CIFAR-100 size, MFU, one net at the default config, and DDIM-50
+generation time at the small config. ``pytorch``: the same CIFAR-size figures for ours and
+for the PyTorch T2W of a checkout (timed in a subprocess by a Python with torch), with the
+ratios, in one run. ``--quick`` runs tiny sizes once (smoke test). See t2w_jax/bench/ for
+what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
 import argparse
 import os
@@ -47,12 +50,42 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--host_devices", action="store_true",
                  help="one single-threaded XLA device per CPU core (batch split over them)")
   d.add_argument("--train_steps", type=int, help="train steps per timed repeat")
+
+  t = sub.add_parser("pytorch", parents=[common],
+                     help="ours and the PyTorch T2W side by side at its CIFAR size")
+  t.add_argument("--t2w_repo", required=True, help="path of a checkout of the PyTorch T2W")
+  t.add_argument("--torch_python", default=sys.executable,
+                 help="the Python that has torch (default: this one)")
+  t.add_argument("--torch_threads", type=int, help="torch's threads (default: CPU count)")
+  t.add_argument("--torch_timeout", type=float, default=3600.0,
+                 help="seconds the PyTorch side may take")
+  t.add_argument("--train_steps", type=int, help="train steps per timed repeat")
   return parser
 
 
+def _default_net() -> tuple[dict, int]:
+  """The default corpus's subtask net (with its text dimension) and image size."""
+  from configs import corpus as corpus_config  # noqa: PLC0415
+  c = corpus_config.get_config("")
+  if c.text_encoder != "minilm":
+    raise ValueError(f"the one-net figure assumes MiniLM text (384-d), the default corpus "
+                     f"uses {c.text_encoder!r}")
+  return dict(c.model.to_dict(), embed_dim=384), int(c.image_size)
+
+
 def main(argv=None) -> int:
+  """Runs the benchmark the command line names; a UserError is one line and exit status 2."""
+  from t2w_jax.errors import UserError  # noqa: PLC0415  (imports no JAX)
+  try:
+    return _main(argv)
+  except UserError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    return 2  # as t2w_jax.cli.USER_ERROR_EXIT, without importing absl here
+
+
+def _main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if args.which == "corpus" or args.host_devices:
+  if args.which == "corpus" or getattr(args, "host_devices", False):
     platform.setup_host_devices()
   import logging  # noqa: PLC0415  (after the platform set-up, like every JAX import)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -69,13 +102,27 @@ def main(argv=None) -> int:
         eval_every=args.eval_every, data=args.data)
     result = corpus_bench.run(settings)
     report = corpus_bench.format_report(result)
-  else:
+  elif args.which == "dit":
     from configs import dit as dit_config  # noqa: PLC0415
     from t2w_jax.bench import dit_bench  # noqa: PLC0415
+    cnn, image_size = _default_net()
     result = dit_bench.run(dit_config.get_config("tiny" if args.quick else "small"),
                            quick=args.quick, repeats=args.repeats, dtype=args.dtype,
-                           matmul_size=args.matmul_size, train_steps=args.train_steps)
+                           matmul_size=args.matmul_size, train_steps=args.train_steps,
+                           default_cnn=None if args.quick else cnn,
+                           default_image_size=image_size)
     report = dit_bench.format_report(result)
+  else:
+    from configs import dit as dit_config  # noqa: PLC0415
+    from t2w_jax.bench import pytorch_bench  # noqa: PLC0415
+    cnn, image_size = _default_net()
+    result = pytorch_bench.run(
+        args.t2w_repo, dit_config.get_config("tiny" if args.quick else "small"),
+        torch_python=args.torch_python, threads=args.torch_threads, quick=args.quick,
+        repeats=args.repeats, train_steps=args.train_steps, matmul_size=args.matmul_size,
+        default_cnn=None if args.quick else cnn, default_image_size=image_size,
+        timeout=args.torch_timeout)
+    report = pytorch_bench.format_report(result)
   print(report, flush=True)
   if args.json:
     bench.write_json(args.json, result)

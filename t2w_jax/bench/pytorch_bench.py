@@ -1,0 +1,331 @@
+"""Side-by-side benchmark: t2w_jax and the PyTorch T2W, on the same machine, in one run.
+
+``python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON]`` takes a
+checkout of the PyTorch T2W (github.com/TianSuya/T2W), builds its model at its CIFAR-100
+config in a subprocess (``torch_driver.py``, run by ``--torch_python``; torch is an optional
+extra, never a requirement of t2w_jax or its tests), and times its train step and one
+denoising call the way ``dit_bench`` times ours; then it times ours and prints both, the
+ratios, and each side's fraction of its own library's matmul measured in the same run.
+
+Both sides at the CIFAR size in float32 (the PyTorch config runs without amp):
+
+* ours: ``dit_bench.measure_cifar`` at ``dit_bench.CIFAR_SIZE`` (width 1024, 6 layers, 8
+  heads, 34 tokens of 576 values, batch 32; adaLN, cross-attention, prior bias).
+* theirs: ``PYTORCH_CIFAR``, from the checkout's configs/train/cifar100_classifier.yaml
+  (width 1024, 6 layers, 8 heads, 576-value chunks within layers, 1000 linear-schedule
+  timesteps, batch 32, AdamW lr 4e-4, wd 0.1, clipping 0.1) and its
+  data_gen/cifar100/p_dataset.py (the adapter [[8192, 16], [8192, 512]]); its 32 weight
+  tokens plus a timestep and a text token make the same 34 tokens.
+
+Without torch in ``--torch_python`` the report says so and prints our figures and our
+same-run matmul fraction only. A path that is not such a checkout, or a checkout whose
+model cannot be imported or built, is a user error naming what is missing.
+
+The report also carries one net at the default config (``dit_bench.
+bench_default_generation``) against its target, ``dit_bench.ONE_NET_TARGET_SECONDS``.
+"""
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import ml_collections
+
+from t2w_jax import bench
+from t2w_jax.bench import dit_bench
+from t2w_jax.errors import ConfigError, MissingError
+
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_driver.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Files the driver imports from; their absence means the path is not a T2W checkout.
+REQUIRED_FILES = ("T2W/models/transformer.py", "T2W/diffusion/__init__.py",
+                  "T2W/diffusion/timestep_sampler.py")
+
+PYTORCH_CIFAR = {
+    # data_gen/cifar100/p_dataset.py: Linear(512, 16) and Linear(16, 512), weight + bias.
+    "parameter_sizes": [[8192, 16], [8192, 512]],
+    "parameter_names": ["weight", "bias", "weight", "bias"],
+    # configs/train/cifar100_classifier.yaml ("transformer" and "train").
+    "chunk_size": 576, "split_policy": "chunk_within_layer", "max_freq_log2": 14,
+    "num_frequencies": 128, "n_embd": 1024, "n_layer": 6, "n_head": 8, "batch_size": 32,
+    "learning_rate": 4e-4, "weight_decay": 0.1, "beta2": 0.999, "grad_clip": 0.1,
+    # main.py: create_diffusion(steps=1000); the text token is a 512-d CLIP feature.
+    "num_timesteps": 1000, "text_dim": 512,
+}
+# A smoke-test size of the same model (the text token stays 512-d: the model fixes it).
+PYTORCH_QUICK = dict(PYTORCH_CIFAR, parameter_sizes=[[64, 4], [64, 16]], chunk_size=16,
+                     num_frequencies=8, n_embd=32, n_layer=1, n_head=2, batch_size=4)
+
+
+def check_t2w_repo(path: str) -> str:
+  """The absolute path of a PyTorch T2W checkout.
+
+  Raises:
+    MissingError: ``path`` is not a directory, or lacks a file of ``REQUIRED_FILES``.
+  """
+  full = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(full):
+    raise MissingError(f"--t2w_repo {path!r} is not a directory; pass the path of a checkout "
+                       f"of the PyTorch T2W (github.com/TianSuya/T2W)")
+  missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(full, f))]
+  if missing:
+    raise MissingError(f"--t2w_repo {path!r} is not a checkout of the PyTorch T2W: it has no "
+                       f"{', '.join(missing)}")
+  return full
+
+
+def check_python(python: str) -> str:
+  """``python`` as given if it names an executable (a path, or a name on PATH).
+
+  Raises:
+    MissingError: it names no executable.
+  """
+  found = python if os.sep in python else shutil.which(python)
+  if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+    raise MissingError(f"--torch_python {python!r} is not an executable Python")
+  return found
+
+
+def git_commit(path: str) -> dict:
+  """``{"commit": sha or None, "dirty": bool or None}`` of the git work tree at ``path``."""
+  def git(*args):
+    proc = subprocess.run(["git", "-C", path, *args], capture_output=True, text=True,
+                          timeout=30, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+  try:
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+  except (OSError, subprocess.SubprocessError):
+    commit = status = None
+  return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def describe_commit(c: dict) -> str:
+  """"commit 0123abc" (+ " with local changes"), or "commit unknown (not a git work tree)"."""
+  if not c["commit"]:
+    return "commit unknown (not a git work tree)"
+  return f"commit {c['commit'][:12]}" + (" with local changes" if c["dirty"] else "")
+
+
+def run_torch_side(repo: str, python: str, cfg: dict, *, repeats: int, train_steps: int,
+                   denoise_repeats: int, threads: int, matmul_size: int, seed: int = 0,
+                   timeout: float = 3600) -> dict:
+  """Runs ``torch_driver.py`` with ``python``; its result, with status "ok" or "no_torch".
+
+  Raises:
+    MissingError: the checkout lacks what the driver imports (named), or ``python`` cannot
+      be started.
+    ConfigError: the checkout's model or diffusion refuses the CIFAR config (named).
+    RuntimeError: the driver crashed or ran past ``timeout`` seconds.
+  """
+  with tempfile.TemporaryDirectory(prefix="t2w_torch_") as tmp:
+    out = os.path.join(tmp, "torch.json")
+    cmd = [python, DRIVER, "--t2w_repo", repo, "--config", json.dumps(cfg), "--json", out,
+           "--repeats", str(repeats), "--train_steps", str(train_steps),
+           "--denoise_repeats", str(denoise_repeats), "--threads", str(threads),
+           "--matmul_size", str(matmul_size), "--seed", str(seed)]
+    # Also for the OpenMP pools torch starts before set_num_threads runs.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    try:
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                            check=False)
+    except subprocess.TimeoutExpired as e:
+      raise RuntimeError(f"the PyTorch side ran past --torch_timeout {timeout:g} s") from e
+    except OSError as e:
+      raise MissingError(f"--torch_python {python!r} could not be started: {e}") from e
+    if proc.returncode != 0 or not os.path.isfile(out):
+      raise RuntimeError(f"the PyTorch driver ({python} {DRIVER}) exited with status "
+                         f"{proc.returncode}:\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+      result = json.load(f)
+  status = result.get("status")
+  if status in ("ok", "no_torch"):
+    return result
+  where = f"the PyTorch T2W checkout {repo!r}"
+  if status == "import_error":
+    raise MissingError(f"{where}: could not import {result['what']} with {python}: "
+                       f"{result['reason']}")
+  if status == "build_error":
+    raise ConfigError(f"{where}: {result['what']} failed at the CIFAR config: "
+                      f"{result['reason']}")
+  raise RuntimeError(f"the PyTorch driver failed ({status}): {result.get('reason')}\n"
+                     f"{result.get('traceback', '')}")
+
+
+def matmul_fraction(flops_per_example: float | None, samples_per_s: float,
+                    matmul_gflops_per_s: float) -> float | None:
+  """Achieved FLOP/s of a train step over a matmul's; None without a FLOP count."""
+  if not flops_per_example:
+    return None
+  return flops_per_example * samples_per_s / (matmul_gflops_per_s * 1e9)
+
+
+def compare(ours: dict, theirs: dict) -> dict:
+  """The ratios of two same-run results (``measure_ours``'s and the driver's).
+
+  Returns:
+    train_samples_per_s: ours / theirs (above 1: ours trains faster).
+    denoise_speedup: their latency / ours (above 1: our denoising call is faster).
+    flops_per_example: our model FLOPs per train example / theirs (None without theirs).
+    their_matmul_fraction: their step's FLOP/s over torch's matmul (None without FLOPs).
+  """
+  tt = theirs["train"]
+  their_flops = tt.get("flops_per_example")
+  return {
+      "train_samples_per_s": ours["train"]["samples_per_s"] / tt["samples_per_s"],
+      "denoise_speedup": theirs["denoise"]["seconds_median"]
+                         / ours["denoise"]["seconds_median"],
+      "flops_per_example": (ours["model_flops_per_example"] / their_flops
+                            if their_flops else None),
+      "their_matmul_fraction": matmul_fraction(their_flops, tt["samples_per_s"],
+                                               theirs["matmul"]["gflops_per_s"]),
+  }
+
+
+def measure_ours(dit_config: ml_collections.ConfigDict, *, quick: bool, repeats: int,
+                 train_steps: int, matmul_size: int, denoise_repeats: int,
+                 default_cnn: dict | None, default_image_size: int, seed: int = 0) -> dict:
+  """Our side: ``dit_bench.measure_cifar`` in float32 and the one-net default figure."""
+  size = dit_bench.QUICK_SIZE if quick else dit_bench.CIFAR_SIZE
+  ours = dit_bench.measure_cifar(size, dit_config, dtype="float32", repeats=repeats,
+                                 train_steps=train_steps, matmul_size=matmul_size,
+                                 denoise_repeats=denoise_repeats, seed=seed)
+  ours["generate_default"] = dit_bench.bench_default_generation(
+      dit_config, default_cnn or (dit_bench.QUICK_CNN if quick else dit_bench.CNN19K),
+      image_size=default_image_size, repeats=denoise_repeats, seed=seed,
+      encode_text=not quick)
+  return ours
+
+
+def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
+        torch_python: str | None = None, threads: int | None = None, quick: bool = False,
+        repeats: int | None = None, train_steps: int | None = None,
+        matmul_size: int | None = None, default_cnn: dict | None = None,
+        default_image_size: int = 16, seed: int = 0, timeout: float = 3600) -> dict:
+  """The side-by-side benchmark: the PyTorch side first (it fails fast on a bad checkout),
+  then ours, on the same machine.
+
+  Args:
+    t2w_repo: path of a checkout of the PyTorch T2W.
+    dit_config: our DiT config (configs/dit.py "small"; "tiny" with quick): the one-net
+      figure's generator, and the optimiser of our timed train step.
+    torch_python: the interpreter with torch (default: this one).
+    threads: torch's intra-op threads (default: the CPU count; XLA uses every core).
+    quick: tiny sizes on both sides, one repeat (a smoke test of the path).
+    repeats: timed repeats (default 3; 1 with quick).
+    train_steps: train steps per timed repeat (default 2 on CPU, 20 elsewhere; 1 quick).
+    matmul_size: n of both matmuls (default 2048 on CPU, 8192 elsewhere; 256 quick).
+    default_cnn: the default corpus's subtask net for the one-net figure (see
+      ``dit_bench.run``).
+    default_image_size: the default corpus's image size.
+    seed: data and parameter seed of both sides.
+    timeout: seconds the PyTorch side may take.
+
+  Returns:
+    JSON-ready results (see ``format_report``).
+
+  Raises:
+    MissingError, ConfigError: a bad checkout or interpreter (see ``run_torch_side``).
+  """
+  repo = check_t2w_repo(t2w_repo)
+  python = check_python(torch_python or sys.executable)
+  on_cpu = jax.default_backend() == "cpu"
+  repeats = repeats or (1 if quick else 3)
+  train_steps = train_steps or (1 if quick else 2 if on_cpu else 20)
+  matmul_size = matmul_size or (256 if quick else bench.default_matmul_size())
+  denoise_repeats = max(repeats, 1 if quick else 10)
+  threads = threads or os.cpu_count() or 1
+  cfg = PYTORCH_QUICK if quick else PYTORCH_CIFAR
+  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  theirs = run_torch_side(repo, python, cfg, repeats=repeats, train_steps=train_steps,
+                          denoise_repeats=denoise_repeats, threads=threads,
+                          matmul_size=matmul_size, seed=seed, timeout=timeout)
+  theirs.update(checkout=repo, checkout_commit=git_commit(repo), config=cfg)
+  ours = measure_ours(dit_config, quick=quick, repeats=repeats, train_steps=train_steps,
+                      matmul_size=matmul_size, denoise_repeats=denoise_repeats,
+                      default_cnn=default_cnn, default_image_size=default_image_size,
+                      seed=seed)
+  ours.update(commit=git_commit(ROOT), machine=bench.machine_info())
+  return {"benchmark": "pytorch", "date": date, "quick": quick, "ours": ours,
+          "theirs": theirs,
+          "comparison": compare(ours, theirs) if theirs["status"] == "ok" else None}
+
+
+def _ms(seconds: float) -> str:
+  return f"{1e3 * seconds:.4g} ms"
+
+
+def _describe_theirs(t: dict) -> str:
+  c, tr = t["config"], t["train"]
+  return (f"PyTorch T2W train step (training_losses x0 MSE + backward + clipping + AdamW; no "
+          f"discriminator or EMA): GPT width {c['n_embd']}, {c['n_layer']} layers, "
+          f"{c['n_head']} heads, {t['num_tokens']} tokens ({c['chunk_size']}-value chunks "
+          f"within layers, D={t['D']}; text and timestep as tokens), {t['params'] / 1e6:.1f} M "
+          f"params, float32, batch {tr['batch_size']}; torch {t['torch_version']} on "
+          f"{t['device']}, {t['threads']} thread(s); median of {len(tr['seconds'])} x "
+          f"{tr['steps_per_repeat']} step(s)")
+
+
+def format_report(r: dict) -> str:
+  """The printed report: both sides' figures and ratios, or ours alone without torch."""
+  o, t, q = r["ours"], r["theirs"], r["comparison"]
+  lines = [
+      "Side by side: t2w_jax and the PyTorch T2W, same machine, same run"
+      + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
+      f"date: {r['date']}; machine: {bench.describe_machine(o['machine'])}",
+      f"t2w_jax: {describe_commit(o['commit'])}",
+  ]
+  if t["status"] != "ok":
+    lines += [
+        f"PyTorch T2W: not timed: torch is not importable by {t['python']} ({t['reason']}). "
+        f"Install torch into that Python (an optional extra, not needed by t2w_jax or its "
+        f"tests) or pass --torch_python; t2w_jax's figures only.",
+        dit_bench.describe_cifar_step(o),
+        "",
+        bench.format_table(
+            ["figure (float32)", "t2w_jax"],
+            [["train samples/s", o["train"]["samples_per_s"]],
+             ["one denoising call, batch 1", _ms(o["denoise"]["seconds_median"])]]),
+        "",
+        dit_bench.describe_mfu(o),
+    ]
+  else:
+    tt, td = t["train"], t["denoise"]
+    their_flops = tt["flops_per_example"]
+    ot = o["train"]
+    lines += [
+        f"PyTorch T2W: {t['checkout']}, {describe_commit(t['checkout_commit'])}"
+        + (f"; patched: {'; '.join(t['patched'])}" if t["patched"] else ""),
+        f"t2w_jax {dit_bench.describe_cifar_step(o)}",
+        _describe_theirs(t),
+        "",
+        bench.format_table(
+            ["figure (float32)", "t2w_jax", "PyTorch T2W", "t2w_jax vs PyTorch"],
+            [["train samples/s", ot["samples_per_s"], tt["samples_per_s"],
+              f"{q['train_samples_per_s']:.3g}x"],
+             ["one denoising call, batch 1", _ms(o["denoise"]["seconds_median"]),
+              _ms(td["seconds_median"]), f"{q['denoise_speedup']:.3g}x faster"],
+             ["1000-step DDPM per net (1000 calls)",
+              f"{1000 * o['denoise']['seconds_median'] / 60:.3g} min",
+              f"{1000 * td['seconds_median'] / 60:.3g} min", ""],
+             ["params", f"{ot['params'] / 1e6:.1f} M", f"{t['params'] / 1e6:.1f} M", ""],
+             ["train FLOPs/example", f"{o['model_flops_per_example'] / 1e9:.4g} G",
+              "not counted" if not their_flops else f"{their_flops / 1e9:.4g} G",
+              "" if q["flops_per_example"] is None else f"{q['flops_per_example']:.3g}x"],
+             [f"{o['matmul']['float32']['n']}^3 f32 matmul, same run",
+              f"{o['matmul']['float32']['gflops_per_s']:.4g} GFLOP/s",
+              f"{t['matmul']['gflops_per_s']:.4g} GFLOP/s", ""],
+             ["train step / that matmul", f"{100 * o['mfu']:.1f} %",
+              "" if q["their_matmul_fraction"] is None
+              else f"{100 * q['their_matmul_fraction']:.1f} %", ""]]),
+        "FLOPs: ours from models.model_flops_per_example, theirs from "
+        "torch.utils.flop_counter on one step; each fraction is over its own library's "
+        "matmul.",
+    ]
+  lines += ["", *dit_bench.describe_default_generation(
+      o["generate_default"], o["machine"]["backend"], r["quick"])]
+  return "\n".join(lines)

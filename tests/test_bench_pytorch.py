@@ -1,0 +1,189 @@
+"""The side-by-side benchmark (launch/bench.py pytorch): its arithmetic, its report, and its
+paths without torch, with a checkout that is not one, and with a checkout that lacks the
+model. No DiT at the CIFAR size runs here: our side is replaced by fixed figures, and the
+PyTorch side is the real driver subprocess under a Python whose torch is hidden or faked.
+
+With T2W_TORCH_PYTHON (a Python with torch) and T2W_REPO (a checkout of the PyTorch T2W)
+set, ``test_quick_side_by_side_with_torch`` also runs the whole path at tiny sizes.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import dit as dit_config
+from t2w_jax.bench import dit_bench, pytorch_bench
+from t2w_jax.errors import MissingError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ours(samples_per_s=6.4, denoise_s=0.1, flops=21e9, mfu=0.5):
+  """A fixed result of ``pytorch_bench.measure_ours`` (machine and commit included)."""
+  return {
+      "size": {"width": 1024, "depth": 6, "num_heads": 8, "mlp_ratio": 4.0, "block_size": 576,
+               "num_tokens": 34, "batch_size": 32, "text_dim": 512, "max_classes": 32},
+      "matmul": {"float32": {"n": 2048, "dtype": "float32", "devices": 1, "seconds": 0.1,
+                             "gflops_per_s": 150.0, "gflops_per_s_per_device": 150.0}},
+      "train": {"dtype": "float32", "batch_size": 32, "devices": 1, "params": 95e6,
+                "compile_seconds": 20.0, "steps_per_repeat": 2, "seconds": [10.0, 10.0],
+                "seconds_per_step": 32 / samples_per_s, "samples_per_s": samples_per_s,
+                "final_loss": 1.0, "xla_flops_per_example": flops},
+      "denoise": {"batch_size": 1, "seconds": [denoise_s], "seconds_median": denoise_s},
+      "model_flops_per_example": flops, "achieved_gflops_per_s": flops * samples_per_s / 1e9,
+      "mfu": mfu, "mfu_peak": "matmul 2048^3 float32",
+      "generate_default": {
+          "sampler": "ddim", "steps": 1, "guidance": 1.0, "num_tokens": 10, "D": 2328,
+          "block_size": 512, "params": 1e6, "width": 64, "depth": 3, "text": "a and b",
+          "sampler_seconds": [0.002], "sampler_seconds_median": 0.002,
+          "generate_seconds": [0.012], "generate_seconds_median": 0.012,
+          "generate_skipped": ""},
+      "commit": {"commit": "0123456789abcdef", "dirty": False},
+      "machine": {"cpu": "Test CPU", "cpu_cores": 2, "jax_version": "0", "backend": "cpu",
+                  "num_devices": 1, "device_kind": "cpu", "xla_flags": ""},
+  }
+
+
+def _theirs(samples_per_s=3.2, denoise_s=1.0, flops=7e9, matmul_gflops=100.0):
+  """A fixed "ok" result of the torch driver, as ``run`` completes it."""
+  return {
+      "status": "ok", "python": "/x/python", "torch_version": "2.0", "device": "cpu",
+      "threads": 2, "patched": ["FrequencyEmbedder.forward: .to('cuda') -> the input's device"],
+      "params": 80e6, "num_tokens": 34, "D": 17248,
+      "train": {"batch_size": 32, "steps_per_repeat": 2, "seconds": [20.0],
+                "seconds_per_step": 32 / samples_per_s, "samples_per_s": samples_per_s,
+                "final_loss": 1.0, "flops_per_example": flops},
+      "denoise": {"batch_size": 1, "seconds": [denoise_s], "seconds_median": denoise_s},
+      "matmul": {"n": 2048, "dtype": "float32", "seconds": 0.2,
+                 "gflops_per_s": matmul_gflops},
+      "checkout": "/src/T2W", "checkout_commit": {"commit": "fedcba9876543210", "dirty": True},
+      "config": pytorch_bench.PYTORCH_CIFAR,
+  }
+
+
+def _fake_checkout(root, transformer_source=""):
+  """A directory with the files a T2W checkout must have (their contents given)."""
+  for rel in pytorch_bench.REQUIRED_FILES:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(transformer_source if rel.endswith("transformer.py") else "")
+  for pkg in ("T2W", "T2W/models"):
+    (root / pkg / "__init__.py").write_text("")
+  return str(root)
+
+
+def _python_with_torch(tmp_path, monkeypatch, torch_init):
+  """Puts a package ``torch`` with the given __init__ first on the subprocesses' path."""
+  shadow = tmp_path / "shadow"
+  (shadow / "torch").mkdir(parents=True)
+  (shadow / "torch" / "__init__.py").write_text(torch_init)
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [str(shadow)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+def test_compare_on_fixed_numbers():
+  q = pytorch_bench.compare(_ours(), _theirs())
+  assert q["train_samples_per_s"] == pytest.approx(6.4 / 3.2)
+  assert q["denoise_speedup"] == pytest.approx(1.0 / 0.1)
+  assert q["flops_per_example"] == pytest.approx(3.0)
+  # 7 GFLOP/example x 3.2 examples/s over a 100 GFLOP/s matmul.
+  assert q["their_matmul_fraction"] == pytest.approx(0.224)
+  assert pytorch_bench.matmul_fraction(None, 3.2, 100.0) is None
+  q = pytorch_bench.compare(_ours(), _theirs(flops=None))
+  assert q["flops_per_example"] is None and q["their_matmul_fraction"] is None
+
+
+def test_report_with_torch_on_fixed_numbers():
+  r = {"benchmark": "pytorch", "date": "2026-12-01T12:00:00+00:00", "quick": False,
+       "ours": _ours(), "theirs": _theirs()}
+  r["comparison"] = pytorch_bench.compare(r["ours"], r["theirs"])
+  text = pytorch_bench.format_report(r)
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in text.splitlines() if line.startswith("| ")}
+  assert rows["train samples/s"] == ["6.4", "3.2", "2x"]
+  assert rows["one denoising call, batch 1"] == ["100 ms", "1000 ms", "10x faster"]
+  assert rows["1000-step DDPM per net (1000 calls)"] == ["1.67 min", "16.7 min", ""]
+  assert rows["train FLOPs/example"] == ["21 G", "7 G", "3x"]
+  assert rows["train step / that matmul"] == ["50.0 %", "22.4 %", ""]
+  for needle in ("2026-12-01T12:00:00+00:00", "commit 0123456789ab", "/src/T2W",
+                 "commit fedcba987654 with local changes", "patched: FrequencyEmbedder",
+                 "one net at the default config", "12 ms (text to weights",
+                 "<= 50 ms on the project's 2-core CPU: met"):
+    assert needle in text, needle
+  json.dumps(r)  # JSON-ready
+
+
+def test_one_net_target_is_held_on_cpu_only():
+  g = dict(_ours()["generate_default"], generate_seconds_median=0.07)
+  assert "NOT met" in "\n".join(dit_bench.describe_default_generation(g, "cpu"))
+  assert "target" not in "\n".join(dit_bench.describe_default_generation(g, "gpu"))
+  assert "target" not in "\n".join(dit_bench.describe_default_generation(g, "cpu", True))
+  g = dict(g, generate_seconds_median=None, generate_skipped="no MiniLM")
+  sec, what = dit_bench.one_net_seconds(g)
+  assert sec == 0.002 and what.startswith("sampler alone")
+
+
+def test_without_torch_reports_our_figures_only(tmp_path, monkeypatch):
+  """The real driver under a Python whose ``import torch`` fails; our side is fixed."""
+  _python_with_torch(tmp_path, monkeypatch, "raise ImportError('simulated: no torch here')")
+  monkeypatch.setattr(pytorch_bench, "measure_ours", lambda *a, **k: _ours())
+  repo = _fake_checkout(tmp_path / "T2W")
+  r = pytorch_bench.run(repo, dit_config.get_config("tiny"), torch_python=sys.executable,
+                        quick=True)
+  t = r["theirs"]
+  assert t["status"] == "no_torch" and "simulated: no torch here" in t["reason"]
+  assert t["checkout_commit"] == {"commit": None, "dirty": None}
+  assert r["comparison"] is None
+  text = pytorch_bench.format_report(r)
+  assert "not timed: torch is not importable" in text and "simulated" in text
+  assert "PyTorch T2W |" not in text and "x faster" not in text
+  assert "train samples/s | 6.4 |" in text and "MFU 50.0%" in text
+  assert "one net at the tiny config (--quick)" in text
+  json.dumps(r)
+
+
+def test_checkout_without_the_model_is_named(tmp_path, monkeypatch):
+  """An importable (fake) torch, and a checkout whose transformer.py lacks class T2W."""
+  _python_with_torch(tmp_path, monkeypatch, "")
+  repo = _fake_checkout(tmp_path / "T2W", "class FrequencyEmbedder:\n  pass\n")
+  with pytest.raises(MissingError, match=r"could not import T2W\.models\.transformer\.T2W"):
+    pytorch_bench.run_torch_side(repo, sys.executable, pytorch_bench.PYTORCH_QUICK,
+                                 repeats=1, train_steps=1, denoise_repeats=1, threads=1,
+                                 matmul_size=8)
+
+
+def test_bad_t2w_repo_and_python_are_user_errors(tmp_path):
+  with pytest.raises(MissingError, match="is not a directory"):
+    pytorch_bench.check_t2w_repo(str(tmp_path / "nowhere"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(MissingError, match="T2W/models/transformer.py"):
+    pytorch_bench.check_t2w_repo(str(tmp_path / "empty"))
+  assert pytorch_bench.check_t2w_repo(_fake_checkout(tmp_path / "T2W")) == str(tmp_path / "T2W")
+  with pytest.raises(MissingError, match="--torch_python"):
+    pytorch_bench.check_python(str(tmp_path / "no_python"))
+
+
+def test_cli_bad_t2w_repo_is_one_line_exit_2(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "pytorch",
+                         "--t2w_repo", str(tmp_path / "nowhere")], capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --t2w_repo")
+  assert "nowhere" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (os.environ.get("T2W_TORCH_PYTHON") and os.environ.get("T2W_REPO")),
+                    reason="needs T2W_TORCH_PYTHON (a Python with torch) and T2W_REPO")
+def test_quick_side_by_side_with_torch():
+  r = pytorch_bench.run(os.environ["T2W_REPO"], dit_config.get_config("tiny"),
+                        torch_python=os.environ["T2W_TORCH_PYTHON"], quick=True)
+  t, q = r["theirs"], r["comparison"]
+  assert t["status"] == "ok" and t["num_tokens"] == 44 and t["D"] == 148
+  assert t["train"]["samples_per_s"] > 0 and t["denoise"]["seconds_median"] > 0
+  assert q["train_samples_per_s"] == pytest.approx(
+      r["ours"]["train"]["samples_per_s"] / t["train"]["samples_per_s"])
+  assert "t2w_jax vs PyTorch" in pytorch_bench.format_report(r)
