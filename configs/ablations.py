@@ -13,6 +13,10 @@ import ml_collections
 # Overrides of configs/dit.py per variant.
 VARIANTS = {
     "full": {},
+    # The losses: the PyTorch T2W's diffusion loss alone, and the task loss alone (the DiT
+    # as a hypernetwork fed noise; the plain MLP hypernetwork is the evaluator "hypernet").
+    "diffusion_only": {"task_loss_weight": 0.0},
+    "task_loss_only": {"diffusion_weight": 0.0},
     "no_adv": {"adv_weight": 0.0},
     "with_perm_aug": {"permute_aug": True},  # the default is off; see configs/dit.py
     "no_prior_attention": {"model.cross_attention": False, "model.prior_bias": False},

@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.corpus_dir = ml_collections.config_dict.placeholder(str)  # default: WORKDIR/corpus
+  c.seen_limit = 0  # learn from the first N seen nets only (scaling curve); 0: all
   # Tokenizer: blocks of one size that never cross parameters.
   c.block_size = 512
   c.token_group = "param"
@@ -52,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "task loss only" ablation.
   c.task_loss_weight = 1.0
   c.task_images = 32
+  # New tasks per step drawn from the seen classes, trained at t = T-1 (pure noise) on the
+  # task loss alone (train/step.py).
+  c.fresh_tasks = 0
   c.diffusion_weight = 1.0
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
   # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (generator.py's make_denoiser). "x0" stays

@@ -18,6 +18,7 @@ from t2w_jax import platform  # noqa: E402  (must run before JAX is imported)
 platform.setup_host_devices()
 
 import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 
 from configs import ablations as ablation_configs  # noqa: E402
 from configs import dit as dit_configs  # noqa: E402
@@ -111,8 +112,17 @@ def run_ablations(config, workdir: str) -> dict:
   return {"table": table, "variants": results}
 
 
+def _paired(a, b) -> str:
+  """'+x.x ± s.e.' of the per-task differences a - b (points), or '-'."""
+  if not a or not b or len(a) != len(b) or len(a) < 2:
+    return "-"
+  d = 100 * (np.asarray(a) - np.asarray(b))
+  return f"{d.mean():+.1f} ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}"
+
+
 def render(results: dict, config) -> str:
-  """Markdown: one row per variant, mean generated accuracy (± std over tasks) per split.
+  """Markdown: one row per variant, mean generated accuracy (± std over tasks) per split
+  and its paired difference from the first variant (mean ± standard error over tasks).
 
   Args:
     results: variant -> split -> the generated evaluator's split dict.
@@ -122,17 +132,23 @@ def render(results: dict, config) -> str:
     The table, with the generalist's and the specialist's rows and a footnote.
   """
   splits = list(config.splits)
-  lines = [f"| variant | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-  first = next(iter(results.values()), {})
+  ref_name = next(iter(results), "")
+  first = results.get(ref_name, {})
+  header = splits + [f"{s}: − {ref_name}, paired" for s in splits]
+  lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
   for name, per in results.items():
     cells = [f"{100 * per[s]['mean']:.1f} ± {100 * per[s]['std']:.1f}" if s in per else "-"
              for s in splits]
+    cells += [_paired(per.get(s, {}).get("per_task"), first.get(s, {}).get("per_task"))
+              for s in splits]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   for ref in ("generalist", "oracle"):
     cells = []
     for s in splits:
       v = first.get(s, {}).get(ref)
       cells.append(f"{100 * v['mean']:.1f}" if isinstance(v, dict) and "mean" in v else "-")
+    cells += [_paired(first.get(s, {}).get(ref, {}).get("per_task"),
+                      first.get(s, {}).get("per_task")) for s in splits]
     lines.append(f"| ({ref}) | " + " | ".join(cells) + " |")
   steps = config.get("steps", 0)
   sampling = f"DDIM-{steps}" if steps else "the generator config's sampler"

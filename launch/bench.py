@@ -3,6 +3,7 @@
   python launch/bench.py corpus [--quick] [--json PATH] [--repeats N] [--nets N] ...
   python launch/bench.py dit [--quick] [--json PATH] [--repeats N] [--dtype bfloat16] ...
   python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON] [--json PATH] ...
+  python launch/bench.py step --workdir runs/default [--json PATH]
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
@@ -10,7 +11,9 @@ net-steps/s and GFLOP/s, against a large matmul. ``dit``: DiT train samples/s an
 latency at the PyTorch T2W's CIFAR-100 size, MFU, one net at the default config, and DDIM-50
 generation time at the small config. ``pytorch``: the same CIFAR-size figures for ours and
 for the PyTorch T2W of a checkout (timed in a subprocess by a Python with torch), with the
-ratios, in one run. ``--quick`` runs tiny sizes once (smoke test). See t2w_jax/bench/ for
+ratios, in one run. ``step``: the generator's train step on an existing corpus, diffusion
+loss alone against diffusion + task loss (with and without fresh tasks), in one run.
+``--quick`` runs tiny sizes once (smoke test). See t2w_jax/bench/ for
 what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
 import argparse
@@ -60,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--torch_timeout", type=float, default=3600.0,
                  help="seconds the PyTorch side may take")
   t.add_argument("--train_steps", type=int, help="train steps per timed repeat")
+  st = sub.add_parser("step", parents=[common],
+                      help="generator train step: diffusion only vs + task loss")
+  st.add_argument("--workdir", required=True, help="run directory holding corpus/")
+  st.add_argument("--config_variant", default="small", help="configs/dit.py variant")
+  st.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
   return parser
 
 
@@ -112,6 +120,13 @@ def _main(argv=None) -> int:
                            default_cnn=None if args.quick else cnn,
                            default_image_size=image_size)
     report = dit_bench.format_report(result)
+  elif args.which == "step":
+    from configs import dit as dit_config  # noqa: PLC0415
+    from t2w_jax.bench import step_bench  # noqa: PLC0415
+    result = step_bench.run(dit_config.get_config(args.config_variant), args.workdir,
+                            steps=1 if args.quick else args.steps,
+                            repeats=1 if args.quick else (args.repeats or 3))
+    report = step_bench.format_report(result)
   else:
     from configs import dit as dit_config  # noqa: PLC0415
     from t2w_jax.bench import pytorch_bench  # noqa: PLC0415

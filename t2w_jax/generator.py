@@ -93,6 +93,14 @@ class GeneratorSpec:
             "layout": self.corpus_fingerprint, "encoder": self.encoder}
 
 
+def training_rows(config, corpus) -> np.ndarray:
+  """The corpus rows a generator learns weights from: the seen split, or its first
+  ``config.seen_limit`` rows (the scaling curve's smaller corpora; 0: all)."""
+  seen = corpus.indices("seen")
+  limit = int(config.get("seen_limit", 0) or 0)
+  return seen[:limit] if limit > 0 else seen
+
+
 def spec_from_corpus(config: ml_collections.ConfigDict, corpus) -> GeneratorSpec:
   """Builds the tokenizer and fits the per-layer normalisation on the seen split.
 
@@ -104,7 +112,7 @@ def spec_from_corpus(config: ml_collections.ConfigDict, corpus) -> GeneratorSpec
     The spec of a generator trained with ``config`` on ``corpus``.
   """
   tok = BlockTokenizer(corpus.layout, config.block_size, group=config.token_group)
-  seen = corpus.indices("seen")
+  seen = training_rows(config, corpus)
   if len(seen) == 0:
     raise ValueError(f"corpus at {corpus.path} has no seen tasks to train on")
   norms = LayerNorms.fit(np.asarray(corpus.weights[seen]), tok,

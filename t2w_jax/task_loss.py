@@ -23,19 +23,25 @@ from t2w_jax.zoo import masstrain
 
 
 class TaskImages(NamedTuple):
-  """The images the task loss may draw from, by class.
+  """The images the task loss may draw from, by class, and what fresh tasks are made of.
 
   images: (N, ...) uint8 images or float32 trunk features: allowed rows only.
   class_index: (C, W) int32 rows of ``images`` of each dataset class.
   class_count: (C,) int32 valid entries per class; 0 for a class training may not use.
+  pool: (P,) int32 the allowed classes (``sample_tasks`` draws fresh tasks from them).
+  class_emb: (C, d) float32 text embedding of every class.
+  task_sizes: (2,) int32 the fewest and most classes of a task.
   """
   images: Any
   class_index: Any
   class_count: Any
+  pool: Any
+  class_emb: Any
+  task_sizes: Any
 
 
-def task_images(dataset, classes: Sequence[int], *, val_per_class: int, val_seed: int,
-                split: str = "train") -> TaskImages:
+def task_images(dataset, classes: Sequence[int], class_emb, task_sizes: tuple[int, int], *,
+                val_per_class: int, val_seed: int, split: str = "train") -> TaskImages:
   """The training rows of ``classes`` without the validation rows (or, with
   ``split="val"``, the validation rows alone), indexed by class.
 
@@ -55,7 +61,12 @@ def task_images(dataset, classes: Sequence[int], *, val_per_class: int, val_seed
   use = is_val if split == "val" else ~is_val
   rows = np.flatnonzero(np.isin(labels, np.asarray(list(classes), np.int64)) & use)
   index, count = masstrain._index_by_class(labels[rows], len(dataset.class_names))
-  return TaskImages(np.asarray(dataset.train_images)[rows], index, count)
+  lo, hi = task_sizes
+  if not 1 <= lo <= hi <= len(classes):
+    raise ValueError(f"task sizes {lo}..{hi} impossible with {len(classes)} allowed classes")
+  return TaskImages(np.asarray(dataset.train_images)[rows], index, count,
+                    np.asarray(sorted(classes), np.int32), np.asarray(class_emb, np.float32),
+                    np.asarray([lo, hi], np.int32))
 
 
 def seen_classes(corpus) -> list[int]:
@@ -77,9 +88,26 @@ def seen_task_images(corpus, corpus_dir: str, split: str = "train",
   meta = corpus.meta
   if dataset is None:
     dataset = family_lib.load_task_dataset(corpus_dir, meta)
-  return task_images(dataset, seen_classes(corpus),
+  sizes = [len(corpus.records[i]["class_ids"]) for i in corpus.indices("seen")]
+  return task_images(dataset, seen_classes(corpus), corpus.class_emb, (min(sizes), max(sizes)),
                      val_per_class=int(meta.get("val_per_class", 0)),
                      val_seed=int(meta["seed"]), split=split)
+
+
+def sample_tasks(key, data: TaskImages, batch: int, max_classes: int):
+  """``batch`` fresh random tasks: (B, K) class ids, (B, K) mask, (B, K, d) embeddings.
+
+  Each task has ``task_sizes[0]..task_sizes[1]`` distinct classes of ``data.pool`` (so a
+  class the data does not allow never appears); padding slots repeat the task's first
+  class (as ``data.tasks.pad_tasks`` does) and have zero embeddings.
+  """
+  k_n, k_perm = jax.random.split(key)
+  n = jax.random.randint(k_n, (batch,), data.task_sizes[0], data.task_sizes[1] + 1)
+  perms = jax.vmap(lambda k: jax.random.permutation(k, data.pool))(
+      jax.random.split(k_perm, batch))[:, :max_classes]
+  mask = jnp.arange(max_classes)[None, :] < n[:, None]
+  classes = jnp.where(mask, perms, perms[:, :1])
+  return classes, mask, data.class_emb[classes] * mask[..., None]
 
 
 def subtask_model(model_cfg, embed_dim: int):

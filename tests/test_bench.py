@@ -111,3 +111,22 @@ def test_dit_bench_quick():
     assert needle in text
   assert "PyTorch T2W |" not in text
   json.dumps(r)  # JSON-ready
+
+
+def test_step_bench_settings_and_report():
+  """The step benchmark times diffusion-only first and reports each setting's cost as a
+  ratio of seconds per step to it."""
+  from configs import dit as dit_config
+  from t2w_jax.bench import step_bench
+  names = list(step_bench.settings(dit_config.get_config("small")))
+  assert names[0] == "diffusion only" and len(names) == 3
+  c = step_bench.settings(dit_config.get_config("small"))
+  assert c["diffusion only"].task_loss_weight == 0
+  assert all(v.task_loss_weight > 0 for k, v in c.items() if k != "diffusion only")
+  r = {"machine": {"cpu": "x", "cpu_cores": 2, "jax_version": "0", "backend": "cpu",
+                   "num_devices": 1, "device_kind": "cpu", "xla_flags": ""},
+       "steps": 2, "repeats": 1, "corpus": "c",
+       "settings": {"diffusion only": {"seconds_per_step": 0.1, "cost_vs_diffusion_only": 1.0},
+                    "+ task loss": {"seconds_per_step": 0.25, "cost_vs_diffusion_only": 2.5}}}
+  text = step_bench.format_report(r)
+  assert "| + task loss | 250.0 | 4.00 | 2.50x |" in text

@@ -127,10 +127,15 @@ def test_hypernet_starts_at_the_generalist_and_its_evaluator_runs(corpus_dir):
   params = model.init(jax.random.PRNGKey(0), emb, jnp.ones((1, 3), bool))["params"]
   np.testing.assert_array_equal(model.apply({"params": params}, emb, jnp.ones((1, 3), bool)),
                                 0.0)
-  classes, mask = hypernet_lib.sample_tasks(jax.random.PRNGKey(1), jnp.arange(10, 20), 64, 2, 4)
-  assert classes.shape == (64, 4) and set(np.asarray(mask.sum(1)).tolist()) <= {2, 3, 4}
-  for c, m in zip(np.asarray(classes), np.asarray(mask)):
-    assert len(set(c[m].tolist())) == m.sum() and set(c.tolist()) <= set(range(10, 20))
+  data = task_loss_lib.seen_task_images(corpus, corpus_dir)
+  pool = set(np.asarray(data.pool).tolist())
+  assert pool == set(task_loss_lib.seen_classes(corpus))
+  classes, mask, emb = task_loss_lib.sample_tasks(jax.random.PRNGKey(1), data, 64, 6)
+  assert classes.shape == (64, 6) and set(np.asarray(mask.sum(1)).tolist()) == {2, 3, 4}
+  for c, m, e in zip(np.asarray(classes), np.asarray(mask), np.asarray(emb)):
+    assert len(set(c[m].tolist())) == m.sum() and set(c.tolist()) <= pool
+    np.testing.assert_array_equal(e[m], np.asarray(corpus.class_emb)[c[m]])
+    assert not e[~m].any()
   ctx = context_lib.EvalContext.create(corpus_dir)
   out = registry.get("hypernet")(ctx, jax.random.PRNGKey(0), max_steps=20, eval_every=10,
                                  hidden=16, val_tasks=4, batch_size=4, images=8)

@@ -55,35 +55,18 @@ class TextHypernet(nn.Module):
     return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros, name="out")(x)
 
 
-def sample_tasks(key, pool, batch: int, min_classes: int, max_classes: int):
-  """``batch`` random tasks of min..max distinct classes from ``pool``: (B, K) ids, mask.
-
-  Padding slots repeat the task's first class (as ``data.tasks.pad_tasks`` does).
-  """
-  k_n, k_perm = jax.random.split(key)
-  n = jax.random.randint(k_n, (batch,), min_classes, max_classes + 1)
-  perms = jax.vmap(lambda k: jax.random.permutation(k, pool))(jax.random.split(k_perm, batch))
-  perms = perms[:, :max_classes]
-  mask = jnp.arange(max_classes)[None, :] < n[:, None]
-  return jnp.where(mask, perms, perms[:, :1]), mask
-
-
 def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images: int,
                    learning_rate: float, max_steps: int, eval_every: int, patience: int,
                    val_tasks: int):
   """Trains a TextHypernet on fresh seen-class tasks; returns (params, info)."""
   corpus = ctx.corpus
   meta = corpus.meta
-  pool = np.asarray(task_loss_lib.seen_classes(corpus), np.int32)
-  sizes = [len(r["class_ids"]) for r in corpus.records]
-  kmin, kmax = min(sizes), max(sizes)
-  if len(pool) < kmax:
-    raise ValueError(f"{len(pool)} seen classes cannot make tasks of {kmax} classes")
+  kmax = max(len(r["class_ids"]) for r in corpus.records)
   train_data = jax.tree.map(jnp.asarray, task_loss_lib.seen_task_images(
       corpus, corpus.path, "train", dataset=ctx.dataset))
   val_data = jax.tree.map(jnp.asarray, task_loss_lib.seen_task_images(
       corpus, corpus.path, "val", dataset=ctx.dataset))
-  if int(np.asarray(val_data.class_count)[pool].min()) == 0:
+  if int(np.asarray(val_data.class_count)[np.asarray(val_data.pool)].min()) == 0:
     raise ValueError("the hypernetwork baseline early-stops on the corpus's validation rows, "
                      "but this corpus has none (val_per_class = 0)")
   class_emb = jnp.asarray(corpus.class_emb, jnp.float32)
@@ -93,7 +76,7 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
       task_loss_lib.subtask_model(meta["model"], int(class_emb.shape[1])), corpus.layout,
       images)
   k_init, k_val, k_val_img, k_train = jax.random.split(rng, 4)
-  v_classes, v_mask = sample_tasks(k_val, jnp.asarray(pool), val_tasks, kmin, kmax)
+  v_classes, v_mask, _ = task_loss_lib.sample_tasks(k_val, val_data, val_tasks, kmax)
   params = model.init(k_init, class_emb[v_classes[:1]], v_mask[:1])["params"]
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, max_steps, alpha=0.05))
 
@@ -109,7 +92,7 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
     def one(carry, i):
       p, opt = carry
       k_task, k_img = jax.random.split(jax.random.fold_in(k_train, step0 + i))
-      classes, mask = sample_tasks(k_task, jnp.asarray(pool), batch_size, kmin, kmax)
+      classes, mask, _ = task_loss_lib.sample_tasks(k_task, train_data, batch_size, kmax)
       loss, g = jax.value_and_grad(mean_loss)(p, classes, mask, train_data, k_img)
       upd, opt = tx.update(g, opt, p)
       return (optax.apply_updates(p, upd), opt), loss
@@ -139,8 +122,8 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
 @registry.register("hypernet")
 def evaluate_hypernet(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
                       max_tasks: int | None = None, hidden: int = 512, depth: int = 2,
-                      batch_size: int = 64, images: int = 32, learning_rate: float = 1e-3,
-                      max_steps: int = 6000, eval_every: int = 250, patience: int = 4,
+                      batch_size: int = 64, images: int = 16, learning_rate: float = 2e-3,
+                      max_steps: int = 4000, eval_every: int = 250, patience: int = 3,
                       val_tasks: int = 128, min_denominator: float = 0.02) -> dict:
   """The plain hypernetwork baseline (text -> weight delta, task loss only, no corpus).
 

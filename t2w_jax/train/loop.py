@@ -34,10 +34,11 @@ class CorpusBatches:
     max_classes: K, class slots per example.
     batch_size: global batch size.
     seed: batches are drawn from ``default_rng([seed, step])``.
+    rows: the corpus rows to draw from (default: the seen split).
   """
 
-  def __init__(self, corpus, max_classes: int, batch_size: int, seed: int):
-    rows = corpus.indices("seen")
+  def __init__(self, corpus, max_classes: int, batch_size: int, seed: int, rows=None):
+    rows = corpus.indices("seen") if rows is None else rows
     self.weights = np.asarray(corpus.weights[rows], np.float32)
     tasks = [tasks_lib.Task(0, "seen", tuple(corpus.records[i]["class_ids"]), 0) for i in rows]
     self.class_ids, self.mask = tasks_lib.pad_tasks(tasks, max_classes)
@@ -102,7 +103,8 @@ def put_task_images(config, corpus, mesh):
   an empty placeholder when the task loss is off (nothing is loaded)."""
   if config.task_loss_weight <= 0:
     return task_loss_lib.TaskImages(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.int32),
-                                    np.zeros((1,), np.int32))
+                                    np.zeros((1,), np.int32), np.zeros((1,), np.int32),
+                                    np.zeros((1, 1), np.float32), np.ones((2,), np.int32))
   data = task_loss_lib.seen_task_images(corpus, corpus.path)
   sharding = mesh_lib.replicated(mesh)
   # Every process holds the same arrays; a callback builds the global array on any
@@ -164,7 +166,8 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
   start = int(state.step)
-  batches = CorpusBatches(corpus, config.max_classes, config.batch_size, config.seed)
+  batches = CorpusBatches(corpus, config.max_classes, config.batch_size, config.seed,
+                          generator_lib.training_rows(config, corpus))
   logging.info("generator: %d seen nets, %d tokens of %d, mesh %s, steps %d -> %d",
                len(batches), spec.tokenizer.num_tokens, spec.tokenizer.block_size,
                dict(mesh.shape), start, config.num_steps)

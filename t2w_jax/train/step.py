@@ -66,6 +66,12 @@ def make_train_step(spec: GeneratorSpec, config):
   ``task_loss.TaskImages`` the task loss draws from (replicated; unused when
   ``task_loss_weight`` is 0).
 
+  With ``fresh_tasks`` > 0, each step also draws that many new tasks from the seen
+  classes (``task_loss.sample_tasks``), not only the corpus's seen tasks, and trains the
+  prediction at t = T-1 from pure noise on their task loss: at the chain's start x_t holds
+  no trace of x0, so these examples need no corpus net, and the one-step sampler's net is
+  trained on every task the seen classes make.
+
   The task loss weighs every timestep alike: each x0 prediction along the chain is a net
   the sampler may return (the one-step sampler returns the prediction at t = T-1), so no t
   may predict a net that fails its task. Examples whose text was dropped (classifier-free
@@ -81,6 +87,7 @@ def make_train_step(spec: GeneratorSpec, config):
   layer_w = None if layer_w is None else jnp.asarray(layer_w)
   use_adv = config.adv_weight > 0
   use_task = config.task_loss_weight > 0
+  fresh = int(config.fresh_tasks) if use_task else 0
   task_loss = task_loss_lib.make_task_loss(
       task_loss_lib.subtask_model(spec.cnn, spec.text_dim), layout, config.task_images)
 
@@ -90,7 +97,7 @@ def make_train_step(spec: GeneratorSpec, config):
     return disc.apply({"params": disc_params}, tokens, lids, bids, fused)
 
   def train_step(state: TrainState, batch, data=None):
-    rng, k_perm, k_t, k_noise, k_drop, k_task = jax.random.split(state.rng, 6)
+    rng, k_perm, k_t, k_noise, k_drop, k_task, k_fresh = jax.random.split(state.rng, 7)
     flat = batch["weights"]
     if config.permute_aug:
       flat = permute_flat(k_perm, flat, layout)
@@ -107,6 +114,16 @@ def make_train_step(spec: GeneratorSpec, config):
       g = jax.grad(lambda x: x0_loss(denoise(state.params, x, t, text), x0, mask))(x_t)
       x_t = jax.lax.stop_gradient(x_t + config.perturb_eps * jnp.sign(g) * mask)
     adv_scale = jnp.where(state.step >= config.adv_start, config.adv_weight, 0.0)
+    if fresh:
+      # Fresh tasks at the chain's start: x_T is pure noise whatever x0 is, so the
+      # prediction there needs no corpus net, only the task's images.
+      k_ft, k_fn, k_task = jax.random.split(k_fresh, 3)
+      f_classes, f_mask, f_emb = task_loss_lib.sample_tasks(k_ft, data, fresh,
+                                                            config.max_classes)
+      f_x = jax.random.normal(k_fn, (fresh,) + x0.shape[1:]) * mask
+      f_t = jnp.full((fresh,), schedule.num_timesteps - 1, jnp.int32)
+      f_text = text_condition(f_emb, f_mask, config.prior_temperature,
+                              jnp.zeros((fresh,), bool))
 
     def loss_fn(params):
       pred = denoise(params, x_t, t, text)
@@ -115,9 +132,17 @@ def make_train_step(spec: GeneratorSpec, config):
       task = jnp.zeros(())
       if use_task:
         nets = tok.detokenize(norms.denormalize(pred))
-        per_net = task_loss(nets, batch["class_ids"], batch["class_mask"], batch["class_emb"],
-                            data, k_task)
-        keep = (~drop).astype(per_net.dtype)
+        classes, cmask, emb = batch["class_ids"], batch["class_mask"], batch["class_emb"]
+        keep = ~drop
+        if fresh:
+          f_pred = denoise(params, f_x, f_t, f_text)
+          nets = jnp.concatenate([nets, tok.detokenize(norms.denormalize(f_pred))])
+          classes = jnp.concatenate([classes, f_classes])
+          cmask = jnp.concatenate([cmask, f_mask])
+          emb = jnp.concatenate([emb, f_emb])
+          keep = jnp.concatenate([keep, jnp.ones((fresh,), bool)])
+        per_net = task_loss(nets, classes, cmask, emb, data, k_task)
+        keep = keep.astype(per_net.dtype)
         task = jnp.sum(per_net * keep) / jnp.maximum(jnp.sum(keep), 1.0)
         total = total + config.task_loss_weight * task
       adv = jnp.zeros(())
