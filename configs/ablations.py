@@ -16,6 +16,7 @@ VARIANTS = {
     # The losses: the PyTorch T2W's diffusion loss alone, and the task loss alone (the DiT
     # as a hypernetwork fed noise; the plain MLP hypernetwork is the evaluator "hypernet").
     "diffusion_only": {"task_loss_weight": 0.0},
+    "no_fresh_tasks": {"fresh_tasks": 0},
     "task_loss_only": {"diffusion_weight": 0.0},
     "no_adv": {"adv_weight": 0.0},
     "with_perm_aug": {"permute_aug": True},  # the default is off; see configs/dit.py
@@ -24,13 +25,17 @@ VARIANTS = {
     # The PyTorch T2W's conditioning: fused text as one extra token, nothing else.
     "token_concat": {"model.text_as_token": True, "model.cond_adaln": False,
                      "model.cross_attention": False, "model.prior_bias": False},
+    # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
+    "corpus_126": {"seen_limit": 126},
+    "corpus_252": {"seen_limit": 252},
+    "dit_128x4": {"model.width": 128, "model.depth": 4},
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dit_variant = "small"      # configs/dit.py variant every ablation starts from
-  c.num_steps = 1000           # the shared training budget
+  c.num_steps = 1500           # the shared training budget (the default's)
   c.variants = ",".join(VARIANTS)
   c.splits = ("unseen", "heldout")
   c.num_samples = 2            # generated nets per task

@@ -51,11 +51,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # cross-entropy on `task_images` images of the example's own seen task (training rows
   # only; t2w_jax/task_loss.py). 0 turns it off; diffusion_weight 0 with it on is the
   # "task loss only" ablation.
-  c.task_loss_weight = 1.0
-  c.task_images = 32
+  c.task_loss_weight = 5.0
+  c.task_images = 16
   # New tasks per step drawn from the seen classes, trained at t = T-1 (pure noise) on the
   # task loss alone (train/step.py).
-  c.fresh_tasks = 0
+  c.fresh_tasks = 32
   c.diffusion_weight = 1.0
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
   # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (generator.py's make_denoiser). "x0" stays
@@ -100,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 10
     c.checkpoint_every = 10
     c.max_classes = 6
+    c.fresh_tasks = 4
     c.num_timesteps = 100
     c.sample_steps = 10
   elif arg == "small":

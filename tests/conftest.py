@@ -35,3 +35,16 @@ def _data_dir(tmp_path_factory):
   if "T2W_DATA_DIR" not in os.environ or os.environ.get("T2W_TEST_KEEP_DATA") != "1":
     os.environ["T2W_DATA_DIR"] = str(tmp_path_factory.mktemp("t2w_data"))
   yield
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory):
+  """The tiny corpus (configs/corpus.py:tiny over 2 devices), built once per worker; its
+  users only read it."""
+  from configs import corpus as corpus_config
+  from t2w_jax.zoo import make_corpus as make_corpus_lib
+  workdir = str(tmp_path_factory.mktemp("tiny_corpus"))
+  c = corpus_config.get_config("tiny")
+  c.num_devices = 2
+  make_corpus_lib.make_corpus(c, workdir)
+  return os.path.join(workdir, "corpus")

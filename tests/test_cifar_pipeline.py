@@ -7,7 +7,6 @@ offline, so the corpus falls back to MiniLM (which the corpus then records by na
 import os
 
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar100 as cifar_config

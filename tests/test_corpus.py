@@ -1,12 +1,10 @@
 """The corpus: splits, en-masse training beats the base, round trip, resume after kill -9."""
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """Early stopping: the validation split, the generalist, and the specialists' trainer."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

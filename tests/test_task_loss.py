@@ -1,6 +1,5 @@
 """The functional (task) loss: what it may see, that it equals a direct computation, that it
 lowers the task loss of the generator's decoded nets, and the plain hypernetwork baseline."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,6 @@ import numpy as np
 import optax
 import pytest
 
-from configs import corpus as corpus_config
 from configs import dit as dit_config
 from t2w_jax import api
 from t2w_jax import task_loss as task_loss_lib
@@ -19,16 +17,11 @@ from t2w_jax.evaluate import registry
 from t2w_jax.train import loop
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import family as family_lib
-from t2w_jax.zoo import make_corpus as make_corpus_lib
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("task_loss_corpus"))
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2
-  make_corpus_lib.make_corpus(c, workdir)
-  return os.path.join(workdir, "corpus")
+def corpus_dir(tiny_corpus_dir):
+  return tiny_corpus_dir
 
 
 def test_pool_holds_only_seen_training_rows(corpus_dir):

@@ -7,21 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import corpus as corpus_config
 from configs import dit as dit_config
 from t2w_jax import api
 from t2w_jax.train import loop
 from t2w_jax.train import mesh as mesh_lib
-from t2w_jax.zoo import make_corpus as make_corpus_lib
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("train_corpus"))
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2
-  make_corpus_lib.make_corpus(c, workdir)
-  return os.path.join(workdir, "corpus")
+def corpus_dir(tiny_corpus_dir):
+  return tiny_corpus_dir
 
 
 def tiny(corpus_dir, **overrides):
@@ -76,10 +70,11 @@ def test_resume_reaches_same_state(corpus_dir, tmp_path):
 
 def test_eight_devices_match_one(corpus_dir, tmp_path):
   """Two train steps on a (4 data x 2 model) mesh equal the steps on one device, with
-  every loss on: diffusion, task (functional), adversarial, FGSM and permutations."""
+  every loss on: diffusion, task (functional, with fresh tasks), adversarial, FGSM and
+  permutations."""
   assert len(jax.devices()) >= 8
   config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01, permute_aug=True,
-                task_loss_weight=1.0)
+                task_loss_weight=1.0, fresh_tasks=4)
   corpus = loop.open_training_corpus(config, str(tmp_path))
   spec = loop.load_or_make_spec(config, str(tmp_path), corpus)
   batch = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)(0)
@@ -225,3 +220,21 @@ def test_load_reads_only_the_ema_params_and_the_public_api(trained):
   assert jax.tree.structure(gen.params) == jax.tree.structure(full.ema_params)
   nets = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
   assert nets["head"]["kernel"].shape[0] == 1
+
+
+def test_seen_limit_learns_from_the_first_seen_rows_only(corpus_dir, tmp_path):
+  """The scaling curve's smaller corpora: batches and the normalisation come from the first
+  ``seen_limit`` seen rows and from nothing else."""
+  from t2w_jax import generator as generator_lib
+  config = tiny(corpus_dir, seen_limit=3)
+  corpus = loop.open_training_corpus(config, str(tmp_path))
+  rows = generator_lib.training_rows(config, corpus)
+  np.testing.assert_array_equal(rows, corpus.indices("seen")[:3])
+  batches = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0, rows)
+  allowed = np.asarray(corpus.weights[rows])
+  for step in range(3):
+    w = batches(step)["weights"]
+    assert all(np.any(np.all(allowed == r, axis=1)) for r in w)
+  spec = generator_lib.spec_from_corpus(config, corpus)
+  full = generator_lib.spec_from_corpus(tiny(corpus_dir), corpus)
+  assert not np.allclose(spec.norms.mean, full.norms.mean)

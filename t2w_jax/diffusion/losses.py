@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from t2w_jax.diffusion.schedules import Schedule
-from t2w_jax.diffusion.schedules import extract
 
 
 def x0_loss(pred_x0: jax.Array, x0: jax.Array, mask: jax.Array,

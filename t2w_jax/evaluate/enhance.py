@@ -21,7 +21,6 @@ import numpy as np
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax import io as io_lib
-from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 

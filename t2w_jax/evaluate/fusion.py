@@ -29,7 +29,6 @@ from scipy.optimize import linear_sum_assignment
 from t2w_jax import api
 from t2w_jax import io as io_lib
 from t2w_jax.data import tasks as tasks_lib
-from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout

@@ -108,3 +108,33 @@ def plot_fusion(results: Mapping, path: str) -> str:
   ax.grid(axis="y", alpha=0.3)
   ax.set_title(f"Text-guided fusion over {results.get('num_pairs', '?')} task pairs")
   return _save(fig, path)
+
+
+def plot_scaling(points: Mapping, path: str) -> str:
+  """Generated accuracy against the number of corpus nets, one line per split and DiT
+  size, with the generalist and the specialists as dashed references.
+
+  Args:
+    points: ``{"splits": {split: {"generalist": acc, "oracle": acc, "series": {label:
+      [[num_nets, acc], ...]}}}}`` (accuracies in [0, 1]).
+    path: the PNG to write.
+
+  Returns:
+    ``path``.
+  """
+  splits = list(points["splits"])
+  fig, axes = plt.subplots(1, len(splits), figsize=(5.0 * len(splits), 3.8), squeeze=False)
+  for ax, split in zip(axes[0], splits):
+    p = points["splits"][split]
+    for label, series in p["series"].items():
+      xy = np.asarray(sorted(series), float)
+      ax.plot(xy[:, 0], 100 * xy[:, 1], marker="o", label=label)
+    for ref, name in (("generalist", "generalist"), ("oracle", "specialist")):
+      ax.axhline(100 * p[ref], linestyle="--", color=_COLORS[ref], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("corpus nets the generator learns from")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{split} tasks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  return _save(fig, path)

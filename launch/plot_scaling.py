@@ -1,0 +1,62 @@
+"""The scaling curve's plot and table from ablation runs (configs/ablations.py variants).
+
+  python launch/plot_scaling.py --results runs/scale/ablations/results.json \
+      --out docs/results/scaling.png
+
+Reads the ``launch/ablate.py`` results of the variants "full" (every seen net), "corpus_N"
+(the first N seen nets) and "dit_WxD" (another DiT size on every seen net), plots generated
+accuracy against the number of corpus nets per split, and prints the table.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from t2w_jax.evaluate import plots  # noqa: E402
+
+
+def points_from(results: dict, num_seen: int, small_label: str) -> dict:
+  """The ``plots.plot_scaling`` points of an ablation results.json."""
+  variants = results["variants"]
+  splits = list(results["config"]["splits"])
+  out = {"splits": {}}
+  for split in splits:
+    first = next(iter(variants.values()))[split]
+    series: dict = {}
+    for name, per in variants.items():
+      if split not in per:
+        continue
+      m = re.fullmatch(r"corpus_(\d+)", name)
+      if name == "full" or m:
+        n = int(m.group(1)) if m else num_seen
+        series.setdefault(small_label, []).append([n, per[split]["mean"]])
+      elif name.startswith("dit_"):
+        series.setdefault(f"DiT {name[4:]}", []).append([num_seen, per[split]["mean"]])
+    out["splits"][split] = {"generalist": first["generalist"]["mean"],
+                            "oracle": first["oracle"]["mean"], "series": series}
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--results", required=True, help="an ablation results.json")
+  parser.add_argument("--out", required=True, help="the PNG to write")
+  parser.add_argument("--num_seen", type=int, default=504, help="seen nets of the corpus")
+  parser.add_argument("--label", default="DiT 64x3 (default)", help="the default's label")
+  args = parser.parse_args(argv)
+  with open(args.results) as f:
+    points = points_from(json.load(f), args.num_seen, args.label)
+  plots.plot_scaling(points, args.out)
+  for split, p in points["splits"].items():
+    print(f"{split}: generalist {100 * p['generalist']:.1f}, specialist "
+          f"{100 * p['oracle']:.1f}")
+    for label, series in p["series"].items():
+      print("  " + label + ": " + ", ".join(f"{n} nets {100 * a:.1f}"
+                                            for n, a in sorted(series)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
