@@ -52,10 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.hypernet = ml_collections.ConfigDict(dict(
       type="hypernet", max_steps=_placeholder(int), hidden=_placeholder(int),
       learning_rate=_placeholder(float)))
+  # The sampler study: DDIM 1-100 steps and DDPM on 24 unseen tasks; guidance and the
+  # starting-noise temperature at the default one-step sampler.
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(
-      type="sampler_ablation", split=_placeholder(str), num_tasks=_placeholder(int),
-      num_samples=_placeholder(int), cross=_placeholder(bool),
-      guidance_sampler=_placeholder(str)))
+      type="sampler_ablation", split=_placeholder(str), num_tasks=24,
+      num_samples=_placeholder(int), cross=_placeholder(bool), guidance_sampler="ddim:1"))
   c.evals.freeform = ml_collections.ConfigDict(dict(
       type="freeform", split=_placeholder(str), num_tasks=_placeholder(int),
       num_samples=_placeholder(int), prompt=_placeholder(str), sampler=_placeholder(str),

@@ -21,6 +21,12 @@ def test_variant_configs():
   assert not concat.model.cond_adaln
   assert ablations.variant_config(config, "no_adv").adv_weight == 0.0
   assert ablations.variant_config(config, "with_perm_aug").permute_aug
+  assert ablations.variant_config(config, "diffusion_only").task_loss_weight == 0.0
+  assert ablations.variant_config(config, "task_loss_only").diffusion_weight == 0.0
+  assert ablations.variant_config(config, "no_fresh_tasks").fresh_tasks == 0
+  assert ablations.variant_config(config, "corpus_252").seen_limit == 252
+  wide = ablations.variant_config(config, "dit_128x4").model
+  assert (wide.width, wide.depth) == (128, 4)
   with pytest.raises(ValueError, match="unknown ablation variant"):
     ablations.variant_config(config, "no_such_thing")
 
@@ -48,3 +54,28 @@ def test_run_ablations_tiny(tmp_path):
     assert again["evals"]["generated"]["splits"][split]["per_task"] == (
         out["variants"]["token_concat"][split]["per_task"])
   assert os.path.exists(os.path.join(tmp_path, "ablations", "table.md"))
+  # The paired column: token_concat minus full, task by task.
+  for split in ("unseen", "heldout"):
+    d = 100 * (np.asarray(out["variants"]["token_concat"][split]["per_task"])
+               - np.asarray(out["variants"]["full"][split]["per_task"]))
+    if len(d) > 1:
+      want = f"{d.mean():+.1f} ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}"
+      assert want in out["table"]
+
+
+def test_scaling_points_and_plot(tmp_path):
+  from launch import plot_scaling
+  per = lambda m: {"mean": m, "generalist": {"mean": 0.8}, "oracle": {"mean": 0.9}}  # noqa: E731
+  results = {"config": {"splits": ["unseen"]},
+             "variants": {"full": {"unseen": per(0.85)}, "corpus_100": {"unseen": per(0.82)},
+                          "dit_128x4": {"unseen": per(0.86)}}}
+  points = plot_scaling.points_from(results, 504, "small")
+  p = points["splits"]["unseen"]
+  assert p["generalist"] == 0.8 and p["oracle"] == 0.9
+  assert sorted(p["series"]["small"]) == [[100, 0.82], [504, 0.85]]
+  assert p["series"]["DiT 128x4"] == [[504, 0.86]]
+  path = str(tmp_path / "scaling.png")
+  from t2w_jax.evaluate import plots
+  plots.plot_scaling(points, path)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
