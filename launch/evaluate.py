@@ -23,4 +23,4 @@ def _evaluate(config, workdir):
 
 
 if __name__ == "__main__":
-  cli.main(_evaluate, what="evaluation")
+  cli.main(_evaluate, what="evaluation", multiprocess=True)

@@ -24,4 +24,4 @@ def _make_corpus(config, workdir):
 
 if __name__ == "__main__":
   cli.main(_make_corpus, what="corpus",
-           workdir_help="run directory (the corpus goes in workdir/corpus)")
+           workdir_help="run directory (the corpus goes in workdir/corpus)", multiprocess=True)

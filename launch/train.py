@@ -25,4 +25,4 @@ def _train(config, workdir):
 
 
 if __name__ == "__main__":
-  cli.main(_train, what="generator")
+  cli.main(_train, what="generator", multiprocess=True)
