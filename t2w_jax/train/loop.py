@@ -14,6 +14,7 @@ import numpy as np
 
 from t2w_jax import generator as generator_lib
 from t2w_jax import io as io_lib
+from t2w_jax import multihost
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
 from t2w_jax.train import checkpoint as ckpt_lib
@@ -21,7 +22,7 @@ from t2w_jax.train import mesh as mesh_lib
 from t2w_jax.train import reporting
 from t2w_jax.train import state as state_lib
 from t2w_jax.train.step import make_train_step
-from t2w_jax.workdir_lock import LOCK_FILE, workdir_lock
+from t2w_jax.workdir_lock import workdir_lock
 from t2w_jax.zoo import corpus as corpus_lib
 
 
@@ -65,7 +66,8 @@ def load_or_make_spec(config, workdir: str, corpus) -> generator_lib.GeneratorSp
     ckpt_lib.check_meta(stored.identity(), fresh.identity(),
                         where=os.path.join(workdir, generator_lib.SPEC_FILE))
     return stored
-  fresh.save(workdir)
+  if multihost.is_primary():  # one writer; the others use the same spec, made alike
+    fresh.save(workdir)
   return fresh
 
 
@@ -95,13 +97,16 @@ def compile_step(spec, config, mesh, shardings):
 
 
 def put_batch(batch: dict, mesh) -> dict:
-  """Host batch -> global arrays split over 'data' (each process feeds its own rows)."""
+  """Host batch -> global arrays split over 'data' (each process feeds its own rows).
+
+  On several processes each holds the whole global batch (a pure function of the step)
+  and places only the rows of its own devices, wherever the mesh puts them.
+  """
   sharding = mesh_lib.batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
-  n, i = jax.process_count(), jax.process_index()
-  local = jax.tree.map(lambda a: a[i * len(a) // n:(i + 1) * len(a) // n], batch)
-  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), local)
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx]), batch)
 
 
 def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -123,11 +128,10 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
   if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
     corpus_lib.open_corpus(corpus_dir)  # raises MissingError before the workdir is made
-  mesh_lib.maybe_initialize_distributed()
-  # On several hosts every process of one run writes the workdir: one lock per process
-  # index, so that a second run is still refused, host by host.
-  name = None if jax.process_count() == 1 else f"{LOCK_FILE}.{jax.process_index()}"
-  with workdir_lock(workdir, "train", name=name):
+  multihost.initialize()
+  # Every process of a multi-process run writes the workdir (its checkpoint shards):
+  # each holds its own lock, so that a second run is refused process by process.
+  with workdir_lock(workdir, "train", name=multihost.lock_name()):
     return _train(config, workdir, stop_after=stop_after)
 
 
