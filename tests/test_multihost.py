@@ -10,6 +10,7 @@ import contextlib
 import filecmp
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,6 +193,25 @@ def test_corpus_is_the_one_process_corpus_byte_for_byte(reference, two_processes
   assert {"weights.npy", "manifest.jsonl", "checksums.json", "base.npy"} <= set(same)
   with open(os.path.join(pair_dir, "progress.json")) as f:
     assert json.load(f)["processes"] == 2
+
+
+def test_corpus_resume_on_another_process_count_is_handled(reference, two_processes,
+                                                          tmp_path):
+  """A corpus begun by two processes, one shard lost, resumed by one: handled and said."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(two_processes[0], workdir, ignore=shutil.ignore_patterns(
+      "checkpoints", "tb", ".t2w.lock*"))
+  for name in ("00003.sum.json", "00003.npy", "00003.jsonl"):
+    os.remove(os.path.join(workdir, "corpus", "shards", name))
+  os.remove(os.path.join(workdir, "corpus", "checksums.json"))
+  out = subprocess.run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"],
+                       env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "was begun on 2 process(es) and is resumed on 1: handled" in out.stderr
+  ref_dir, _ = reference
+  for name in ("weights.npy", "manifest.jsonl", "checksums.json"):
+    assert filecmp.cmp(os.path.join(ref_dir, name), os.path.join(workdir, "corpus", name),
+                       shallow=False), name
 
 
 def test_generator_equals_one_process_on_four_devices(reference, two_processes):
