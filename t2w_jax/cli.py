@@ -51,8 +51,8 @@ def user_errors_exit(fn: Callable) -> Callable:
 
 
 def _in_multiprocess_run() -> bool:
-  jax = sys.modules.get("jax")  # not imported: not joined to a run either
-  return bool(jax and jax.distributed.is_initialized() and jax.process_count() > 1)
+  multihost = sys.modules.get("t2w_jax.multihost")  # not imported: no run joined either
+  return bool(multihost and multihost.joined())
 
 
 def _exit(status: int) -> None:

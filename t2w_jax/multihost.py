@@ -183,7 +183,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   Raises:
     ConfigError: settings that ``resolve`` refuses.
   """
-  if jax.distributed.is_initialized():
+  if _initialized():
     return
   settings = resolve(coordinator_address, num_processes, process_id)
   if settings is None:
@@ -196,6 +196,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                jax.process_index(), jax.process_count(),
                settings.cluster or settings.coordinator_address,
                jax.local_device_count(), jax.device_count())
+
+
+def _initialized() -> bool:
+  check = getattr(jax.distributed, "is_initialized", None)
+  if check is not None:
+    return check()
+  from jax._src import distributed  # older jax releases have no public check
+  return distributed.global_state.client is not None
+
+
+def joined() -> bool:
+  """Whether this process is one of several in a run (``initialize`` joined it)."""
+  return _initialized() and jax.process_count() > 1
 
 
 def is_primary() -> bool:

@@ -346,7 +346,7 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   bar.close()
   summary_path = os.path.join(path, "summary.json")
   multihost.barrier("corpus-shards-written")
-  if clock is not None:  # process 0 joins the shards and writes the summary
+  if multihost.is_primary():  # joins the shards and writes the summary
     writer.finalize(num_shards)
     summary = summarize(corpus_lib.open_corpus(path).records)
     with open(os.path.join(path, "generalist.json")) as f:
@@ -358,7 +358,7 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
     summary["specialist_seconds"] = time.time() - train_start
     io_lib.atomic_write_json(summary_path, summary)
   multihost.barrier("corpus-finished")
-  if clock is None:
+  if not multihost.is_primary():
     with open(summary_path) as f:
       summary = json.load(f)
   return summary
