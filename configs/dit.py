@@ -5,14 +5,15 @@ Launch (from the repository root; the corpus must exist in WORKDIR/corpus or at
 
   python launch/train.py --config=configs/dit.py --workdir=runs/default            # small (CPU)
   python launch/train.py --config=configs/dit.py:tiny --workdir=/tmp/t2w_tiny      # tests
-  python launch/train.py --config=configs/dit.py:base --workdir=gs://.../run       # one GPU
-  python launch/train.py --config=configs/dit.py:large --workdir=gs://.../run \\
+  python launch/train.py --config=configs/dit.py:base --workdir=runs/c100         # one GPU
+  python launch/train.py --config=configs/dit.py:large --workdir=/mnt/shared/run \\
       --config.mesh.data=-1 --config.mesh.model=4                                   # TPU pod
 
 ``get_config(arg)``: "small" (default; minutes on a 2-core CPU), "tiny", "base" (the
 PyTorch T2W's size: width 1024, 6 layers, 8 heads, 576-value tokens), "large".
-On several hosts, launch the same command on every host; train.py calls
-``jax.distributed.initialize()`` when it sees more than one process.
+On several hosts, launch the same command on every host, with a --workdir they share and
+the multi-process settings where the cluster does not give them (README, "Scaling out");
+``batch_size`` is the global batch.
 """
 import ml_collections
 

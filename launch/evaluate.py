@@ -5,6 +5,11 @@
 
 Reads WORKDIR/corpus and the generator in WORKDIR (or --config.corpus_dir /
 --config.generator_dir); writes WORKDIR/eval/results.json and WORKDIR/eval/table.md.
+
+Several processes or hosts: the same command in each, with --coordinator_address,
+--num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID; none on TPU pods, SLURM, Open MPI) and a shared --workdir (README,
+"Scaling out").
 """
 import os
 import sys
@@ -23,4 +28,4 @@ def _evaluate(config, workdir):
 
 
 if __name__ == "__main__":
-  cli.main(_evaluate, what="evaluation")
+  cli.main(_evaluate, what="evaluation", multiprocess=True)

@@ -5,6 +5,11 @@
       --config.num_seen=20
 
 Rerunning with the same --workdir resumes an interrupted run.
+
+Several processes or hosts: the same command in each, with --coordinator_address,
+--num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID; none on TPU pods, SLURM, Open MPI) and a shared --workdir (README,
+"Scaling out").
 """
 import os
 import sys
@@ -24,4 +29,4 @@ def _make_corpus(config, workdir):
 
 if __name__ == "__main__":
   cli.main(_make_corpus, what="corpus",
-           workdir_help="run directory (the corpus goes in workdir/corpus)")
+           workdir_help="run directory (the corpus goes in workdir/corpus)", multiprocess=True)

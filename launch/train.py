@@ -5,6 +5,11 @@
 
 The corpus is read from WORKDIR/corpus (or --config.corpus_dir). Rerunning with the same
 --workdir resumes from the latest checkpoint.
+
+Several processes or hosts: the same command in each, with --coordinator_address,
+--num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID; none on TPU pods, SLURM, Open MPI) and a shared --workdir (README,
+"Scaling out").
 """
 import os
 import sys
@@ -25,4 +30,4 @@ def _train(config, workdir):
 
 
 if __name__ == "__main__":
-  cli.main(_train, what="generator")
+  cli.main(_train, what="generator", multiprocess=True)

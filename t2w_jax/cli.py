@@ -3,7 +3,9 @@
 Each script calls ``platform.setup_host_devices()`` first (before JAX is imported), then
 ``cli.main(fn, what=...)``: ``--config`` is an ml_collections config file (with
 ``--config.key=value`` overrides), ``--workdir`` the run directory, and ``fn(config,
-workdir)`` does the work; a string it returns is printed.
+workdir)`` does the work; a string it returns is printed. The scripts that run on
+devices (make_corpus, train, evaluate) also take ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` for multi-process runs (``t2w_jax/multihost.py``).
 
 An expected user error (``t2w_jax.errors.UserError``: a bad config value, a missing
 workdir, corpus or generator, a busy workdir) ends the run with one line on stderr and
@@ -12,6 +14,7 @@ exit status 2; anything else keeps its traceback, since it is a bug.
 import functools
 import os
 import sys
+import traceback
 from typing import Callable
 
 from absl import app, flags, logging
@@ -38,8 +41,32 @@ def user_errors_exit(fn: Callable) -> Callable:
     except UserError as e:
       # One line: the message is written to be enough on its own.
       print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-      sys.exit(USER_ERROR_EXIT)
+      _exit(USER_ERROR_EXIT)
+    except Exception:  # a bug: its traceback, and no wait for the other processes
+      if not _in_multiprocess_run():
+        raise
+      traceback.print_exc()
+      _exit(1)
   return wrapped
+
+
+def _in_multiprocess_run() -> bool:
+  multihost = sys.modules.get("t2w_jax.multihost")  # not imported: no run joined either
+  return bool(multihost and multihost.joined())
+
+
+def _exit(status: int) -> None:
+  """Exits with ``status``; in a multi-process run at once, skipping exit handlers.
+
+  JAX's exit handler waits (minutes) at a shutdown barrier for every process, while the
+  others wait for this one at their next barrier; leaving at once instead makes them fail
+  promptly (the coordination service reports the lost process to them).
+  """
+  if _in_multiprocess_run():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -87,17 +114,51 @@ def check_output_file(path: str, flag: str = "--out") -> None:
     raise ConfigError(f"{flag}={path}: directory {parent} is not writable")
 
 
-def main(fn: Callable[..., str | None], *, what: str,
-         workdir_help: str = "run directory") -> None:
-  """Defines --config and --workdir, then runs ``fn(config, workdir)`` under absl."""
+def define_multiprocess_flags() -> Callable[[], None]:
+  """Defines --coordinator_address, --num_processes and --process_id (``t2w_jax.multihost``).
+
+  Returns:
+    A function that joins this process to its run with the parsed flags (and the
+    ``JAX_*`` environment variables for those not given); call it before any JAX work.
+  """
+  address = flags.DEFINE_string(
+      "coordinator_address", None, "multi-process runs: host:port of process 0 "
+      "(default: $JAX_COORDINATOR_ADDRESS; not needed on TPU pods, SLURM, Open MPI)")
+  count = flags.DEFINE_integer(
+      "num_processes", None, "multi-process runs: the number of processes "
+      "(default: $JAX_NUM_PROCESSES)")
+  index = flags.DEFINE_integer(
+      "process_id", None, "multi-process runs: this process's index, 0..num_processes-1 "
+      "(default: $JAX_PROCESS_ID)")
+
+  def join():
+    from t2w_jax import multihost  # local: importing cli does not import JAX
+    multihost.initialize(address.value, count.value, index.value)
+  return join
+
+
+def main(fn: Callable[..., str | None], *, what: str, workdir_help: str = "run directory",
+         multiprocess: bool = False) -> None:
+  """Defines --config and --workdir, then runs ``fn(config, workdir)`` under absl.
+
+  Args:
+    fn: the work.
+    what: what the config configures, for the help.
+    workdir_help: the help of --workdir.
+    multiprocess: also define the multi-process flags (``define_multiprocess_flags``)
+      and join the run before ``fn``: for the scripts that run on devices.
+  """
   config = config_flags.DEFINE_config_file("config", None, f"{what} config file",
                                            lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, workdir_help)
   flags.mark_flags_as_required(["config", "workdir"])
+  join = define_multiprocess_flags() if multiprocess else None
 
   def _main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
+    if join is not None:
+      join()
     out = fn(config.value, workdir.value)
     if out is not None:
       print(out, flush=True)

@@ -10,16 +10,20 @@ level) and ``out_dir`` (WORKDIR/eval) are added for the evaluators that take the
 entry does not set them. Each gets a PRNG key folded from ``config.seed`` and ``<key>``, so
 results do not depend on evaluator order.
 
-Writes WORKDIR/eval/results.json (every figure) and WORKDIR/eval/table.md.
+Writes WORKDIR/eval/results.json (every figure) and WORKDIR/eval/table.md. In a
+multi-process run (``t2w_jax/multihost.py``) every process evaluates alike, and process 0
+writes them.
 """
 import logging
 import os
+import tempfile
 import time
 import zlib
 
 import jax
 import ml_collections
 
+from t2w_jax import multihost
 from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
 from t2w_jax.evaluate.context import EvalContext
@@ -102,9 +106,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (``<key>`` -> that evaluator's dict plus its ``type``) and ``table`` (the Markdown
     text also written to WORKDIR/eval/table.md; results.json holds everything else).
   """
+  multihost.initialize()
   entries = _entries(config)  # unknown names fail before any work
   corpus_dir = config.get("corpus_dir", None) or os.path.join(workdir, "corpus")
-  out_dir = os.path.join(workdir, "eval")
+  if multihost.is_primary():
+    out_dir = os.path.join(workdir, "eval")
+  else:
+    # Every process of a multi-process run evaluates alike on its own devices; process 0
+    # writes the report; the others write theirs to a scratch directory, removed when
+    # this function returns.
+    scratch = tempfile.TemporaryDirectory(prefix=f"t2w_eval_{jax.process_index()}_")
+    out_dir = scratch.name
   from t2w_jax.zoo import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   meta_corpus = corpus_lib.open_corpus(corpus_dir).meta
   gen, gen_dir = _load_generator(config, workdir, any(e.needs_generator for _, e, _ in entries),

@@ -1,6 +1,5 @@
 """The device mesh ('data', 'model') and the shardings of the train state and batches."""
 import contextlib
-import logging
 
 import flax.linen as nn
 import jax
@@ -98,15 +97,3 @@ def activate(mesh: Mesh):
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
     yield
 
-
-def maybe_initialize_distributed() -> None:
-  """``jax.distributed.initialize()`` on multi-host launches (TPU pods, SLURM, ...)."""
-  import os
-  markers = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
-             "MEGASCALE_COORDINATOR_ADDRESS")
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  multi = ("," in hosts) or int(os.environ.get("SLURM_NTASKS", "1")) > 1 or (
-      "JAX_COORDINATOR_ADDRESS" in os.environ)
-  if multi and any(m in os.environ for m in markers):
-    jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

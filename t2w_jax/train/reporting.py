@@ -8,12 +8,20 @@ import logging
 import time
 from typing import Mapping
 
+from t2w_jax import multihost
+
 
 class MetricWriter:
-  """Writes scalars to the log and (when tensorboardX is present) to TensorBoard."""
+  """Writes scalars to the log and (when tensorboardX is present) to TensorBoard.
+
+  In a multi-process run only process 0 writes (every process holds the same metrics).
+  """
 
   def __init__(self, logdir: str | None):
     self._tb = None
+    self._on = multihost.is_primary()
+    if not self._on:
+      return
     if logdir:
       try:
         from tensorboardX import SummaryWriter  # optional: logging still works without it
@@ -22,6 +30,8 @@ class MetricWriter:
         logging.warning("tensorboardX not installed; metrics go to the log only")
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self._on:
+      return
     logging.info("step %d: %s", step,
                  ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(scalars.items())))
     if self._tb is not None:

@@ -7,7 +7,14 @@ the result equals an uninterrupted run's (same shards, same seeds, same compiled
 What a resume refuses (README, "Resume"): a config that differs from the stored one in any
 key but ``RESUMABLE_KEYS`` (the whole corpus config is part of the corpus's identity), and a
 stored plan.json other than the one the config draws. The config is validated before any
-file is written, and one process at a time may write a workdir (``workdir_lock``).
+file is written, and one run at a time may write a workdir (``workdir_lock``).
+
+Several processes (``t2w_jax/multihost.py``) build the same corpus as one: process 0 writes
+the plan, the embeddings and the generalist, the shards left are dealt round-robin (each
+process trains its shards on its own devices and writes them), and process 0 joins them.
+A shard's size depends only on the devices per process (``nets_per_shard``, part of the
+identity), so a resume on another number of processes is handled; on another number of
+devices per process it is refused.
 """
 import json
 import logging
@@ -15,6 +22,7 @@ import math
 import numbers
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +31,7 @@ import tqdm
 
 from t2w_jax import data as data_lib
 from t2w_jax import io as io_lib
+from t2w_jax import multihost
 from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
@@ -241,16 +250,127 @@ def make_corpus(config, workdir: str) -> dict:
     BusyError: another process writes this workdir.
   """
   start = time.time()
+  multihost.initialize()
   validate_config(config)
-  dataset = load_data(config)
+  # The shard size follows the devices each process trains on; the processes must agree
+  # on it (all refuse together here, rather than one refusing the stored meta later).
+  multihost.check_same(config.num_devices or len(jax.local_devices()),
+                       "the devices each process trains nets on",
+                       "give every process as many devices, or set --config.num_devices")
+  # A dataset is generated on first use (tfds): process 0 makes it, the others read it.
+  with multihost.primary_first("corpus-data"):
+    dataset = load_data(config)
   validate_plan(config, len(dataset.class_names))
-  with workdir_lock(workdir, "make_corpus"):
+  with workdir_lock(workdir, "make_corpus", name=multihost.lock_name()):
     return _make_corpus(config, workdir, dataset, start)
+
+
+class _Setup(NamedTuple):
+  """What every process of a corpus run works from (``_prepare``)."""
+  writer: corpus_lib.CorpusWriter
+  layout: ParamLayout
+  names: tuple
+  model: Any
+  mesh: Any               # this process's 1-D nets mesh
+  spec: masstrain.TrainerSpec
+  shard: int              # nets per shard
+  tasks: list             # every task of the plan, in order
+  todo: list              # shards left to train
+  dataset: Any            # the images, or the adapter family's trunk features
+  class_emb: np.ndarray
+  base_params: Any        # the generalist: every net's start
+  clock: Any              # the _Clock, on process 0 only (None on the others)
 
 
 def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   path = os.path.join(workdir, "corpus")
   os.makedirs(path, exist_ok=True)
+  # Process 0 writes (or checks) what every process needs and clears damaged shards; the
+  # others then read it all back, so every net starts from the same bytes on any process.
+  with multihost.primary_first("corpus-prepared"):
+    setup = _prepare(config, path, dataset, start)
+  writer, layout, names, shard, all_tasks, todo, clock = (
+      setup.writer, setup.layout, setup.names, setup.shard, setup.tasks, setup.todo,
+      setup.clock)
+  spec, mesh, base_params = setup.spec, setup.mesh, setup.base_params
+  data = masstrain.put_data(setup.dataset, setup.class_emb, spec.eval_per_class, mesh,
+                            val_per_class=config.val_per_class, val_seed=config.seed)
+  train = masstrain.make_trainer(setup.model, spec, mesh)
+  num_shards = int(math.ceil(len(all_tasks) / shard))
+
+  def nets_in(shards):
+    return sum(len(all_tasks[i * shard:(i + 1) * shard]) for i in shards)
+
+  # Shards are the unit of work and of resume: those left are dealt round-robin, and each
+  # process trains and writes its own. A shard's nets do not depend on the process that
+  # trains them, so the corpus is the same for any number of processes.
+  mine = todo[jax.process_index()::jax.process_count()]
+  done_before = len(all_tasks) - nets_in(todo)
+  if jax.process_count() > 1:
+    logging.info("process %d of %d trains shards %s (of %d to do)", jax.process_index(),
+                 jax.process_count(), mine, len(todo))
+    if 0 < len(todo) < jax.process_count():
+      logging.warning("%d shard(s) to do for %d processes: some processes have none; a "
+                      "smaller --config.shard_size makes more shards", len(todo),
+                      jax.process_count())
+
+  bar = tqdm.tqdm(total=done_before + nets_in(mine), unit="net", desc="corpus",
+                  initial=done_before, smoothing=0.1, mininterval=2.0)
+  train_start, trained = time.time(), 0
+  for i in mine:
+    chunk = all_tasks[i * shard:(i + 1) * shard]
+    padded = chunk + [chunk[-1]] * (shard - len(chunk))  # fixed shape: one compile
+    ids, mask = tasks_lib.pad_tasks(padded, config.max_classes)
+    seeds = np.array([t.seed for t in padded], np.uint32)
+    out = train(data, base_params, masstrain.TaskBatch(ids, mask, seeds))
+    weights = np.asarray(jax.vmap(layout.flatten)(out.params))[:len(chunk)]
+    base_acc, acc, loss, steps, steps_run = (
+        np.asarray(a) for a in (out.base_acc, out.trained_acc, out.final_loss, out.steps,
+                                out.steps_run))
+    records = [{"task_id": t.task_id, "split": t.split, "classes": [names[c] for c in t.class_ids],
+                "class_ids": list(t.class_ids), "seed": t.seed,
+                "base_acc": float(base_acc[j]), "trained_acc": float(acc[j]),
+                "final_loss": float(loss[j]), "steps": int(steps[j]),
+                "steps_run": int(steps_run[j])} for j, t in enumerate(chunk)]
+    writer.write_shard(i, weights, records)
+    trained += len(chunk)
+    if clock is not None:
+      clock.save()
+    bar.update(len(chunk))
+    # A log line per shard as well as the bar: the bar's carriage returns do not survive
+    # pipes and filters (scripts/run_default.sh), a line with rate and ETA does.
+    rate = trained / (time.time() - train_start)
+    left = nets_in(mine) - trained
+    logging.info("corpus: %d/%d nets (%.2f nets/s, ETA %.0f s)", done_before + trained,
+                 done_before + nets_in(mine), rate, left / rate)
+  bar.close()
+  summary_path = os.path.join(path, "summary.json")
+  multihost.barrier("corpus-shards-written")
+  if multihost.is_primary():  # joins the shards and writes the summary
+    writer.finalize(num_shards)
+    summary = summarize(corpus_lib.open_corpus(path).records)
+    with open(os.path.join(path, "generalist.json")) as f:
+      summary["generalist"] = json.load(f)
+    summary["seconds"], summary["attempts"] = clock.save(), clock.attempts
+    # This call's specialist training alone (a resumed run trains only what was left), by
+    # all its processes.
+    summary["specialists_trained"] = nets_in(todo)
+    summary["specialist_seconds"] = time.time() - train_start
+    io_lib.atomic_write_json(summary_path, summary)
+  multihost.barrier("corpus-finished")
+  if not multihost.is_primary():
+    with open(summary_path) as f:
+      summary = json.load(f)
+  return summary
+
+
+def _prepare(config, path: str, dataset, start: float) -> _Setup:
+  """Writes, or reads back and checks, everything the nets are trained from.
+
+  What exists is read and checked, what is missing is made and written: process 0 runs
+  this first, the other processes after it, and so find everything on disk.
+  """
+  primary = multihost.is_primary()
   names = dataset.class_names
   encoder = text_lib.get_encoder_with_fallback(config.text_encoder,
                                                config.get("text_fallback"))
@@ -272,7 +392,7 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
   writer = corpus_lib.CorpusWriter(path, meta)
   plan = _plan(config, len(names))
   _write_or_check_plan(os.path.join(path, "plan.json"), plan)
-  clock = _Clock(path, start)
+  clock = _Clock(path, start) if primary else None
   emb_path = os.path.join(path, "class_emb.npz")
   if not os.path.exists(emb_path):
     io_lib.atomic_save_npz(emb_path, names=np.array(names), embeddings=class_emb)
@@ -292,56 +412,18 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
     io_lib.atomic_save_npy(base_path, np.asarray(layout.flatten(base_params)))
     io_lib.atomic_write_json(info_path, info.to_json())
 
-  data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh,
-                            val_per_class=config.val_per_class, val_seed=config.seed)
-  train = masstrain.make_trainer(model, spec, mesh)
   all_tasks = list(plan.tasks)
   num_shards = int(math.ceil(len(all_tasks) / shard))
+  # Only process 0 removes a damaged shard's files (``shard_done``); the others only look.
+  done = (writer.shard_done if primary
+          else lambda i, ids: writer.shard_problem(i, ids) is None)
   todo = [i for i in range(num_shards)
-          if not writer.shard_done(i, [t.task_id for t in all_tasks[i * shard:(i + 1) * shard]])]
-  logging.info("%d nets in %d shards of %d (%d to do) on %d device(s), %d nets per vmap chunk",
-               len(all_tasks), num_shards, shard, len(todo), mesh.size, spec.nets_per_chunk)
-
-  bar = tqdm.tqdm(total=len(all_tasks), unit="net", desc="corpus",
-                  initial=(num_shards - len(todo)) * shard if todo else len(all_tasks),
-                  smoothing=0.1, mininterval=2.0)
-  train_start, trained = time.time(), 0
-  for i in todo:
-    chunk = all_tasks[i * shard:(i + 1) * shard]
-    padded = chunk + [chunk[-1]] * (shard - len(chunk))  # fixed shape: one compile
-    ids, mask = tasks_lib.pad_tasks(padded, config.max_classes)
-    seeds = np.array([t.seed for t in padded], np.uint32)
-    out = train(data, base_params, masstrain.TaskBatch(ids, mask, seeds))
-    weights = np.asarray(jax.vmap(layout.flatten)(out.params))[:len(chunk)]
-    base_acc, acc, loss, steps, steps_run = (
-        np.asarray(a) for a in (out.base_acc, out.trained_acc, out.final_loss, out.steps,
-                                out.steps_run))
-    records = [{"task_id": t.task_id, "split": t.split, "classes": [names[c] for c in t.class_ids],
-                "class_ids": list(t.class_ids), "seed": t.seed,
-                "base_acc": float(base_acc[j]), "trained_acc": float(acc[j]),
-                "final_loss": float(loss[j]), "steps": int(steps[j]),
-                "steps_run": int(steps_run[j])} for j, t in enumerate(chunk)]
-    writer.write_shard(i, weights, records)
-    trained += len(chunk)
-    clock.save()
-    bar.update(len(chunk))
-    # A log line per shard as well as the bar: the bar's carriage returns do not survive
-    # pipes and filters (scripts/run_default.sh), a line with rate and ETA does.
-    rate = trained / (time.time() - train_start)
-    left = len(all_tasks) - (num_shards - len(todo)) * shard - trained
-    logging.info("corpus: %d/%d nets (%.2f nets/s, ETA %.0f s)", len(all_tasks) - max(left, 0),
-                 len(all_tasks), rate, max(left, 0) / rate)
-  bar.close()
-  writer.finalize(num_shards)
-  summary = summarize(corpus_lib.open_corpus(path).records)
-  with open(info_path) as f:
-    summary["generalist"] = json.load(f)
-  summary["seconds"], summary["attempts"] = clock.save(), clock.attempts
-  # This call's specialist training alone (a resumed run trains only what was left).
-  summary["specialists_trained"] = trained
-  summary["specialist_seconds"] = time.time() - train_start
-  io_lib.atomic_write_json(os.path.join(path, "summary.json"), summary)
-  return summary
+          if not done(i, [t.task_id for t in all_tasks[i * shard:(i + 1) * shard]])]
+  logging.info("%d nets in %d shards of %d (%d to do) on %d device(s) x %d process(es), "
+               "%d nets per vmap chunk", len(all_tasks), num_shards, shard, len(todo),
+               mesh.size, jax.process_count(), spec.nets_per_chunk)
+  return _Setup(writer, layout, tuple(names), model, mesh, spec, shard, all_tasks, todo,
+                dataset, class_emb, base_params, clock)
 
 
 def _write_or_check_plan(plan_path: str, plan: tasks_lib.TaskPlan) -> None:
@@ -364,7 +446,9 @@ class _Clock:
 
   Each attempt adds its own time, saved after every shard, so a resumed corpus reports the
   total instead of its last attempt's; the time an interrupted attempt spent after its last
-  saved shard is lost (and said to be, by ``format_summary``).
+  saved shard is lost (and said to be, by ``format_summary``). The file also records the
+  number of processes of the last attempt, so that a resume on another number says so.
+  Kept by process 0 alone.
   """
 
   def __init__(self, path: str, start: float):
@@ -375,11 +459,20 @@ class _Clock:
         prev = json.load(f)
     self.before = float(prev.get("seconds", 0.0))
     self.attempts = int(prev.get("attempts", 0)) + 1
+    self.processes = jax.process_count()
+    if prev and int(prev.get("processes", 1)) != self.processes:
+      # Handled, not refused: a shard is trained whole by one process, on that process's
+      # devices, and the device count per process is checked (nets_per_shard in meta.json).
+      logging.warning("corpus at %s was begun on %d process(es) and is resumed on %d: "
+                      "handled; the shards left are dealt to these processes, and the "
+                      "corpus is the same", path, int(prev.get("processes", 1)),
+                      self.processes)
     self.save()  # counts this attempt even if it is killed before its first shard
 
   def save(self) -> float:
     total = self.before + time.time() - self.start
-    io_lib.atomic_write_json(self.file, {"seconds": total, "attempts": self.attempts})
+    io_lib.atomic_write_json(self.file, {"seconds": total, "attempts": self.attempts,
+                                         "processes": self.processes})
     return total
 
 

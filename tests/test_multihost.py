@@ -1,0 +1,291 @@
+"""Two processes on one machine (two CPU devices each, gloo collectives) work as one.
+
+The launch scripts run as a user would run them on two hosts: the same command twice, with
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (README, "Scaling out").
+Checked: the tiny corpus is byte for byte the corpus of one process with two devices; the
+generator trained by the two processes (including through a kill -9 of one of them and a
+rerun) has the parameters of one process on four devices.
+"""
+import contextlib
+import filecmp
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import dit as dit_config
+from t2w_jax import multihost
+from t2w_jax.errors import ConfigError
+from t2w_jax.train import checkpoint as ckpt_lib
+from t2w_jax.train import loop
+from t2w_jax.train import mesh as mesh_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = [f"--config={os.path.join(ROOT, 'configs', 'corpus.py')}:tiny"]
+STEPS = 12  # the tiny DiT's adversarial term starts at step 10: both losses are exercised
+TRAIN = [f"--config={os.path.join(ROOT, 'configs', 'dit.py')}:tiny",
+         f"--config.num_steps={STEPS}"]
+TIMEOUT = 240  # seconds for one launch of the pair; the whole module takes about two minutes
+# Files that record seconds spent, which differ between any two runs.
+TIMED = {"progress.json", "summary.json"}
+
+
+def _env(**extra) -> dict:
+  """The children's environment: two host devices each, offline, this checkout first, and
+  one compilation cache (a rerun loads the programs its first run compiled)."""
+  env = {k: v for k, v in os.environ.items() if k not in multihost.ENV_VARS.values()}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=_CACHE[0],
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
+  return env
+
+
+_CACHE = [""]  # set by the module fixture below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _children_cache(tmp_path_factory):
+  _CACHE[0] = str(tmp_path_factory.mktemp("children_xla_cache"))
+  yield
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _script(name: str) -> list[str]:
+  return [sys.executable, os.path.join(ROOT, "launch", f"{name}.py")]
+
+
+@contextlib.contextmanager
+def _running():
+  """Collects child processes; on leaving (a failure or a timeout included) kills the
+  process group of every one still running, so that no child outlives the test."""
+  procs = []
+  try:
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def _start_pair(procs: list, cmd: list[str], logs: str, tag: str) -> list:
+  """Starts ``cmd`` as processes 0 and 1 of a two-process run; returns them."""
+  port = _free_port()
+  pair = []
+  for i in range(2):
+    env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i))
+    with open(os.path.join(logs, f"{tag}.{i}.log"), "w") as log:
+      p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    procs.append(p)
+    pair.append(p)
+  return pair
+
+
+def _tail(logs: str, tag: str) -> str:
+  out = []
+  for i in range(2):
+    with open(os.path.join(logs, f"{tag}.{i}.log")) as f:
+      out.append(f"--- process {i}:\n" + "".join(f.readlines()[-15:]))
+  return "\n".join(out)
+
+
+def _wait(pair: list, logs: str, tag: str, timeout: float = TIMEOUT) -> None:
+  """Waits for both processes; fails (with their logs' tails) on a timeout or an error."""
+  deadline = time.time() + timeout
+  for p in pair:
+    try:
+      p.wait(timeout=max(deadline - time.time(), 1))
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"{tag}: the two processes did not finish in {timeout} s\n"
+                  f"{_tail(logs, tag)}")
+  rcs = [p.returncode for p in pair]
+  assert rcs == [0, 0], f"{tag}: exit statuses {rcs}\n{_tail(logs, tag)}"
+
+
+def _run_pair(cmd: list[str], logs: str, tag: str) -> None:
+  with _running() as procs:
+    _wait(_start_pair(procs, cmd, logs, tag), logs, tag)
+
+
+def _generator_state(workdir: str, corpus_dir: str):
+  """The TrainState of the latest checkpoint in ``workdir``, on one device."""
+  config = dit_config.get_config("tiny")
+  config.corpus_dir = corpus_dir
+  corpus = loop.open_training_corpus(config, workdir)
+  spec = loop.load_or_make_spec(config, workdir, corpus)
+  state, _ = loop.create_sharded_state(spec, config, mesh_lib.make_mesh(1, 1))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+                               save_every=0)
+  state = ckpt.restore(state)
+  ckpt.close()
+  return jax.device_get(state)
+
+
+def _assert_generators_equal(a, b, atol: float = 1e-5) -> None:
+  assert int(a.step) == int(b.step) == STEPS
+  for name in ("params", "ema_params"):
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(getattr(a, name)),
+                                 jax.tree_util.tree_leaves_with_path(getattr(b, name))):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0,
+                                 err_msg=f"{name}{jax.tree_util.keystr(path)}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One process: the tiny corpus on two devices (a child process, set up exactly as each
+  of the pair is), and the generator trained on it in this process on four devices."""
+  workdir = str(tmp_path_factory.mktemp("one_process"))
+  out = subprocess.run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"],
+                       env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  corpus_dir = os.path.join(workdir, "corpus")
+  config = dit_config.get_config("tiny")
+  config.corpus_dir = corpus_dir
+  config.num_steps = STEPS
+  config.mesh.data = 4  # 4 of this process's 8 host devices
+  gen_dir = os.path.join(workdir, "generator")
+  loop.train(config, gen_dir)
+  return corpus_dir, _generator_state(gen_dir, corpus_dir)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+  """The issue's commands, run as the README says: make_corpus, then train, as a pair."""
+  workdir = str(tmp_path_factory.mktemp("two_processes"))
+  logs = str(tmp_path_factory.mktemp("logs"))
+  _run_pair(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"], logs, "corpus")
+  _run_pair(_script("train") + TRAIN + [f"--workdir={workdir}"], logs, "train")
+  return workdir, logs
+
+
+def test_corpus_is_the_one_process_corpus_byte_for_byte(reference, two_processes):
+  ref_dir, _ = reference
+  pair_dir = os.path.join(two_processes[0], "corpus")
+  names = sorted(os.listdir(ref_dir))
+  assert sorted(os.listdir(pair_dir)) == names
+  shards = sorted(os.listdir(os.path.join(ref_dir, "shards")))
+  assert sorted(os.listdir(os.path.join(pair_dir, "shards"))) == shards and shards
+  same = [n for n in names if os.path.isfile(os.path.join(ref_dir, n)) and n not in TIMED]
+  same += [os.path.join("shards", n) for n in shards]
+  for name in same:
+    if name == "generalist.json":  # also records its training's seconds
+      with open(os.path.join(ref_dir, name)) as f, open(os.path.join(pair_dir, name)) as g:
+        a, b = json.load(f), json.load(g)
+      assert a.pop("seconds") > 0 and b.pop("seconds") > 0 and a == b
+    else:
+      assert filecmp.cmp(os.path.join(ref_dir, name), os.path.join(pair_dir, name),
+                         shallow=False), f"corpus/{name} differs from one process's"
+  assert {"weights.npy", "manifest.jsonl", "checksums.json", "base.npy"} <= set(same)
+  with open(os.path.join(pair_dir, "progress.json")) as f:
+    assert json.load(f)["processes"] == 2
+
+
+def test_corpus_resume_on_another_process_count_is_handled(reference, two_processes,
+                                                          tmp_path):
+  """A corpus begun by two processes, one shard lost, resumed by one: handled and said."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(two_processes[0], workdir, ignore=shutil.ignore_patterns(
+      "checkpoints", "tb", ".t2w.lock*"))
+  for name in ("00003.sum.json", "00003.npy", "00003.jsonl"):
+    os.remove(os.path.join(workdir, "corpus", "shards", name))
+  os.remove(os.path.join(workdir, "corpus", "checksums.json"))
+  out = subprocess.run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"],
+                       env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "was begun on 2 process(es) and is resumed on 1: handled" in out.stderr
+  ref_dir, _ = reference
+  for name in ("weights.npy", "manifest.jsonl", "checksums.json"):
+    assert filecmp.cmp(os.path.join(ref_dir, name), os.path.join(workdir, "corpus", name),
+                       shallow=False), name
+
+
+def test_generator_equals_one_process_on_four_devices(reference, two_processes):
+  ref_dir, ref_state = reference
+  workdir, logs = two_processes
+  _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
+  # Metrics and TensorBoard events come from process 0 alone.
+  assert os.listdir(os.path.join(workdir, "tb"))
+  with open(os.path.join(logs, "train.0.log")) as f0, open(os.path.join(logs, "train.1.log")) as f1:
+    assert f"step {STEPS}: " in f0.read() and f"step {STEPS}: " not in f1.read()
+
+
+def test_training_resumes_after_one_process_is_killed(reference, two_processes, tmp_path):
+  """kill -9 of process 1 mid-run, then of process 0 (which JAX's coordination service
+  would end within its heartbeat timeout, 100 s, if no collective failed first); the same
+  commands rerun resume from the last checkpoint both finished, to the same generator."""
+  ref_dir, ref_state = reference
+  workdir, logs = str(tmp_path / "run"), str(tmp_path)
+  # Killed as soon as the first checkpoint is committed: two thirds of the steps and two
+  # checkpoints are left, so the kill lands mid-run.
+  every = STEPS // 3
+  corpus_dir = os.path.join(two_processes[0], "corpus")
+  cmd = _script("train") + TRAIN + [f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}",
+                                    f"--config.checkpoint_every={every}"]
+  with _running() as procs:
+    pair = _start_pair(procs, cmd, logs, "killed")
+    first = os.path.join(workdir, "checkpoints", str(every))
+    deadline = time.time() + TIMEOUT
+    while not os.path.isdir(first) and time.time() < deadline and pair[1].poll() is None:
+      time.sleep(0.05)
+    assert os.path.isdir(first), f"no checkpoint {every} in time\n{_tail(logs, 'killed')}"
+    assert pair[1].poll() is None, "process 1 finished before it could be killed"
+    os.killpg(pair[1].pid, signal.SIGKILL)
+    pair[1].wait()
+  # (Leaving the block killed process 0.)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert every <= steps[-1] < STEPS
+  _run_pair(cmd, logs, "resumed")
+  with open(os.path.join(logs, "resumed.0.log")) as f:
+    assert f"restored step {steps[-1]}" in f.read()
+  _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
+
+
+@pytest.mark.parametrize("env,flags,match", [
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:12355", "JAX_NUM_PROCESSES": "2"}, {},
+     "incomplete.*process_id"),
+    ({"JAX_NUM_PROCESSES": "2"}, {"num_processes": 3}, "disagrees with JAX_NUM_PROCESSES"),
+    ({"JAX_NUM_PROCESSES": "two"}, {}, "not a whole number"),
+    ({}, {"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, "out of range"),
+    ({}, {"coordinator_address": "host", "num_processes": 2, "process_id": 0}, "host:port"),
+])
+def test_incomplete_or_inconsistent_settings_are_refused(env, flags, match):
+  with pytest.raises(ConfigError, match=match):
+    multihost.resolve(environ=env, **flags)
+
+
+def test_settings_from_flags_environment_and_clusters():
+  full = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+          "JAX_PROCESS_ID": "3"}
+  assert multihost.resolve(environ={}) is None
+  assert multihost.resolve(environ=full) == multihost.Settings("10.0.0.1:1234", 4, 3)
+  assert multihost.resolve(process_id=3, environ=full).process_id == 3  # same value: fine
+  assert multihost.resolve(environ={"JAX_NUM_PROCESSES": "1"}) is None
+  # On a cluster JAX reads what is not given.
+  slurm = multihost.resolve(environ={"SLURM_NTASKS": "8"})
+  assert slurm == multihost.Settings(None, None, None, "SLURM")
+  pod = multihost.resolve(environ={"TPU_WORKER_HOSTNAMES": "a,b", "JAX_PROCESS_ID": "1"})
+  assert pod.process_id == 1 and pod.cluster == "Cloud TPU pod slice"
+  assert multihost.detect_cluster({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+
+
+def test_launch_scripts_refuse_incomplete_settings_in_one_line(tmp_path):
+  env = _env(JAX_COORDINATOR_ADDRESS="127.0.0.1:12355", JAX_NUM_PROCESSES="2")
+  out = subprocess.run(_script("train") + TRAIN + [f"--workdir={tmp_path}", "--process_id=5"],
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith("error: process_id=5 is out of range")
