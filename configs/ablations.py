@@ -3,7 +3,7 @@ and evaluated on the same tasks as the full model.
 
   python launch/ablate.py --config=configs/ablations.py --workdir=runs/default
   python launch/ablate.py --config=configs/ablations.py --workdir=runs/default \\
-      --config.num_steps=800 --config.variants=full,no_adv
+      --config.num_steps=800 --config.variants=full,with_adv
 
 Reads WORKDIR/corpus; trains into WORKDIR/ablations/<variant>; writes
 WORKDIR/ablations/table.md and results.json.
@@ -18,7 +18,7 @@ VARIANTS = {
     "diffusion_only": {"task_loss_weight": 0.0},
     "no_fresh_tasks": {"fresh_tasks": 0},
     "task_loss_only": {"diffusion_weight": 0.0},
-    "no_adv": {"adv_weight": 0.0},
+    "with_adv": {"adv_weight": 0.01},  # the default is off; see configs/dit.py
     "with_perm_aug": {"permute_aug": True},  # the default is off; see configs/dit.py
     "no_prior_attention": {"model.cross_attention": False, "model.prior_bias": False},
     "no_prior_bias": {"model.prior_bias": False},
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "tiny":
     c.dit_variant = "tiny"
     c.num_steps = 10
-    c.variants = "full,no_adv,token_concat"
+    c.variants = "full,with_adv,token_concat"
     c.num_samples = 1
     c.max_tasks = 2
   elif arg:

@@ -19,7 +19,8 @@ def test_variant_configs():
   assert full.model.cross_attention and full.model.prior_bias and not full.model.text_as_token
   assert concat.model.text_as_token and not concat.model.cross_attention
   assert not concat.model.cond_adaln
-  assert ablations.variant_config(config, "no_adv").adv_weight == 0.0
+  assert full.adv_weight == 0.0
+  assert ablations.variant_config(config, "with_adv").adv_weight > 0.0
   assert ablations.variant_config(config, "with_perm_aug").permute_aug
   assert ablations.variant_config(config, "diffusion_only").task_loss_weight == 0.0
   assert ablations.variant_config(config, "task_loss_only").diffusion_weight == 0.0

@@ -73,7 +73,7 @@ def test_eight_devices_match_one(corpus_dir, tmp_path):
   every loss on: diffusion, task (functional, with fresh tasks), adversarial, FGSM and
   permutations."""
   assert len(jax.devices()) >= 8
-  config = tiny(corpus_dir, adv_start=0, perturb_eps=0.01, permute_aug=True,
+  config = tiny(corpus_dir, adv_weight=0.01, adv_start=0, perturb_eps=0.01, permute_aug=True,
                 task_loss_weight=1.0, fresh_tasks=4)
   corpus = loop.open_training_corpus(config, str(tmp_path))
   spec = loop.load_or_make_spec(config, str(tmp_path), corpus)
