@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = [f"--config={os.path.join(ROOT, 'configs', 'corpus.py')}:tiny"]
 STEPS = 12  # the tiny DiT's adversarial term starts at step 10: both losses are exercised
 TRAIN = [f"--config={os.path.join(ROOT, 'configs', 'dit.py')}:tiny",
-         f"--config.num_steps={STEPS}"]
+         f"--config.num_steps={STEPS}", "--config.adv_weight=0.01"]
 TIMEOUT = 240  # seconds for one launch of the pair; the whole module takes about two minutes
 # Files that record seconds spent, which differ between any two runs.
 TIMED = {"progress.json", "summary.json"}
@@ -157,6 +157,7 @@ def reference(tmp_path_factory):
   config = dit_config.get_config("tiny")
   config.corpus_dir = corpus_dir
   config.num_steps = STEPS
+  config.adv_weight = 0.01  # as TRAIN: every loss of the step, adversarial included
   config.mesh.data = 4  # 4 of this process's 8 host devices
   gen_dir = os.path.join(workdir, "generator")
   loop.train(config, gen_dir)
