@@ -105,6 +105,9 @@ def sample_tasks(key, data: TaskImages, batch: int, max_classes: int):
   n = jax.random.randint(k_n, (batch,), data.task_sizes[0], data.task_sizes[1] + 1)
   perms = jax.vmap(lambda k: jax.random.permutation(k, data.pool))(
       jax.random.split(k_perm, batch))[:, :max_classes]
+  if perms.shape[1] < max_classes:  # fewer allowed classes than slots (e.g. Fashion-MNIST)
+    perms = jnp.concatenate(
+        [perms, jnp.repeat(perms[:, :1], max_classes - perms.shape[1], axis=1)], axis=1)
   mask = jnp.arange(max_classes)[None, :] < n[:, None]
   classes = jnp.where(mask, perms, perms[:, :1])
   return classes, mask, data.class_emb[classes] * mask[..., None]

@@ -129,6 +129,11 @@ def test_hypernet_starts_at_the_generalist_and_its_evaluator_runs(corpus_dir):
     assert len(set(c[m].tolist())) == m.sum() and set(c.tolist()) <= pool
     np.testing.assert_array_equal(e[m], np.asarray(corpus.class_emb)[c[m]])
     assert not e[~m].any()
+  # More class slots than allowed classes (Fashion-MNIST's 8 seen classes, 32 slots).
+  few = data._replace(pool=data.pool[:5])
+  classes, mask, _ = task_loss_lib.sample_tasks(jax.random.PRNGKey(2), few, 16, 32)
+  assert classes.shape == (16, 32) and int(mask.sum(1).max()) <= 4
+  assert set(np.asarray(classes).ravel().tolist()) <= set(np.asarray(few.pool).tolist())
   ctx = context_lib.EvalContext.create(corpus_dir)
   out = registry.get("hypernet")(ctx, jax.random.PRNGKey(0), max_steps=20, eval_every=10,
                                  hidden=16, val_tasks=4, batch_size=4, images=8)
