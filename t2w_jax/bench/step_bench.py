@@ -23,16 +23,16 @@ from t2w_jax.train import mesh as mesh_lib
 
 def settings(config: ml_collections.ConfigDict) -> dict:
   """{name: dit config} of the timed settings, diffusion-only first."""
-  out = {}
-  base = ml_collections.ConfigDict(config.to_dict())
-  c = ml_collections.ConfigDict(base.to_dict())
-  c.task_loss_weight = 0.0
-  out["diffusion only"] = c
-  for fresh in sorted({0, int(base.fresh_tasks) or 64}):
-    c = ml_collections.ConfigDict(base.to_dict())
-    c.task_loss_weight = base.task_loss_weight or 1.0
-    c.fresh_tasks = fresh
-    out[f"+ task loss, {fresh} fresh tasks"] = c
+  def variant(**overrides):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.update(overrides)
+    return c
+
+  weight = config.task_loss_weight or 1.0
+  out = {"diffusion only": variant(task_loss_weight=0.0)}
+  for fresh in sorted({0, int(config.fresh_tasks) or 64}):
+    out[f"+ task loss, {fresh} fresh tasks"] = variant(task_loss_weight=weight,
+                                                       fresh_tasks=fresh)
   return out
 
 
@@ -43,7 +43,7 @@ def time_setting(config, corpus, workdir: str, *, steps: int, repeats: int) -> d
   state, shardings = loop.create_sharded_state(spec, config, mesh)
   step_fn = loop.compile_step(spec, config, mesh, shardings)
   data = loop.put_task_images(config, corpus, mesh)
-  batches = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, config.seed)
+  batches = loop.training_batches(config, corpus)
   feed = [loop.put_batch(batches(i), mesh) for i in range(steps)]
   times = []
   with mesh_lib.activate(mesh):

@@ -69,42 +69,41 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
   if int(np.asarray(val_data.class_count)[np.asarray(val_data.pool)].min()) == 0:
     raise ValueError("the hypernetwork baseline early-stops on the corpus's validation rows, "
                      "but this corpus has none (val_per_class = 0)")
-  class_emb = jnp.asarray(corpus.class_emb, jnp.float32)
   base = jnp.asarray(corpus.base, jnp.float32)
   model = TextHypernet(out_dim=int(base.shape[0]), hidden=hidden, depth=depth)
   loss_fn = task_loss_lib.make_task_loss(
-      task_loss_lib.subtask_model(meta["model"], int(class_emb.shape[1])), corpus.layout,
+      task_loss_lib.subtask_model(meta["model"], int(corpus.class_emb.shape[1])), corpus.layout,
       images)
   k_init, k_val, k_val_img, k_train = jax.random.split(rng, 4)
-  v_classes, v_mask, _ = task_loss_lib.sample_tasks(k_val, val_data, val_tasks, kmax)
-  params = model.init(k_init, class_emb[v_classes[:1]], v_mask[:1])["params"]
+  val_set = task_loss_lib.sample_tasks(k_val, val_data, val_tasks, kmax)
+  params = model.init(k_init, val_set[2][:1], val_set[1][:1])["params"]
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, max_steps, alpha=0.05))
 
-  def nets(p, classes, mask):
-    return base[None] + model.apply({"params": p}, class_emb[classes], mask)
+  def mean_loss(p, tasks, data, key):
+    classes, mask, emb = tasks
+    nets = base[None] + model.apply({"params": p}, emb, mask)
+    return jnp.mean(loss_fn(nets, classes, mask, emb, data, key))
 
-  def mean_loss(p, classes, mask, data, key):
-    return jnp.mean(loss_fn(nets(p, classes, mask), classes, mask, class_emb[classes], data,
-                            key))
-
+  # The image pools are arguments, not closed-over constants, so they are not baked into
+  # the compiled program.
   @jax.jit
-  def period(p, opt, step0):
+  def period(p, opt, step0, train_data, val_data):
     def one(carry, i):
       p, opt = carry
       k_task, k_img = jax.random.split(jax.random.fold_in(k_train, step0 + i))
-      classes, mask, _ = task_loss_lib.sample_tasks(k_task, train_data, batch_size, kmax)
-      loss, g = jax.value_and_grad(mean_loss)(p, classes, mask, train_data, k_img)
+      tasks = task_loss_lib.sample_tasks(k_task, train_data, batch_size, kmax)
+      loss, g = jax.value_and_grad(mean_loss)(p, tasks, train_data, k_img)
       upd, opt = tx.update(g, opt, p)
       return (optax.apply_updates(p, upd), opt), loss
     (p, opt), losses = jax.lax.scan(one, (p, opt), jnp.arange(eval_every))
-    val = mean_loss(p, v_classes, v_mask, val_data, k_val_img)
+    val = mean_loss(p, val_set, val_data, k_val_img)
     return p, opt, jnp.mean(losses), val
 
-  val0 = float(jax.jit(mean_loss)(params, v_classes, v_mask, val_data, k_val_img))
+  val0 = float(jax.jit(mean_loss)(params, val_set, val_data, k_val_img))
   best, best_val, best_step, bad, step, opt = params, val0, 0, 0, 0, tx.init(params)
   t0 = time.time()
   while step < max_steps and bad < patience:
-    params, opt, loss, val = period(params, opt, step)
+    params, opt, loss, val = period(params, opt, step, train_data, val_data)
     step += eval_every
     val = float(val)
     if val < best_val:

@@ -56,6 +56,12 @@ class CorpusBatches:
             "class_emb": self.class_emb[self.class_ids[idx]], "class_mask": self.mask[idx]}
 
 
+def training_batches(config, corpus) -> CorpusBatches:
+  """The batches a run of ``config`` trains on (its ``training_rows``)."""
+  return CorpusBatches(corpus, config.max_classes, config.batch_size, config.seed,
+                       generator_lib.training_rows(config, corpus))
+
+
 def open_training_corpus(config, workdir: str):
   return corpus_lib.open_corpus(config.corpus_dir or os.path.join(workdir, "corpus"))
 
@@ -172,8 +178,7 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
   start = int(state.step)
-  batches = CorpusBatches(corpus, config.max_classes, config.batch_size, config.seed,
-                          generator_lib.training_rows(config, corpus))
+  batches = training_batches(config, corpus)
   logging.info("generator: %d seen nets, %d tokens of %d, mesh %s, steps %d -> %d",
                len(batches), spec.tokenizer.num_tokens, spec.tokenizer.block_size,
                dict(mesh.shape), start, config.num_steps)
