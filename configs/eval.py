@@ -8,7 +8,8 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
       --config.evals.generated.num_samples=8 --config.max_tasks=16 \\
       --config.evals.finetune.num_tasks=2
 
-``get_config(arg)``: arg "" (default) or "tiny" (seconds; tests and smoke runs).
+``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs) or
+"applications" (the few-shot, enhancement and fusion studies only, at full size).
 
 ``config.evals`` is a dict of entries, big_vision style: ``evals.<key>.type`` is a
 registered evaluator (``t2w_jax.evaluate.registry.names()``), the other fields are its
@@ -65,17 +66,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.finetune = ml_collections.ConfigDict(dict(
       type="finetune", split=_placeholder(str), num_tasks=_placeholder(int),
       eval_every=_placeholder(int), train_steps=_placeholder(int), steps=_placeholder(int)))
+  # Enhancement of few-shot, under-trained and converged nets, a small grid here; the
+  # full study is the "applications" variant.
   c.evals.enhance = ml_collections.ConfigDict(dict(
-      type="enhance", split=_placeholder(str), num_tasks=_placeholder(int),
-      steps=_placeholder(int), guidance=_placeholder(float)))
+      type="enhance", num_tasks=4, t=(0, 25, 100, 400), chain_steps=(1,),
+      few_shot_steps=200, guidance=_placeholder(float)))
   c.evals.fusion = ml_collections.ConfigDict(dict(
       type="fusion", num_pairs=_placeholder(int), num_samples=_placeholder(int),
       steps=_placeholder(int)))
 
-  if arg == "tiny":
+  if arg == "applications":
+    # The three studies of the README's "Applications": few-shot initialisation, weight
+    # enhancement and text-guided fusion, at the sizes the README reports.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.fewshot = ml_collections.ConfigDict(dict(
+        type="fewshot", num_tasks=16, train_steps=400, eval_every=25))
+    c.evals.enhance = ml_collections.ConfigDict(dict(type="enhance", num_tasks=24))
+  elif arg == "tiny":
     c.chunk = 8
     c.evals.finetune.update(num_tasks=2, eval_every=5)
-    c.evals.enhance.update(num_tasks=2, t=(10, 50))
+    c.evals.enhance.update(num_tasks=2, t=(0, 10), few_shot_steps=50)
     c.evals.fusion.update(num_pairs=1, num_samples=1)
     c.evals.generated.num_samples = 2
     c.evals.hypernet.update(max_steps=40, eval_every=10, hidden=32, val_tasks=8,
@@ -87,5 +97,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     guidance_sampler="ddim:10")
     c.evals.freeform.update(num_tasks=2, num_samples=1)
   elif arg:
-    raise ValueError(f"unknown eval config variant {arg!r}; use '' or 'tiny'")
+    raise ValueError(f"unknown eval config variant {arg!r}; use '', 'tiny' or 'applications'")
   return c

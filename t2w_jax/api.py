@@ -165,6 +165,16 @@ def trunk_of(gen: Generator):
   return gen._cache["trunk"]
 
 
+def _checked_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
+  """``class_embeddings``, after checking the generator has class slots for them all."""
+  kmax = int(gen.spec.config["max_classes"])
+  k = len(class_names(text))
+  if k > kmax:
+    raise ConfigError(f"text names {k} classes; this generator was trained on tasks of at "
+                      f"most {kmax} classes (its max_classes)")
+  return class_embeddings(gen, text)
+
+
 def pad_classes(class_emb: np.ndarray, max_classes: int) -> tuple[np.ndarray, np.ndarray]:
   """(K, d) -> (K', d) zero-padded to at least max_classes, and the (K',) mask."""
   k = class_emb.shape[0]
@@ -209,25 +219,182 @@ def sample_flat(gen: Generator, class_emb, class_mask, *, rng, steps: int | None
 
 def enhance_flat(gen: Generator, flat, class_emb, class_mask, *, t: int, rng,
                  steps: int | None = None, guidance: float | None = None):
-  """Weight enhancement: noise (B, D) nets to timestep ``t`` and denoise them with DDIM.
+  """Weight enhancement: noise (B, D) nets to noise level ``t`` and denoise them with DDIM.
 
   Args:
     gen: from ``load``.
     flat: (B, D) the nets to enhance.
     class_emb, class_mask: (B, K, d) and (B, K), as ``sample_flat``.
-    t: the timestep to noise to, 0 <= t < T (each value compiles its own chain).
+    t: the noise level, 0 <= t <= T (the generator's ``num_timesteps``): level t is the
+      diffusion's t-th noising step (schedule index t - 1). At t = 0 nothing is added and
+      nothing is denoised: the nets come back unchanged. Each value compiles its own chain.
     rng: PRNG key for the noise and the chain.
-    steps: DDIM steps over [0, t] (all of them when t + 1 < steps); None: the config's.
+    steps: DDIM steps over the levels [1, t] (all of them when t < steps); None: the
+      config's.
     guidance: None: the config's.
 
   Returns:
     (denoised, noised): both (B, D) flat weights.
+
+  Raises:
+    ConfigError (a ValueError): t not a whole number in [0, T].
   """
+  num_t = int(gen.spec.config["num_timesteps"])
+  if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t <= num_t:
+    raise ConfigError(f"enhancement noise level t must be a whole number in [0, {num_t}] "
+                      f"(this generator's num_timesteps), got {t!r}")
+  flat = jnp.asarray(flat, jnp.float32)
+  if t == 0:
+    return flat, flat
   s = generator_lib.resolve_sampling(gen.spec.config, sampler="ddim", steps=steps,
                                      guidance=guidance)
-  return _sample_fn(gen, s, int(t))(
+  return _sample_fn(gen, s, int(t) - 1)(
       gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool), rng,
-      jnp.float32(s.guidance), jnp.float32(s.temperature), jnp.asarray(flat, jnp.float32))
+      jnp.float32(s.guidance), jnp.float32(s.temperature), flat)
+
+
+def _nets_as_flat(gen: Generator, params, what: str = "params") -> tuple[jax.Array, bool]:
+  """(B, D) flat weights of one net or a batch of nets of the generator's layout, and
+  whether a batch (a leading axis on every leaf) was given."""
+  got = ParamLayout.from_params(params)
+  want = gen.layout
+  if got == want:
+    return want.flatten(params)[None], False
+  if (got.paths == want.paths and all(len(g) == len(w) + 1 and g[1:] == w
+                                      for g, w in zip(got.shapes, want.shapes))
+      and len({g[0] for g in got.shapes}) == 1):
+    return jax.vmap(want.flatten)(params), True
+  raise ConfigError(f"{what} are not a net of this generator's layout ({want.describe()}); "
+                    f"got {got.describe()}")
+
+
+def enhance(gen: Generator, params, text: str | Sequence[str], *, t: int, rng,
+            steps: int | None = None, guidance: float | None = None):
+  """Weight enhancement of an existing net: noise it to level ``t``, denoise it with the text.
+
+  It helps where the generator's estimate for the text is better than the net (an
+  under-trained or few-shot net) and costs accuracy where the net is better than that
+  estimate (a converged specialist); t = 0 returns the net unchanged. The README's
+  enhancement study gives the measured default level per kind of net.
+
+  Args:
+    gen: from ``load``.
+    params: one net (as ``take(generate(...), 0)``) or a batch with a leading axis, of
+      the generator's layout.
+    text: the net's task: class names, or one string split on commas and "and".
+    t: the noise level, 0 <= t <= the generator's ``num_timesteps``.
+    rng: PRNG key for the noise.
+    steps: DDIM steps from t (default: the config's); guidance: likewise.
+
+  Returns:
+    The enhanced net(s), in the form given (one net, or a batch).
+
+  Raises:
+    ConfigError (a ValueError): a net of another layout, an empty description, more classes
+      than the generator's ``max_classes``, or a t outside [0, T].
+  """
+  check_sample_args(steps=steps, guidance=guidance)
+  flat, batched = _nets_as_flat(gen, params)
+  padded, mask = pad_classes(_checked_embeddings(gen, text), gen.spec.config["max_classes"])
+  b = flat.shape[0]
+  out, _ = enhance_flat(gen, flat, np.repeat(padded[None], b, 0), np.repeat(mask[None], b, 0),
+                        t=t, rng=rng, steps=steps, guidance=guidance)
+  out = gen.layout.unflatten(out)
+  return out if batched else take(out, 0)
+
+
+def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
+             init=None, max_steps: int = 500, eval_every: int = 25, patience: int = 5,
+             batch_size: int = 64, learning_rate: float = 3e-3):
+  """Few-shot initialisation: the generated net for ``text``, fine-tuned on a few images.
+
+  The corpus trainer's recipe (Adam with a cosine decay, class-balanced batches) and its
+  early stopping, on validation images carved from the given ones only
+  (``data.tasks.shot_split``: a fifth of each class's images, at least one; a class with
+  one image validates on it).
+
+  Args:
+    gen: from ``load``.
+    text: the task's class names (label i is the i-th class).
+    images: (N, H, W, 3) uint8 or float in [0, 1], at the generator's image size.
+    labels: (N,) ints in [0, number of classes); every class needs an image.
+    rng: PRNG key (the generated start, which images validate, the batches).
+    init: a net to start from instead of the generated one (e.g. to compare starts).
+    max_steps: the step cap (a multiple of ``eval_every``).
+    eval_every, patience: checks between validation measurements; checks without gain
+      before stopping.
+    batch_size, learning_rate: the recipe.
+
+  Returns:
+    (params, info): the kept net, and {"kept_step", "steps_run", "train_images",
+    "val_images"}.
+
+  Raises:
+    ConfigError (a ValueError): an empty description, images of the wrong shape, labels out
+      of range or a class without images, a net of another layout as ``init``, a step
+      cap that ``eval_every`` does not divide.
+  """
+  from t2w_jax.data import tasks as tasks_lib  # local: only this function needs them
+  from t2w_jax.zoo import masstrain
+  emb = _checked_embeddings(gen, text)
+  k = emb.shape[0]
+  images, labels = np.asarray(images), np.asarray(labels)
+  size = int(gen.spec.image_size)
+  if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+    raise ConfigError(f"images must be (N, {size}, {size}, 3) (this generator's image size), "
+                      f"got {images.shape}")
+  if (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
+      or labels.min(initial=0) < 0 or labels.max(initial=0) >= k):
+    raise ConfigError(f"labels must be ({images.shape[0]},) ints in [0, {k}) (one per image, "
+                      f"{k} classes named), got {labels.dtype} {labels.shape}")
+  counts = np.bincount(labels, minlength=k)
+  if (counts == 0).any():
+    raise ConfigError(f"class {int(np.argmin(counts))} "
+                      f"({class_names(text)[int(np.argmin(counts))]!r}) has no images")
+  if max_steps < 1 or eval_every < 1 or max_steps % eval_every or patience < 1:
+    raise ConfigError(f"need max_steps a multiple of eval_every, both >= 1, and patience >= "
+                      f"1; got {max_steps}, {eval_every}, {patience}")
+  k_init, k_split, k_train = jax.random.split(rng, 3)
+  if init is None:
+    padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
+    start = sample_flat(gen, padded[None], mask[None], rng=k_init)[0]
+  else:
+    start = _nets_as_flat(gen, init, "init")[0]
+    if start.shape[0] != 1:
+      raise ConfigError("init must be one net, not a batch")
+    start = start[0]
+  split_seed = int(jax.random.randint(k_split, (), 0, np.iinfo(np.int32).max))
+  order = np.random.default_rng(split_seed).permutation(len(labels))
+  train_rows, val_rows = [[] for _ in range(k)], [[] for _ in range(k)]
+  for c in range(k):
+    rows = order[labels[order] == c]
+    n_train, n_val = tasks_lib.shot_split(len(rows))
+    train_rows[c] = rows[:n_train]
+    val_rows[c] = rows[n_train:] if n_val else rows
+
+  def index(per_class):
+    width = max(len(r) for r in per_class)
+    out = np.zeros((k, width), np.int32)
+    for c, r in enumerate(per_class):
+      out[c, :len(r)] = r
+    return jnp.asarray(out), jnp.asarray([len(r) for r in per_class], jnp.int32)
+
+  (ci, cc), (vi, vc) = index(train_rows), index(val_rows)
+  data = masstrain.DeviceData(jnp.asarray(images), ci, cc, jnp.asarray(images[:1]),
+                              jnp.zeros((k, 1), jnp.int32), jnp.zeros((k,), jnp.int32),
+                              jnp.asarray(emb, jnp.float32), vi, vc)
+  spec = masstrain.TrainerSpec(steps=int(max_steps), batch_size=int(batch_size),
+                               learning_rate=float(learning_rate), nets_per_chunk=1,
+                               eval_every=int(eval_every), patience=int(patience))
+  net = subtask_net(gen)
+  seed = jax.random.randint(k_train, (), 0, np.iinfo(np.int32).max).astype(jnp.uint32)
+  fit = jax.jit(lambda d, p, s: masstrain.train_one(net, spec, d, p, jnp.arange(k),
+                                                    jnp.ones((k,), bool), s))(
+                                                        data, gen.layout.unflatten(start), seed)
+  info = {"kept_step": int(fit.steps), "steps_run": int(fit.steps_run),
+          "train_images": int(sum(len(r) for r in train_rows)),
+          "val_images": int(sum(len(r) for r in val_rows))}
+  return fit.params, info
 
 
 def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int = 1,
@@ -264,12 +431,7 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
   """
   check_sample_args(steps=steps, guidance=guidance, sampler=sampler, temperature=temperature,
                     num_samples=num_samples)
-  kmax = int(gen.spec.config["max_classes"])
-  k = len(class_names(text))
-  if k > kmax:
-    raise ConfigError(f"text names {k} classes; this generator was trained on tasks of at "
-                      f"most {kmax} classes (its max_classes)")
-  emb = class_embeddings(gen, text)
+  emb = _checked_embeddings(gen, text)
   padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
   flat = sample_flat(gen, np.repeat(padded[None], num_samples, 0),
                      np.repeat(mask[None], num_samples, 0), rng=rng, steps=steps,

@@ -12,6 +12,7 @@ from configs import dit as dit_config
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax.evaluate import enhance as enhance_lib
+from t2w_jax.evaluate import fewshot as fewshot_lib
 from t2w_jax.evaluate import finetune as finetune_lib
 from t2w_jax.evaluate import fusion as fusion_lib
 from t2w_jax.evaluate import registry
@@ -164,42 +165,137 @@ def test_train_curves_rejects_bad_eval_every(ctx):
 
 def test_enhance(ctx, tmp_path):
   num_t = ctx.gen.config["num_timesteps"]
-  out = enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2,
-                            t=(5, num_t // 2, num_t + 50), out_dir=str(tmp_path))
-  assert out["t"] == [5, num_t // 2]  # the out-of-range t is dropped
-  assert set(out["sources"]) == {"oracle", "generalist"}
-  for s in out["sources"].values():
-    for key in ("after", "after_std", "noised", "gain"):
-      assert len(s[key]) == 2
-    for v in s["after"] + s["noised"] + [s["before"]]:
-      assert 0.0 <= v <= 1.0
-  rows = ctx.rows("unseen", 2)
+  out = enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2, t=(0, 5, num_t + 50),
+                            chain_steps=(1,), interpolate=(0.0, 1.0), nn_counts=(0, 1),
+                            few_shot_steps=50, out_dir=str(tmp_path))
+  # The level above T is dropped; t = 0 has no chain to count steps of.
+  assert [tuple(s) for s in out["settings"] if s[0] == "denoise"] == [
+      ("denoise", "t=0"), ("denoise", "t=5, 1 step")]
+  assert set(out["inputs"]) == set(enhance_lib.INPUTS)
+  assert out["num_select"] == out["num_report"] == 2  # 2 splits x 2 tasks, every other one
+  labels = [tuple(s) for s in out["settings"]]
+  for kind, r in out["inputs"].items():
+    assert len(r["sweep"]) == len(labels)
+    # Every family's identity setting (t=0, a=0, m=0) is the input net itself.
+    for ident in (("denoise", "t=0"), ("noise", "t=0"), ("interpolate", "a=0"),
+                  ("nn_average", "m=0")):
+      assert r["sweep"][labels.index(ident)] == pytest.approx(r["before"], abs=1e-12), kind
+    # a = 1 is the generated net whatever the input: the same figure for every kind.
+    assert r["sweep"][labels.index(("interpolate", "a=1"))] == pytest.approx(
+        out["inputs"]["converged"]["sweep"][labels.index(("interpolate", "a=1"))], abs=1e-12)
+    for fam, c in r["chosen"].items():
+      assert tuple(out["settings"][c["index"]]) == (fam, c["setting"])
+      assert c["test"] == pytest.approx(r["sweep"][c["index"]], abs=1e-12)
+      assert c["vs_input"]["mean"] == pytest.approx(c["test"] - r["before"], abs=1e-9)
+  # The converged input is the corpus's specialist, measured on the report tasks (odd
+  # positions of each split).
+  rows = [r for s in ("unseen", "heldout") for r in ctx.rows(s, 2)[1::2]]
   oracle = np.mean([ctx.corpus.records[r]["trained_acc"] for r in rows])
-  assert out["sources"]["oracle"]["before"] == pytest.approx(oracle, abs=1e-6)
-  base_acc = np.mean([ctx.corpus.records[r]["base_acc"] for r in rows])
-  assert out["sources"]["generalist"]["before"] == pytest.approx(base_acc, abs=1e-6)
-  # Every figure, recomputed from the public pieces: one enhance_flat call per t with the
-  # evaluator's key, the sources stacked oracle first, then measured per task.
+  assert out["inputs"]["converged"]["before"] == pytest.approx(oracle, abs=1e-6)
+  assert out["default_t"]["converged"] == out["inputs"]["converged"]["chosen"]["denoise"][
+      "setting"]
+  with open(out["png"], "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  with pytest.raises(ValueError, match="no enhancement noise level"):
+    enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2, t=(num_t + 1,))
+
+
+def test_under_trained_nets_are_the_corpus_trainers_nets_at_that_step(ctx):
+  """train_for with the corpus recipe from the generalist, stopped at the step the corpus
+  kept, is the corpus's specialist: the same batches, schedule and seed."""
+  trainer = ctx.corpus.meta["trainer"]
+  rows = ctx.rows("unseen", 3)
   tasks = ctx.tasks(rows)
-  flat = np.concatenate([np.asarray(ctx.corpus.weights[rows], np.float32),
-                         np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], 2, 0)])
-  emb, mask = ctx.class_text(tasks * 2)
-  for i, t in enumerate(out["t"]):
-    den, noi = api.enhance_flat(ctx.gen, flat, emb, mask, t=t,
-                                rng=jax.random.fold_in(jax.random.PRNGKey(0), i))
-    after = ctx.accuracy(np.asarray(den), tasks * 2).reshape(2, 2)
-    noised = ctx.accuracy(np.asarray(noi), tasks * 2).reshape(2, 2)
-    for j, name in enumerate(("oracle", "generalist")):
-      src = out["sources"][name]
-      assert src["after"][i] == pytest.approx(after[j].mean(), abs=1e-12)
-      assert src["after_std"][i] == pytest.approx(after[j].std(), abs=1e-12)
-      assert src["noised"][i] == pytest.approx(noised[j].mean(), abs=1e-12)
-      assert src["gain"][i] == pytest.approx(after[j].mean() - src["before"], abs=1e-12)
-  # At t = 0 the noise is a sliver: the noised net is the net, up to float rounding.
-  zero = api.enhance_flat(ctx.gen, flat[:1], emb[:1], mask[:1], t=0, rng=jax.random.PRNGKey(1))
-  np.testing.assert_allclose(np.asarray(zero[1]), flat[:1], atol=0.05)
-  with pytest.raises(ValueError, match="no enhancement timestep"):
-    enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=1, t=(num_t,))
+  ids, mask = ctx.padded(tasks)
+  spec = finetune_lib.masstrain.TrainerSpec(steps=trainer["steps"],
+                                            batch_size=trainer["batch_size"],
+                                            learning_rate=trainer["learning_rate"],
+                                            nets_per_chunk=2)
+  kept = [ctx.corpus.records[r]["steps"] for r in rows]
+  base = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], 3, 0)
+  nets = finetune_lib.train_for(ctx.model, spec, ctx.corpus.layout, ctx.data, base, ids, mask,
+                                [t.seed for t in tasks], kept)
+  np.testing.assert_allclose(nets, np.asarray(ctx.corpus.weights[rows]), atol=2e-4)
+  zero = finetune_lib.train_for(ctx.model, spec, ctx.corpus.layout, ctx.data, base, ids, mask,
+                                [t.seed for t in tasks], [0, 0, 0])
+  np.testing.assert_array_equal(zero, base)
+  with pytest.raises(ValueError, match="one step count"):
+    finetune_lib.train_for(ctx.model, spec, ctx.corpus.layout, ctx.data, base, ids, mask,
+                           [t.seed for t in tasks], [trainer["steps"] + 1, 0, 0])
+
+
+def test_early_stop_replays_the_trainers_rule():
+  val = np.array([[0.5, 0.6, 0.6, 0.7, 0.2, 0.1, 0.9],    # a tie is no gain; 0.7 resets
+                  [0.9, 0.8, 0.8, 0.95, 0.99, 1.0, 1.0],  # 2 bad checks at once: keeps 0
+                  [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])   # never stops: keeps the last
+  np.testing.assert_array_equal(finetune_lib.early_stop(val, patience=2), [3, 0, 6])
+  np.testing.assert_array_equal(finetune_lib.early_stop(val, patience=3), [6, 5, 6])
+
+
+def test_shot_data_holds_out_a_fifth_of_the_shots(ctx):
+  data = ctx.data
+  for k, (n_train, n_val) in ((1, (1, 1)), (5, (4, 1)), (10, (8, 2))):
+    d = fewshot_lib.shot_data(data, k, seed=0)
+    ci, vi = np.asarray(d.class_index), np.asarray(d.val_index)
+    assert ci.shape[1] == n_train and vi.shape[1] == n_val
+    assert (np.asarray(d.class_count) == n_train).all()
+    full = np.asarray(data.class_index)
+    for c in range(ci.shape[0]):
+      allowed = set(full[c, :int(data.class_count[c])])
+      assert set(ci[c]) <= allowed and set(vi[c]) <= allowed  # never a validation row
+      if k > 1:
+        assert not set(ci[c]) & set(vi[c])
+      else:
+        assert set(ci[c]) == set(vi[c])
+    # The same seed draws the same shots; the test images are untouched.
+    again = fewshot_lib.shot_data(data, k, seed=0)
+    np.testing.assert_array_equal(np.asarray(again.class_index), ci)
+    assert d.test_index is data.test_index
+  assert fewshot_lib.shot_data(data, 0, seed=0) is data
+  with pytest.raises(ValueError, match="has only"):
+    fewshot_lib.shot_data(data, 10_000, seed=0)
+
+
+def test_fewshot(ctx, tmp_path):
+  out = fewshot_lib.fewshot(ctx, jax.random.PRNGKey(0), splits=("unseen",), num_tasks=2,
+                            shots=(1, 5), train_steps=20, eval_every=5, patience=2,
+                            out_dir=str(tmp_path))
+  assert out["shots"] == ["1", "5"] and out["methods"] == list(fewshot_lib.METHODS)
+  assert out["steps"] == [0, 5, 10, 15, 20]
+  rows = ctx.rows("unseen", 2)
+  tasks = ctx.tasks(rows)
+  # Every start, recomputed from the public pieces: the generated nets with the evaluator's
+  # key, the generalist, the nearest seen corpus net and the random init.
+  inits = fewshot_lib.initial_nets(ctx, tasks, fewshot_lib.METHODS, jax.random.PRNGKey(0))
+  acc0 = {m: ctx.accuracy(inits[m], tasks) for m in fewshot_lib.METHODS}
+  np.testing.assert_allclose(acc0["generalist"], [ctx.corpus.records[r]["base_acc"]
+                                                  for r in rows], atol=1e-6)
+  for k, r in out["per_k"].items():
+    for m in fewshot_lib.METHODS:
+      assert r["initial"][m] == pytest.approx(acc0[m].mean(), abs=1e-6), (k, m)
+      assert len(r["curves"][m]) == 5 and r["curves"][m][0] == pytest.approx(r["initial"][m])
+      assert 0 <= r["kept_step"][m] <= 20
+    per = r["early_stopped"]["unseen"]
+    g = np.array(per["generated"]["per_task"])
+    for m, d in r["paired"]["unseen"].items():
+      assert d["mean"] == pytest.approx(float(np.mean(g - per[m]["per_task"])), abs=1e-9)
+  # The whole pipeline at k = 5 for one start, by hand: train on the shots, stop on the
+  # held-out shots, report the kept check's test accuracy.
+  spec = finetune_lib.masstrain.TrainerSpec(
+      steps=20, batch_size=ctx.corpus.meta["trainer"]["batch_size"],
+      learning_rate=ctx.corpus.meta["trainer"]["learning_rate"],
+      nets_per_chunk=ctx.corpus.meta["trainer"]["nets_per_chunk"])
+  ids, mask = ctx.padded(tasks)
+  curves = finetune_lib.train_curves(ctx.model, spec, ctx.corpus.layout,
+                                     fewshot_lib.shot_data(ctx.data, 5, 0), inits["random"],
+                                     ids, mask, [t.seed for t in tasks], eval_every=5,
+                                     with_val=True)
+  kept = finetune_lib.early_stop(curves.val, 2)
+  np.testing.assert_allclose(out["per_k"]["5"]["early_stopped"]["unseen"]["random"]["per_task"],
+                             curves.test[np.arange(2), kept], atol=1e-6)
+  with open(out["png"], "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  assert "| 5 |" in out["markdown"]
 
 
 def test_fusion(ctx, tmp_path):

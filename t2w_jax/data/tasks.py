@@ -129,6 +129,24 @@ def pad_tasks(tasks: Sequence[Task], max_classes: int):
   return ids, mask
 
 
+def shot_split(k: int) -> tuple[int, int]:
+  """(training shots, validation shots) of a class with k labelled images, few-shot style.
+
+  Early stopping may only see the user's own shots: a fifth of them (at least one) are held
+  out for validation. k = 1 has nothing to hold out: (1, 0), and the shot validates itself
+  (training then stops once the shots stop gaining).
+
+  Raises:
+    ValueError: k < 1.
+  """
+  if k < 1:
+    raise ValueError(f"need at least 1 labelled image per class, got {k}")
+  if k == 1:
+    return 1, 0
+  val = max(1, round(k / 5))
+  return k - val, val
+
+
 def validation_mask(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
   """Which training examples form the validation split: ``per_class`` of every class.
 

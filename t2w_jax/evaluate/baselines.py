@@ -57,15 +57,17 @@ def fused_embeddings(ctx, tasks, temperature: float = 1.0) -> np.ndarray:
 _fuse = jax.jit(text_lib.fuse, static_argnames="temperature")
 
 
-def nn_retrieve(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+def nn_retrieve(keys: np.ndarray, queries: np.ndarray, count: int | None = None) -> np.ndarray:
   """Index of the key with the highest cosine similarity to each query.
 
   Args:
     keys: (N, d) embeddings to retrieve from.
     queries: (n, d) query embeddings.
+    count: None: the nearest key only; an int: the ``count`` nearest, nearest first.
 
   Returns:
-    (n,) int64 indices into ``keys`` (ties: the lowest index).
+    (n,) int64 indices into ``keys`` (ties: the lowest index), or (n, count) with
+    ``count``.
   """
   keys = np.asarray(keys, np.float64)
   queries = np.asarray(queries, np.float64)
@@ -75,7 +77,24 @@ def nn_retrieve(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     raise ValueError("nothing to retrieve from: no keys")
   kn = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
   qn = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-  return np.argmax(qn @ kn.T, axis=1).astype(np.int64)
+  if count is None:
+    return np.argmax(qn @ kn.T, axis=1).astype(np.int64)
+  if not 1 <= count <= keys.shape[0]:
+    raise ValueError(f"count must be in [1, {keys.shape[0]}] (the keys), got {count}")
+  return np.argsort(-(qn @ kn.T), axis=1, kind="stable")[:, :count].astype(np.int64)
+
+
+def nearest_seen_weights(ctx, tasks, count: int = 1,
+                         temperature: float | None = None) -> np.ndarray:
+  """(n, count, D) the seen corpus nets whose fused class texts are nearest each task's
+  (nearest first): what a user with the corpus but no generator would start from."""
+  temperature = temperature_of(ctx, temperature)
+  seen_rows = ctx.rows("seen")
+  if len(seen_rows) == 0:
+    raise ValueError(f"corpus at {ctx.corpus.path} has no seen rows to retrieve from")
+  keys = fused_embeddings(ctx, ctx.tasks(seen_rows), temperature)
+  idx = nn_retrieve(keys, fused_embeddings(ctx, tasks, temperature), count=int(count))
+  return seen_weights(ctx)[idx]
 
 
 # --------------------------------------------------------------------------- ridge

@@ -92,10 +92,14 @@ class EvalContext:
     return emb.astype(np.float32), mask
 
   # ---------------------------------------------------------------- measuring nets
-  @functools.cached_property
-  def _pred_fn(self):
+  def _pred_fn(self, split: str = "test"):
+    """The compiled predictor of nets on their tasks' ``split`` images (one per split)."""
+    fns = self.__dict__.setdefault("_pred_fns", {})
+    if split in fns:
+      return fns[split]
     layout = self.corpus.layout
     data = self.data
+    images = masstrain.split_images(data, split)
     # XLA's own convolution, one net at a time (lax.map): faster on XLA:CPU than the
     # vmapped im2col the trainer needs; same function of the same parameters.
     model = (self.model.clone(conv_impl="lax") if isinstance(self.model, SubtaskCNN)
@@ -103,21 +107,29 @@ class EvalContext:
 
     def one(args):
       flat, classes, mask = args
-      rows, valid = masstrain.eval_set(data, classes, mask)
-      x = data.test_images[rows.reshape(-1)]
+      rows, valid = masstrain.eval_set(data, classes, mask, split)
+      x = images[rows.reshape(-1)]
       logits = masstrain.masked_logits(model, layout.unflatten(flat), x,
                                        data.class_emb[classes], mask)
       return jnp.where(valid.reshape(-1), jnp.argmax(logits, -1), -1).astype(jnp.int32)
 
-    return jax.jit(lambda flat, classes, mask: jax.lax.map(one, (flat, classes, mask)))
+    fns[split] = jax.jit(lambda flat, classes, mask: jax.lax.map(one, (flat, classes, mask)))
+    return fns[split]
 
-  @functools.cached_property
-  def _valid_fn(self):
-    data = self.data
-    return jax.jit(jax.vmap(lambda classes, mask: masstrain.eval_set(data, classes, mask)[1]))
+  def _valid_fn(self, split: str = "test"):
+    fns = self.__dict__.setdefault("_valid_fns", {})
+    if split not in fns:
+      data = self.data
+      fns[split] = jax.jit(jax.vmap(
+          lambda classes, mask: masstrain.eval_set(data, classes, mask, split)[1]))
+    return fns[split]
 
-  def test_predictions(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task]):
+  def test_predictions(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task],
+                       split: str = "test"):
     """Predicted local labels of net i on task i's test images, for n nets and n tasks.
+
+    With ``split="val"``: on the task's validation rows (training images held out of
+    every net's training; what a hyperparameter is chosen on) instead.
 
     The test set is K padded class slots x P images per class (``masstrain.eval_set``).
     Tasks are measured in buckets of K rounded up to a multiple of 8 (one compile per
@@ -133,7 +145,7 @@ class EvalContext:
     if flat.ndim != 2 or flat.shape[0] != len(tasks):
       raise ValueError(f"need one (D,) net per task: weights {flat.shape}, {len(tasks)} tasks")
     ids, mask = self.padded(tasks)
-    per = int(self.data.test_index.shape[1])
+    per = int((self.data.test_index if split == "test" else self.data.val_index).shape[1])
     kmax = ids.shape[1]
     pred = np.full((len(tasks), kmax * per), -1, np.int32)
     buckets = np.minimum(kmax, -(-mask.sum(1) // 8) * 8)
@@ -145,15 +157,17 @@ class EvalContext:
       for s in range(0, len(sel), chunk):
         part = sel[s:s + chunk]
         pad = np.concatenate([part, np.repeat(part[-1:], chunk - len(part))])
-        out = self._pred_fn(flat[pad], ids[pad, :kb], mask[pad, :kb])
+        out = self._pred_fn(split)(flat[pad], ids[pad, :kb], mask[pad, :kb])
         pred[part, :kb * per] = np.asarray(out)[:len(part)]
-    valid = np.asarray(self._valid_fn(jnp.asarray(ids), jnp.asarray(mask)))  # (n, K, P)
+    valid = np.asarray(self._valid_fn(split)(jnp.asarray(ids), jnp.asarray(mask)))  # (n, K, P)
     label = np.where(valid, np.arange(kmax)[None, :, None], -1).reshape(len(tasks), -1)
     return pred, label.astype(np.int32)
 
-  def accuracy(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task]) -> np.ndarray:
-    """(n,) test accuracy of net i on task i, for (n, D) flat weights and n tasks."""
-    return accuracy_from_predictions(*self.test_predictions(flat, tasks))
+  def accuracy(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task],
+               split: str = "test") -> np.ndarray:
+    """(n,) test (or, with ``split="val"``, validation) accuracy of net i on task i, for
+    (n, D) flat weights and n tasks."""
+    return accuracy_from_predictions(*self.test_predictions(flat, tasks, split))
 
   def reference_predictions(self, which: str, rows) -> tuple[np.ndarray, np.ndarray]:
     """Test predictions of the generalist ("generalist") or the task's specialist ("oracle").

@@ -16,10 +16,11 @@ Nets are trained side by side: ``vmap`` over a chunk of nets, ``lax.map`` over c
 ``lax.scan`` over evaluation segments around a ``lax.scan`` over steps: one compiled call.
 """
 import csv
+import functools
 import io
 import logging
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,22 @@ from t2w_jax.zoo.cnn import init_params
 METHODS = ("generated", "generalist", "random")
 
 
+class Curves(NamedTuple):
+  """What ``train_curves`` measured, as numpy arrays over n nets and S + 1 checks.
+
+  test: (n, S + 1) test accuracy at steps 0, eval_every, ..., steps.
+  val: (n, S + 1) accuracy on the data's validation rows at the same steps (``with_val``),
+    else None.
+  final: (n, D) the weights after the last step.
+  """
+  test: np.ndarray
+  val: np.ndarray | None
+  final: np.ndarray
+
+
 def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout,
-               eval_every: int, data, init_flat, classes, mask, seed):
-  """Fine-tunes one net from ``init_flat``; returns (accuracies (S+1,), final flat (D,)).
+               eval_every: int, with_val: bool, data, init_flat, classes, mask, seed):
+  """Fine-tunes one net from ``init_flat``: (test acc (S+1,), val acc (S+1,) or None, final).
 
   The step and its per-step keys are the corpus trainer's (``masstrain.train_step_fn``,
   ``masstrain.step_keys``), scanned in segments with an accuracy measurement after each.
@@ -48,7 +62,10 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
   step = masstrain.train_step_fn(model, spec, data, classes, mask)
 
   def accuracy(params):
-    return masstrain.task_accuracy(model, data, params, classes, mask)
+    test = masstrain.task_accuracy(model, data, params, classes, mask)
+    if not with_val:
+      return test, None
+    return test, masstrain.task_accuracy(model, data, params, classes, mask, split="val")
 
   def segment(carry, seg_keys):
     carry, _ = jax.lax.scan(step, carry, seg_keys)
@@ -58,32 +75,13 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
   keys = keys.reshape((spec.steps // eval_every, eval_every) + keys.shape[1:])
   init = (params0, masstrain.optimizer(spec).init(params0))
   (params, _), accs = jax.lax.scan(segment, init, keys)
-  return jnp.concatenate([accuracy(params0)[None], accs]), layout.flatten(params)
+  accs = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]),
+                      accuracy(params0), accs)
+  return accs[0], accs[1], layout.flatten(params)
 
 
-def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout, data,
-                 init_flat, classes, mask, seeds, *, eval_every: int):
-  """Fine-tunes n nets from given inits, measuring test accuracy every ``eval_every`` steps.
-
-  Args:
-    model: the subtask CNN (``conv_impl="im2col"`` survives vmap on CPU).
-    spec: the trainer recipe; ``spec.steps`` steps, ``spec.nets_per_chunk`` nets per vmap.
-    layout: the flat layout of the nets.
-    data: ``masstrain.DeviceData``.
-    init_flat: (n, D) initial weights, one net per task.
-    classes / mask: (n, K) global class ids and validity mask of each net's task.
-    seeds: (n,) per-net seeds (the task's corpus seed reproduces the corpus trainer).
-    eval_every: steps between measurements; must divide ``spec.steps``.
-
-  Returns:
-    (accuracies (n, steps // eval_every + 1) at steps 0, eval_every, ..., steps;
-    final weights (n, D)), as numpy arrays.
-
-  Raises:
-    ValueError: inconsistent shapes, or eval_every not dividing the step count.
-  """
-  if eval_every < 1 or spec.steps < 1 or spec.steps % eval_every:
-    raise ValueError(f"eval_every={eval_every} must be >= 1 and divide steps={spec.steps}")
+def _check_nets(layout: ParamLayout, init_flat, classes, mask, seeds):
+  """The per-net arrays as numpy, with their shapes checked against each other."""
   init_flat = np.asarray(init_flat, np.float32)
   classes, mask = np.asarray(classes, np.int32), np.asarray(mask, bool)
   seeds = np.asarray(seeds, np.uint32)
@@ -93,25 +91,129 @@ def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLa
     raise ValueError(f"need (n, {layout.total}) inits with n tasks and seeds; got inits "
                      f"{init_flat.shape}, classes {classes.shape}, mask {mask.shape}, "
                      f"seeds {seeds.shape}")
-  c = max(1, min(spec.nets_per_chunk, n))
+  return init_flat, classes, mask, seeds
+
+
+def _run_chunked(one, nets_per_chunk: int, data, *arrays):
+  """``one(data, *per_net)`` over n nets: ``vmap`` over chunks of nets, ``lax.map`` over
+  chunks, one compiled call; outputs reshaped back to a leading n axis (numpy)."""
+  n = arrays[0].shape[0]
+  c = max(1, min(nets_per_chunk, n))
   pad = -n % c
 
   def padded(a):  # repeat the last net: a fixed chunk shape, one compile
     return np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
 
-  args = [padded(a) for a in (init_flat, classes, mask, seeds)]
-  args = [a.reshape((-1, c) + a.shape[1:]) for a in args]
-  one = lambda d, *a: _curve_one(model, spec, layout, eval_every, d, *a)  # noqa: E731
-  chunk_fn = jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
+  args = [padded(a).reshape((-1, c) + a.shape[1:]) for a in arrays]
+  chunk_fn = jax.vmap(one, in_axes=(None,) + (0,) * len(args))
 
   @jax.jit
   def run(d, *chunks):
     return jax.lax.map(lambda a: chunk_fn(d, *a), chunks)
 
-  accs, final = run(data, *args)
-  accs = np.asarray(accs).reshape((-1, accs.shape[-1]))[:n]
-  final = np.asarray(final).reshape((-1, layout.total))[:n]
-  return accs, final
+  out = run(data, *args)
+  return jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[2:])[:n], out)
+
+
+def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout, data,
+                 init_flat, classes, mask, seeds, *, eval_every: int,
+                 with_val: bool = False) -> Curves:
+  """Fine-tunes n nets from given inits, measuring test accuracy every ``eval_every`` steps.
+
+  Args:
+    model: the subtask CNN (``conv_impl="im2col"`` survives vmap on CPU).
+    spec: the trainer recipe; ``spec.steps`` steps, ``spec.nets_per_chunk`` nets per vmap.
+    layout: the flat layout of the nets.
+    data: ``masstrain.DeviceData`` (its ``class_index`` is what the nets train on).
+    init_flat: (n, D) initial weights, one net per task.
+    classes / mask: (n, K) global class ids and validity mask of each net's task.
+    seeds: (n,) per-net seeds (the task's corpus seed reproduces the corpus trainer).
+    eval_every: steps between measurements; must divide ``spec.steps``.
+    with_val: also measure accuracy on the data's validation rows (for early stopping
+      after the fact: ``early_stop``).
+
+  Returns:
+    ``Curves``.
+
+  Raises:
+    ValueError: inconsistent shapes, or eval_every not dividing the step count.
+  """
+  if eval_every < 1 or spec.steps < 1 or spec.steps % eval_every:
+    raise ValueError(f"eval_every={eval_every} must be >= 1 and divide steps={spec.steps}")
+  arrays = _check_nets(layout, init_flat, classes, mask, seeds)
+  one = functools.partial(_curve_one, model, spec, layout, eval_every, with_val)
+  test, val, final = _run_chunked(one, spec.nets_per_chunk, data, *arrays)
+  return Curves(test, val, final)
+
+
+def train_for(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout, data,
+              init_flat, classes, mask, seeds, num_steps) -> np.ndarray:
+  """The nets after their first ``num_steps[i]`` steps of the recipe: (n, D) weights.
+
+  The learning-rate schedule runs over ``spec.steps`` whatever the count, so with the
+  corpus trainer's spec, the generalist as init and the task's seed, net i is the corpus
+  trainer's net for that task at step ``num_steps[i]`` (an under-trained specialist).
+  """
+  arrays = _check_nets(layout, init_flat, classes, mask, seeds)
+  num_steps = np.asarray(num_steps, np.int32)
+  if num_steps.shape != (arrays[0].shape[0],) or num_steps.min(initial=0) < 0 or (
+      num_steps.max(initial=0) > spec.steps):
+    raise ValueError(f"need one step count in [0, {spec.steps}] per net, got {num_steps}")
+  run_steps = max(int(num_steps.max(initial=0)), 1)
+
+  def one(d, init, classes, mask, seed, stop):
+    step = masstrain.train_step_fn(model, spec, d, classes, mask)
+    params0 = layout.unflatten(init)
+
+    def body(carry, xs):
+      i, key = xs
+      new, _ = step(carry, key)
+      # A net past its own count stays frozen while the others of its chunk go on.
+      return jax.tree.map(lambda a, b: jnp.where(i < stop, a, b), new, carry), None
+
+    keys = masstrain.step_keys(seed, spec.steps)[:run_steps]
+    (params, _), _ = jax.lax.scan(body, (params0, masstrain.optimizer(spec).init(params0)),
+                                  (jnp.arange(run_steps), keys))
+    return layout.flatten(params)
+
+  return _run_chunked(one, spec.nets_per_chunk, data, *arrays, num_steps)
+
+
+def train_early_stopped(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout,
+                        data, init_flat, classes, mask, seeds) -> tuple[np.ndarray, np.ndarray]:
+  """n nets trained from their own inits by the corpus trainer's early-stopped loop
+  (``masstrain.train_one``; ``spec.eval_every`` > 0): ((n, D) kept nets, (n,) kept steps)."""
+  if not spec.eval_every:
+    raise ValueError("train_early_stopped needs a spec with eval_every > 0")
+  arrays = _check_nets(layout, init_flat, classes, mask, seeds)
+
+  def one(d, init, classes, mask, seed):
+    fit = masstrain.train_one(model, spec, d, layout.unflatten(init), classes, mask, seed)
+    return layout.flatten(fit.params), fit.steps
+
+  return _run_chunked(one, spec.nets_per_chunk, data, *arrays)
+
+
+def early_stop(val: np.ndarray, patience: int) -> np.ndarray:
+  """The check each net's early stopping keeps, from its validation curve: (n,) indices.
+
+  The corpus trainer's rule, replayed on a recorded curve (training does not depend on
+  when it stops, so this equals stopping for real): a check counts as better only if its
+  validation accuracy is strictly higher than the best so far (ties keep the earlier net),
+  and a net stops after ``patience`` checks without improvement.
+  """
+  val = np.asarray(val)
+  kept = np.zeros(val.shape[0], np.int64)
+  for i, curve in enumerate(val):
+    best, bad = curve[0], 0
+    for j in range(1, len(curve)):
+      if curve[j] > best:
+        best, kept[i], bad = curve[j], j, 0
+      else:
+        bad += 1
+        if bad >= patience:
+          break
+  return kept
 
 
 def random_inits(model: SubtaskCNN, layout: ParamLayout, image_size: int, rng,
@@ -215,9 +317,9 @@ def finetune_curves(ctx, rng, *, split: str = "unseen", num_tasks: int = 6,
   ids, mask = ctx.padded(tasks)
   seeds = np.array([t.seed for t in tasks], np.uint32)
   m = len(methods)
-  accs, _ = train_curves(ctx.model, spec, layout, ctx.data,
-                         np.concatenate([inits[k] for k in methods]), np.tile(ids, (m, 1)),
-                         np.tile(mask, (m, 1)), np.tile(seeds, m), eval_every=eval_every)
+  accs = train_curves(ctx.model, spec, layout, ctx.data,
+                      np.concatenate([inits[k] for k in methods]), np.tile(ids, (m, 1)),
+                      np.tile(mask, (m, 1)), np.tile(seeds, m), eval_every=eval_every).test
   accs = accs.reshape((m, n, -1))
   steps = list(range(0, spec.steps + 1, eval_every))
   results = {

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 # One colour per method, stable across plots.
 _COLORS = {"generated": "tab:blue", "generalist": "tab:orange", "random": "tab:gray",
            "oracle": "tab:green", "average": "tab:red", "aligned": "tab:purple",
-           "parent_a": "tab:brown", "parent_b": "tab:pink"}
+           "parent_a": "tab:brown", "parent_b": "tab:pink", "nearest": "tab:olive"}
 
 
 def _save(fig, path: str) -> str:
@@ -57,31 +57,63 @@ def plot_finetune_curves(results: Mapping, path: str) -> str:
 
 
 def plot_enhancement(results: Mapping, path: str) -> str:
-  """Accuracy before and after noising to t and denoising, per source net, against t.
+  """Accuracy after noising to t and denoising (one DDIM step count), per input kind,
+  against t; the input's own accuracy dashed.
 
   Args:
-    results: ``{"t": [...], "sources": {name: {"before": float, "after": [...],
-      "after_std": [...], "noised": [...]}}}``, as ``enhance.enhance`` returns.
+    results: as ``enhance.enhance`` returns: ``settings`` [(family, label)] and
+      ``inputs {kind: {"before": acc, "sweep": [acc per setting]}}``.
     path: the PNG to write.
 
   Returns:
     ``path``.
   """
-  ts = np.asarray(results["t"])
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for name, s in results["sources"].items():
-    color = _COLORS.get(name)
-    after, std = np.asarray(s["after"]), np.asarray(s["after_std"])
-    ax.plot(ts, after, marker="o", color=color, label=f"{name}: denoised")
-    ax.fill_between(ts, after - std, after + std, color=color, alpha=0.2, linewidth=0)
-    ax.plot(ts, s["noised"], marker="x", linestyle=":", color=color, label=f"{name}: noised")
-    ax.axhline(s["before"], linestyle="--", color=color, label=f"{name}: before")
-  ax.set_xlabel("noise timestep t")
-  ax.set_ylabel("test accuracy")
-  ax.set_ylim(0.0, 1.0)
+  settings = [tuple(s) for s in results["settings"]]
+  # The denoise settings with the first step count (and t = 0, which has none).
+  steps_label = next((lab.split(", ")[1] for f, lab in settings
+                      if f == "denoise" and ", " in lab), None)
+  idx = [i for i, (f, lab) in enumerate(settings) if f == "denoise"
+         and (", " not in lab or lab.split(", ")[1] == steps_label)]
+  ts = [int(settings[i][1].split(",")[0][2:]) for i in idx]
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  cmap = plt.get_cmap("tab10")
+  for j, (kind, r) in enumerate(results["inputs"].items()):
+    color = cmap(j % 10)
+    ax.plot(ts, [100 * r["sweep"][i] for i in idx], marker="o", color=color, label=kind)
+    ax.axhline(100 * r["before"], linestyle="--", color=color, linewidth=0.8)
+  ax.set_xscale("symlog", linthresh=5)
+  ax.set_xlabel(f"noise level t (DDIM, {steps_label or 'one step'})")
+  ax.set_ylabel("test accuracy (%)")
   ax.grid(alpha=0.3)
-  ax.set_title("Weight enhancement (noise to t, denoise with the task's text)")
+  ax.set_title("Weight enhancement (dashed: the input net)")
   ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def plot_fewshot(results: Mapping, path: str) -> str:
+  """Test accuracy against fine-tuning steps, one panel per shot count, one line per start.
+
+  Args:
+    results: ``{"steps": [...], "per_k": {label: {"curves": {method: [mean acc per
+      check]}}}}``, as ``fewshot.fewshot`` returns.
+    path: the PNG to write.
+
+  Returns:
+    ``path``.
+  """
+  steps = np.asarray(results["steps"])
+  ks = list(results["per_k"])
+  fig, axes = plt.subplots(1, len(ks), figsize=(3.6 * len(ks), 3.4), squeeze=False,
+                           sharey=True)
+  for ax, k in zip(axes[0], ks):
+    for method, mean in results["per_k"][k]["curves"].items():
+      ax.plot(steps, 100 * np.asarray(mean), label=method, color=_COLORS.get(method),
+              marker="o", markersize=2)
+    ax.set_title(f"{k} shot{'s' if k != '1' else ''} per class")
+    ax.set_xlabel("fine-tuning steps")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("test accuracy (%), mean over tasks")
+  axes[0][0].legend(fontsize=8)
   return _save(fig, path)
 
 

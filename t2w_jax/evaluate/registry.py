@@ -33,6 +33,7 @@ MODULES = (
     "t2w_jax.evaluate.hypernet",
     "t2w_jax.evaluate.generated",
     "t2w_jax.evaluate.finetune",
+    "t2w_jax.evaluate.fewshot",
     "t2w_jax.evaluate.enhance",
     "t2w_jax.evaluate.fusion",
 )

@@ -187,14 +187,15 @@ def step_keys(seed, steps: int):
   return jax.random.split(jax.random.PRNGKey(seed), steps)
 
 
-class _Fit(NamedTuple):
+class Fit(NamedTuple):
+  """One net's training by ``train_one``."""
   params: Any       # the kept net (best validation accuracy, or the last without checks)
   steps: Any        # () int32: the step at which the kept net was taken (0: the start)
   steps_run: Any    # () int32: steps actually trained
   final_loss: Any   # () mean training loss over the last check period (or last 10 %)
 
 
-def _train_one(model, spec, data, base_params, classes, mask, seed) -> _Fit:
+def train_one(model, spec, data, base_params, classes, mask, seed) -> Fit:
   """Train one net from the base on one task, early-stopped on its validation accuracy.
 
   Without checks (``eval_every == 0``) every net trains ``steps`` steps. With checks, the
@@ -209,7 +210,7 @@ def _train_one(model, spec, data, base_params, classes, mask, seed) -> _Fit:
     (params, _), losses = jax.lax.scan(step, init, keys)
     tail = max(spec.steps // 10, 1)
     n = jnp.int32(spec.steps)
-    return _Fit(params, n, n, jnp.mean(losses[-tail:]))
+    return Fit(params, n, n, jnp.mean(losses[-tail:]))
 
   every, periods = spec.eval_every, spec.steps // spec.eval_every
   keys = keys.reshape((periods, every) + keys.shape[1:])
@@ -234,7 +235,7 @@ def _train_one(model, spec, data, base_params, classes, mask, seed) -> _Fit:
   c0 = dict(state=init, period=jnp.int32(0), loss=jnp.float32(jnp.nan), best=base_params,
             best_acc=val_acc(base_params), best_period=jnp.int32(0), bad=jnp.int32(0))
   c = jax.lax.while_loop(cond, body, c0)
-  return _Fit(c["best"], c["best_period"] * every, c["period"] * every, c["loss"])
+  return Fit(c["best"], c["best_period"] * every, c["period"] * every, c["loss"])
 
 
 def eval_set(data, classes, mask, split: str = "test"):
@@ -248,7 +249,7 @@ def eval_set(data, classes, mask, split: str = "test"):
     classes: (K,) global class ids of the task's slots.
     mask: (K,) True for real classes.
     split: "test" (the test images) or "val" (the validation rows of the training
-      images); ``_images`` gives the array the row ids index.
+      images); ``split_images`` gives the array the row ids index.
 
   Returns:
     (rows (K, per) image row ids, valid (K, per) bool).
@@ -261,7 +262,10 @@ def eval_set(data, classes, mask, split: str = "test"):
   return rows, valid
 
 
-def _images(data, split: str):
+def split_images(data, split: str):
+  """The image array ``eval_set``'s row ids index for ``split``."""
+  if split not in ("test", "val"):
+    raise ValueError(f"split must be 'test' or 'val', got {split!r}")
   return data.test_images if split == "test" else data.images
 
 
@@ -290,7 +294,7 @@ def task_accuracy(model, data, params, classes, mask, split: str = "test"):
   docs/bench).
   """
   rows, valid = eval_set(data, classes, mask, split)
-  feats = _embed_rows(model, params, _images(data, split), rows)  # (K, per, d)
+  feats = _embed_rows(model, params, split_images(data, split), rows)  # (K, per, d)
   return _accuracy_from_embeddings(model, feats, valid, data.class_emb[classes], mask)
 
 
@@ -313,7 +317,7 @@ class TrainResult(NamedTuple):
   params: Any          # pytree with a leading nets axis
   base_acc: Any        # (n,) test accuracy of the shared start (the generalist)
   trained_acc: Any     # (n,) test accuracy of the kept net (the specialist)
-  final_loss: Any      # (n,) mean training loss at the end (see ``_Fit``)
+  final_loss: Any      # (n,) mean training loss at the end (see ``Fit``)
   steps: Any           # (n,) step of the kept net (early stopping's choice)
   steps_run: Any       # (n,) steps trained
 
@@ -327,7 +331,7 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None)
   """
 
   def per_net(data, base_params, base_feats, classes, mask, seed):
-    fit = _train_one(model, spec, data, base_params, classes, mask, seed)
+    fit = train_one(model, spec, data, base_params, classes, mask, seed)
     base_acc = accuracy_from_class_embeddings(model, data, base_feats, classes, mask)
     acc = task_accuracy(model, data, fit.params, classes, mask)
     return TrainResult(fit.params, base_acc, acc, fit.final_loss, fit.steps, fit.steps_run)
