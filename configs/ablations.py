@@ -25,6 +25,10 @@ VARIANTS = {
     # The PyTorch T2W's conditioning: fused text as one extra token, nothing else.
     "token_concat": {"model.text_as_token": True, "model.cond_adaln": False,
                      "model.cross_attention": False, "model.prior_bias": False},
+    # v-prediction: x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t), the identity at small t
+    # for a zero DiT (generator.make_denoiser); for multi-step sampling and enhancement.
+    "v_param": {"parameterization": "v"},
+    "fresh_chain": {"fresh_chain": True},
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},
     "corpus_252": {"seen_limit": 252},

@@ -60,6 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # New tasks per step drawn from the seen classes, trained at t = T-1 (pure noise) on the
   # task loss alone (train/step.py).
   c.fresh_tasks = 32
+  # Fresh tasks along the chain too: each fresh task's prediction from pure noise is
+  # noised again to a random t and predicted once more, and that prediction is scored on
+  # the task as well (one more DiT pass on the fresh tasks): the denoiser is then trained
+  # at every t on the nets its own sampler visits, which multi-step sampling and
+  # enhancement start from. Measured as the ablation variant "fresh_chain".
+  c.fresh_chain = False
   c.diffusion_weight = 1.0
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
   # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (generator.py's make_denoiser). "x0" stays

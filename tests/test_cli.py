@@ -73,3 +73,45 @@ def test_generate(workdir):
                                 steps=2), 0)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_enhance_and_few_shot(workdir):
+  """launch/enhance.py at t = 0 writes the net unchanged and at t > 0 the net api.enhance
+  gives; launch/few_shot.py fine-tunes on the shots it is given and refuses a bad file."""
+  import jax
+  from t2w_jax import api
+  net = os.path.join(workdir, "net.npz")
+  if not os.path.exists(net):
+    _run("generate.py", f"--workdir={workdir}", "--text=red circle and blue star",
+         f"--out={net}", "--seed=3")
+  params, _, names, _ = api.load_net(net)
+  gen = api.load(workdir)
+  for t in (0, 7):
+    out = os.path.join(workdir, f"enhanced_{t}.npz")
+    _run("enhance.py", f"--workdir={workdir}", f"--net={net}", f"--t={t}", f"--out={out}",
+         "--seed=1")
+    got, _, got_names, _ = api.load_net(out)
+    want = params if t == 0 else api.enhance(gen, params, names, t=t, rng=jax.random.PRNGKey(1))
+    assert got_names == names
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6 if t else 0)
+  size = gen.spec.image_size
+  shots = os.path.join(workdir, "shots.npz")
+  rng = np.random.default_rng(0)
+  np.savez(shots, images=rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8),
+           labels=np.array([0, 0, 0, 1, 1, 1]))
+  out = os.path.join(workdir, "few_shot.npz")
+  _run("few_shot.py", f"--workdir={workdir}", "--text=red circle and blue star",
+       f"--shots={shots}", f"--out={out}", "--max_steps=50")
+  got, _, got_names, _ = api.load_net(out)
+  assert got_names == ["red circle", "blue star"]
+  assert api.ParamLayout.from_params(got) == gen.layout
+  np.savez(shots, images=np.zeros((2, size, size, 3), np.uint8))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "few_shot.py"),
+                         f"--workdir={workdir}", "--text=red circle and blue star",
+                         f"--shots={shots}", f"--out={out}.bad"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "lacks ['labels']" in proc.stderr, proc.stderr[-2000:]
+  assert not os.path.exists(f"{out}.bad")

@@ -102,6 +102,17 @@ def initial_nets(ctx, tasks, methods: Sequence[str], rng, *, steps=None, guidanc
   return out
 
 
+def start_accuracy(ctx, tasks, inits: dict) -> dict:
+  """{split: {method: {mean, per_task}}} test accuracy of the starts, not fine-tuned."""
+  methods = list(inits)
+  acc = ctx.accuracy(np.concatenate([inits[m] for m in methods]), list(tasks) * len(methods))
+  acc = acc.reshape(len(methods), len(tasks))
+  split_of = np.array([t.split for t in tasks])
+  return {s: {m: {"mean": float(acc[i, split_of == s].mean()),
+                  "per_task": acc[i, split_of == s].tolist()} for i, m in enumerate(methods)}
+          for s in dict.fromkeys(split_of.tolist())}
+
+
 def _markdown(results: dict) -> str:
   splits, methods = results["splits"], results["methods"]
   head = ("| shots/class | " + " | ".join(f"{m} ({s})" for s in splits for m in methods)
@@ -109,6 +120,8 @@ def _markdown(results: dict) -> str:
   lines = [f"### Few-shot initialisation (early-stopped test accuracy %, "
            f"{results['train_steps']} steps at most, mean over tasks)", "", head,
            "|---" * (1 + len(splits) * len(methods)) + "|"]
+  cells = [f"{100 * results['start'][s][m]['mean']:.1f}" for s in splits for m in methods]
+  lines.append("| none (the start itself) | " + " | ".join(cells) + " |")
   for k, r in results["per_k"].items():
     cells = [f"{100 * r['early_stopped'][s][m]['mean']:.1f}" for s in splits for m in methods]
     lines.append(f"| {k} | " + " | ".join(cells) + " |")
@@ -159,7 +172,7 @@ def fewshot(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
 
   Returns:
     JSON-ready dict: splits, task_ids, shots, methods, train_steps, eval_every, patience,
-    steps (list), per_k {label: {curves {method: mean test accuracy per check (all tasks)},
+    steps (list), start {split: {method: {mean, per_task}}} (no fine-tuning), per_k {label: {curves {method: mean test accuracy per check (all tasks)},
     early_stopped {split: {method: {mean, per_task}}}, kept_step {method: mean},
     initial {method: mean}, paired {split: {method: generated − method}}}}, markdown, png.
   """
@@ -197,7 +210,8 @@ def fewshot(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
                                                 for r in rows[s]] for s in splits},
              "shots": [shot_label(k) for k in shots], "methods": methods,
              "train_steps": spec.steps, "eval_every": eval_every, "patience": patience,
-             "steps": list(range(0, spec.steps + 1, eval_every)), "per_k": {}}
+             "steps": list(range(0, spec.steps + 1, eval_every)), "per_k": {},
+             "start": start_accuracy(ctx, tasks, inits)}
   for k in shots:
     data = shot_data(ctx.data, k, int(shot_seed))
     curves = finetune.train_curves(

@@ -70,7 +70,9 @@ def make_train_step(spec: GeneratorSpec, config):
   classes (``task_loss.sample_tasks``), not only the corpus's seen tasks, and trains the
   prediction at t = T-1 from pure noise on their task loss: at the chain's start x_t holds
   no trace of x0, so these examples need no corpus net, and the one-step sampler's net is
-  trained on every task the seen classes make.
+  trained on every task the seen classes make. With ``fresh_chain``, each of those
+  predictions (held fixed) is noised again to a random t and predicted once more, on the
+  same task: every t is trained on the nets the model's own sampler passes through.
 
   The task loss weighs every timestep alike: each x0 prediction along the chain is a net
   the sampler may return (the one-step sampler returns the prediction at t = T-1), so no t
@@ -124,6 +126,11 @@ def make_train_step(spec: GeneratorSpec, config):
       f_t = jnp.full((fresh,), schedule.num_timesteps - 1, jnp.int32)
       f_text = text_condition(f_emb, f_mask, config.prior_temperature,
                               jnp.zeros((fresh,), bool))
+      if config.get("fresh_chain", False):
+        # A key of its own (folded in), so the other draws stay what they were without it.
+        k_ct, k_cn = jax.random.split(jax.random.fold_in(k_fresh, 1))
+        c_t = jax.random.randint(k_ct, (fresh,), 0, schedule.num_timesteps)
+        c_noise = jax.random.normal(k_cn, (fresh,) + x0.shape[1:]) * mask
 
     def loss_fn(params):
       pred = denoise(params, x_t, t, text)
@@ -136,11 +143,16 @@ def make_train_step(spec: GeneratorSpec, config):
         keep = ~drop
         if fresh:
           f_pred = denoise(params, f_x, f_t, f_text)
-          nets = jnp.concatenate([nets, tok.detokenize(norms.denormalize(f_pred))])
-          classes = jnp.concatenate([classes, f_classes])
-          cmask = jnp.concatenate([cmask, f_mask])
-          emb = jnp.concatenate([emb, f_emb])
-          keep = jnp.concatenate([keep, jnp.ones((fresh,), bool)])
+          f_preds = [f_pred]
+          if config.get("fresh_chain", False):
+            c_x = q_sample(schedule, jax.lax.stop_gradient(f_pred) * mask, c_t, c_noise)
+            f_preds.append(denoise(params, c_x, c_t, f_text))
+          for p in f_preds:
+            nets = jnp.concatenate([nets, tok.detokenize(norms.denormalize(p))])
+            classes = jnp.concatenate([classes, f_classes])
+            cmask = jnp.concatenate([cmask, f_mask])
+            emb = jnp.concatenate([emb, f_emb])
+            keep = jnp.concatenate([keep, jnp.ones((fresh,), bool)])
         per_net = task_loss(nets, classes, cmask, emb, data, k_task)
         keep = keep.astype(per_net.dtype)
         task = jnp.sum(per_net * keep) / jnp.maximum(jnp.sum(keep), 1.0)
