@@ -4,11 +4,13 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
 
   python launch/evaluate.py --config=configs/eval.py --workdir=runs/default
   python launch/evaluate.py --config=configs/eval.py:tiny --workdir=/tmp/t2w_tiny
+  python launch/evaluate.py --config=configs/eval.py:fusion --workdir=runs/default
   python launch/evaluate.py --config=configs/eval.py --workdir=DIR \\
       --config.evals.generated.num_samples=8 --config.max_tasks=16 \\
       --config.evals.finetune.num_tasks=2
 
-``get_config(arg)``: arg "" (default) or "tiny" (seconds; tests and smoke runs).
+``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs) or "fusion"
+(the text-guided fusion study alone, on 48 task pairs).
 
 ``config.evals`` is a dict of entries, big_vision style: ``evals.<key>.type`` is a
 registered evaluator (``t2w_jax.evaluate.registry.names()``), the other fields are its
@@ -70,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=_placeholder(int), guidance=_placeholder(float)))
   c.evals.fusion = ml_collections.ConfigDict(dict(
       type="fusion", num_pairs=_placeholder(int), num_samples=_placeholder(int),
-      steps=_placeholder(int)))
+      indep_cap_factor=_placeholder(int), steps=_placeholder(int)))
 
   if arg == "tiny":
     c.chunk = 8
@@ -86,6 +88,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     guidances=(1.0, 2.0), temperatures=(1.0, 0.0),
                                     guidance_sampler="ddim:10")
     c.evals.freeform.update(num_tasks=2, num_samples=1)
+  elif arg == "fusion":
+    # The fusion study alone: 48 task pairs (unseen tasks first, then held-out, then seen:
+    # fusion.choose_pairs), K=4 generated samples per pair.
+    fusion = c.evals.fusion
+    fusion.update(num_pairs=48, num_samples=4)
+    c.evals = ml_collections.ConfigDict({"fusion": fusion})
   elif arg:
-    raise ValueError(f"unknown eval config variant {arg!r}; use '' or 'tiny'")
+    raise ValueError(f"unknown eval config variant {arg!r}; use '', 'tiny' or 'fusion'")
   return c
