@@ -278,6 +278,9 @@ def _train(ctx, spec: masstrain.TrainerSpec, starts: np.ndarray,
   train = masstrain.make_trainer(ctx.model, spec, mesh, own_starts=own)
   out = train(ctx.data, params, masstrain.TaskBatch(ids, mask, seeds))
   flat = np.asarray(jax.jit(jax.vmap(layout.flatten))(out.params))[:n]
+  bad = [tasks[i].task_id for i in np.flatnonzero(~np.isfinite(flat).all(1))]
+  if bad:  # a diverged net would count as a (chance-level) baseline: refuse instead
+    raise FloatingPointError(f"training gave non-finite weights on tasks {bad}")
   info = {"test_acc": np.asarray(out.trained_acc)[:n], "steps": np.asarray(out.steps)[:n],
           "steps_run": np.asarray(out.steps_run)[:n]}
   return flat, info
