@@ -310,7 +310,8 @@ def _markdown(results: dict) -> str:
       f"{results['num_disjoint']} with disjoint classes; accuracy on A ∪ B)", "",
       "Pairs of corpus tasks (splits of A+B: pairs): "
       + ", ".join(f"{k}: {v}" for k, v in results["pair_split_counts"].items())
-      + ". Every method is measured on the test images of all the union's classes. "
+      + f". K = {results['num_samples']} generated samples per pair. Every method is "
+      "measured on the test images of all the union's classes. "
       "Accuracy: mean ± std over pairs (%); generated − method: paired by pair, mean ± "
       "standard error in points (pairs where generated is higher / pairs).",
       "", "| method | accuracy (%) | generated − method | what it is |", "|---|---|---|---|"]
