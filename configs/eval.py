@@ -4,12 +4,14 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
 
   python launch/evaluate.py --config=configs/eval.py --workdir=runs/default
   python launch/evaluate.py --config=configs/eval.py:tiny --workdir=/tmp/t2w_tiny
+  python launch/evaluate.py --config=configs/eval.py:fusion --workdir=runs/default
   python launch/evaluate.py --config=configs/eval.py --workdir=DIR \\
       --config.evals.generated.num_samples=8 --config.max_tasks=16 \\
       --config.evals.finetune.num_tasks=2
 
-``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs) or
-"applications" (the few-shot, enhancement and fusion studies only, at full size).
+``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs),
+"applications" (the few-shot, enhancement and fusion studies only, at the sizes the README
+reports) or "fusion" (the fusion study alone).
 
 ``config.evals`` is a dict of entries, big_vision style: ``evals.<key>.type`` is a
 registered evaluator (``t2w_jax.evaluate.registry.names()``), the other fields are its
@@ -73,12 +75,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       few_shot_steps=200, guidance=_placeholder(float)))
   c.evals.fusion = ml_collections.ConfigDict(dict(
       type="fusion", num_pairs=_placeholder(int), num_samples=_placeholder(int),
-      steps=_placeholder(int)))
+      indep_cap_factor=_placeholder(int), steps=_placeholder(int)))
 
+  # The fusion study's size: 48 task pairs (unseen tasks first, then held-out, then seen:
+  # fusion.choose_pairs), K=4 generated samples per pair.
+  fusion_study = dict(num_pairs=48, num_samples=4)
   if arg == "applications":
     # The three studies of the README's "Applications": few-shot initialisation, weight
     # enhancement and text-guided fusion, at the sizes the README reports.
-    c.evals = ml_collections.ConfigDict()
+    fusion = c.evals.fusion
+    fusion.update(**fusion_study)
+    c.evals = ml_collections.ConfigDict({"fusion": fusion})
     c.evals.fewshot = ml_collections.ConfigDict(dict(
         type="fewshot", num_tasks=16, train_steps=400, eval_every=25))
     c.evals.enhance = ml_collections.ConfigDict(dict(type="enhance", num_tasks=24))
@@ -96,6 +103,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     guidances=(1.0, 2.0), temperatures=(1.0, 0.0),
                                     guidance_sampler="ddim:10")
     c.evals.freeform.update(num_tasks=2, num_samples=1)
+  elif arg == "fusion":
+    fusion = c.evals.fusion
+    fusion.update(**fusion_study)
+    c.evals = ml_collections.ConfigDict({"fusion": fusion})
   elif arg:
-    raise ValueError(f"unknown eval config variant {arg!r}; use '', 'tiny' or 'applications'")
+    raise ValueError(f"unknown eval config variant {arg!r}; use '', 'tiny', 'applications' "
+                     "or 'fusion'")
   return c

@@ -12,7 +12,8 @@ that ``import t2w_jax`` does not import JAX: the launch scripts set up the host'
 (``t2w_jax.platform``) before JAX is first imported.
 """
 
-_API = ("load", "generate", "save_net", "load_net", "subtask_net", "class_embeddings", "take")
+_API = ("load", "generate", "fuse", "save_net", "load_net", "subtask_net", "class_embeddings",
+        "take")
 __all__ = list(_API)
 
 

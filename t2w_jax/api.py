@@ -1,4 +1,5 @@
-"""The public functional API: ``load(workdir)`` and ``generate(generator, text, ...)``.
+"""The public functional API: ``load(workdir)``, ``generate(generator, text, ...)`` and
+``fuse(generator, text_a, text_b, ...)`` (one net for two tasks together).
 
     import jax
     from t2w_jax import api          # or: from t2w_jax import load, generate
@@ -27,6 +28,7 @@ import numpy as np
 
 from t2w_jax import generator as generator_lib
 from t2w_jax import text as text_lib
+from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.generator import check_sample_args  # noqa: F401  (part of the public API)
 from t2w_jax.weights import ParamLayout
@@ -439,6 +441,70 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
   if average:
     flat = flat.mean(0, keepdims=True)
   return gen.layout.unflatten(flat)
+
+
+def union_classes(text_a: str | Sequence[str], text_b: str | Sequence[str]) -> list[str]:
+  """The class names of the task "A and B": A's, then those of B that A lacks.
+
+  Args:
+    text_a, text_b: two task descriptions, as ``class_names`` takes.
+
+  Returns:
+    The union's cleaned class names.
+
+  Raises:
+    ConfigError (a ValueError): an empty or malformed description (named text_a or
+      text_b), or one task that adds no class to the other (nothing to fuse).
+  """
+  names = []
+  for label, text in (("text_a", text_a), ("text_b", text_b)):
+    try:
+      names.append(class_names(text))
+    except ConfigError as e:  # class_names names its argument "text"
+      msg = str(e)
+      raise ConfigError(label + msg[4:] if msg.startswith("text") else f"{label}: {msg}"
+                        ) from None
+  a, b = names
+  if set(b) <= set(a) or set(a) <= set(b):
+    inner, outer = ("text_b", "text_a") if set(b) <= set(a) else ("text_a", "text_b")
+    raise ConfigError(f"{inner} ({', '.join(b if inner == 'text_b' else a)}) adds no class "
+                      f"to {outer}: fusing needs two different tasks; use generate() for one")
+  return tasks_lib.ordered_union(a, b)
+
+
+def fuse(gen: Generator, text_a: str | Sequence[str], text_b: str | Sequence[str], *, rng,
+         num_samples: int = 1, steps: int | None = None, guidance: float | None = None,
+         sampler: str | None = None, temperature: float | None = None,
+         average: bool = False) -> dict:
+  """Text-guided fusion: one net for task A and task B together, from their descriptions.
+
+  The generator is asked for the union of the two class lists (``union_classes``: A's
+  classes, then B's that A lacks), so this is ``generate`` on that list; no net of A or of
+  B is needed (the "fusion" evaluator, ``evaluate/fusion.py``, compares it with merging
+  such nets and with training on the union).
+
+  Args:
+    gen: from ``load``.
+    text_a, text_b: the two tasks' descriptions (a string such as "tulip, rose and bus",
+      or a list of class names).
+    rng, num_samples, steps, guidance, sampler, temperature, average: as ``generate``.
+
+  Returns:
+    As ``generate``: params with a leading ``num_samples`` axis (1 if ``average``).
+
+  Raises:
+    ConfigError (a ValueError): an empty or malformed description, a task that adds no
+      class to the other, a union of more classes than the generator's ``max_classes``
+      (both numbers named), or a bad sampling argument (as ``generate``).
+  """
+  union = union_classes(text_a, text_b)
+  kmax = int(gen.spec.config["max_classes"])
+  if len(union) > kmax:
+    raise ConfigError(f"text_a and text_b together name {len(union)} different classes; "
+                      f"this generator makes nets of at most {kmax} classes (its max_classes)")
+  return generate(gen, union, rng=rng, num_samples=num_samples, steps=steps,
+                  guidance=guidance, sampler=sampler, temperature=temperature,
+                  average=average)
 
 
 def take(params, i: int):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from t2w_jax.weights.layout import ParamLayout
-from t2w_jax.zoo.cnn import SubtaskCNN, init_params
+from t2w_jax.zoo.cnn import SubtaskCNN, init_params, unit_normalize
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,25 @@ def test_layout_round_trip_exact(net):
   assert ParamLayout.from_json(layout.to_json()) == layout
   with pytest.raises(ValueError, match="layout needs"):
     layout.unflatten(jnp.zeros(layout.total + 1))
+
+
+def test_a_zero_embedding_has_finite_gradients(net):
+  # A net whose head outputs 0 for an image (dead features, as a random init can have):
+  # the embedding is 0 and the loss finite, and so must its gradient be (no NaN step).
+  model, params, images, emb = net
+  params = jax.tree.map(lambda x: x, params)
+  params["head"] = jax.tree.map(jnp.zeros_like, params["head"])
+  embedded = model.apply({"params": params}, images, method="embed")
+  np.testing.assert_array_equal(np.asarray(embedded), 0.0)
+
+  def loss(p):
+    logits = model.apply({"params": p}, images, emb)
+    return -jax.nn.log_softmax(logits)[:, 0].mean()
+
+  grads = jax.grad(loss)(params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  # Away from 0 the normalisation is the plain one, bit for bit.
+  x = jax.random.normal(jax.random.PRNGKey(3), (7, 16))
+  np.testing.assert_array_equal(np.asarray(unit_normalize(x)),
+                                np.asarray(x / (jnp.linalg.norm(x, axis=-1, keepdims=True)
+                                                + 1e-8)))

@@ -4,6 +4,8 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ from t2w_jax.train import state as state_lib
 from t2w_jax.weights import permute_params
 from t2w_jax.weights import sample_perms
 from t2w_jax.zoo import make_corpus as make_corpus_lib
+from t2w_jax.zoo import masstrain
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -107,6 +110,7 @@ def test_choose_pairs_prefers_disjoint_small_unions():
   for a, b in pairs:
     sa, sb = set(records[a]["class_ids"]), set(records[b]["class_ids"])
     assert not (sa <= sb or sb <= sa)  # the union is a new task
+    assert len(sa | sb) <= 4  # never more classes than the generator makes nets for
   assert len({r for p in pairs for r in p}) == 2 * len(pairs)  # each row used once
 
 
@@ -298,55 +302,139 @@ def test_fewshot(ctx, tmp_path):
   assert "| 5 |" in out["markdown"]
 
 
+def _ensemble_accuracy(wide, members, task) -> tuple[float, int]:
+  """An output ensemble's accuracy computed directly: the members' softmax probabilities
+  over the task's classes, averaged, on the task's test images (``masstrain.eval_set``);
+  and the number of those images."""
+  layout = wide.corpus.layout
+  model = wide.model.clone(conv_impl="lax")
+  ids, mask = wide.padded([task])
+  classes, mask = jnp.asarray(ids[0]), jnp.asarray(mask[0])
+  rows, valid = masstrain.eval_set(wide.data, classes, mask)
+  x = wide.data.test_images[rows.reshape(-1)]
+  emb = wide.data.class_emb[classes]
+  probs = np.mean([np.asarray(jax.nn.softmax(masstrain.masked_logits(
+      model, layout.unflatten(jnp.asarray(f)), x, emb, mask), -1)) for f in members], 0)
+  labels = np.repeat(np.arange(ids.shape[1]), rows.shape[1])
+  valid = np.asarray(valid).reshape(-1)
+  return float((probs.argmax(-1) == labels)[valid].mean()), int(valid.sum())
+
+
 def test_fusion(ctx, tmp_path):
   out = fusion_lib.fusion(ctx, jax.random.PRNGKey(0), num_pairs=2, num_samples=2,
                           out_dir=str(tmp_path))
-  assert set(out["methods"]) == {"generated", "generated_best", "average", "aligned",
-                                 "parent_a", "parent_b", "generalist"}
-  assert 1 <= out["num_pairs"] <= 2 and len(out["pairs"]) == out["num_pairs"]
+  assert list(out["methods"]) == list(fusion_lib.METHODS)
+  assert {k: m["size"] for k, m in out["methods"].items() if m["size"] != 1} == {"ensemble": 2}
+  p_n = out["num_pairs"]
+  assert 1 <= p_n <= 2 and len(out["pairs"]) == p_n
   for m in out["methods"].values():
     assert 0.0 <= m["mean"] <= 1.0
-  for p in out["pairs"]:
+  rec = {r["task_id"]: i for i, r in enumerate(ctx.corpus.records)}
+  rows_a = [rec[p["task_a"]] for p in out["pairs"]]
+  rows_b = [rec[p["task_b"]] for p in out["pairs"]]
+  for p, ra, rb in zip(out["pairs"], rows_a, rows_b):
     acc = p["accuracy"]
     assert acc["generated_best"] >= acc["generated"] - 1e-6
-    assert len(p["union"]) == len(set(p["union"]))
-  # The plain average is what its name says: measure it directly on the first pair.
-  p = out["pairs"][0]
-  rec = {r["task_id"]: i for i, r in enumerate(ctx.corpus.records)}
-  ra, rb = rec[p["task_a"]], rec[p["task_b"]]
-  union = fusion_lib.union_task(*ctx.tasks([ra, rb]), task_id=-1)
-  wide = dataclasses.replace(ctx, max_classes=max(ctx.max_classes, len(union.class_ids)))
-  avg = (np.asarray(ctx.corpus.weights[ra]) + np.asarray(ctx.corpus.weights[rb])) / 2
-  assert wide.accuracy(avg[None], [union])[0] == pytest.approx(p["accuracy"]["average"])
-  # Every pair's figures, recomputed: the parents, the generalist and the aligned average
-  # measured directly, and the generated nets sampled with the evaluator's key.
-  unions, kmax = [], ctx.max_classes
-  for p in out["pairs"]:
-    ra, rb = rec[p["task_a"]], rec[p["task_b"]]
-    unions.append(fusion_lib.union_task(*ctx.tasks([ra, rb]), task_id=-1 - len(unions)))
-    kmax = max(kmax, len(unions[-1].class_ids))
+    assert len(p["union"]) == len(set(p["union"])) <= ctx.gen.config["max_classes"]
+    assert (p["split_a"], p["split_b"]) == (ctx.corpus.records[ra]["split"],
+                                            ctx.corpus.records[rb]["split"])
+  # Every pair's figures, recomputed from public pieces on a context wide enough for the
+  # unions.
+  unions = [fusion_lib.union_task(*ctx.tasks([ra, rb]), task_id=-1 - i)
+            for i, (ra, rb) in enumerate(zip(rows_a, rows_b))]
+  for p, u in zip(out["pairs"], unions):
+    assert p["union"] == [ctx.corpus.class_names[c] for c in u.class_ids]
+  kmax = max([ctx.max_classes] + [len(u.class_ids) for u in unions])
   wide = dataclasses.replace(ctx, max_classes=kmax)
   layout = ctx.corpus.layout
-  for p, u in zip(out["pairs"], unions):
-    fa = np.asarray(ctx.corpus.weights[rec[p["task_a"]]], np.float32)
-    fb = np.asarray(ctx.corpus.weights[rec[p["task_b"]]], np.float32)
+  base = np.asarray(ctx.corpus.base, np.float32)
+  for p, u, ra, rb in zip(out["pairs"], unions, rows_a, rows_b):
+    fa = np.asarray(ctx.corpus.weights[ra], np.float32)
+    fb = np.asarray(ctx.corpus.weights[rb], np.float32)
     aligned = np.asarray(layout.flatten(fusion_lib.aligned_average(layout.unflatten(fa),
                                                                    layout.unflatten(fb))))
-    nets = {"parent_a": fa, "parent_b": fb, "aligned": aligned,
-            "generalist": np.asarray(ctx.corpus.base, np.float32)}
+    nets = {"parent_a": fa, "parent_b": fb, "average": (fa + fb) / 2, "aligned": aligned,
+            "generalist": base}
     for name, net in nets.items():
       assert wide.accuracy(net[None], [u])[0] == pytest.approx(p["accuracy"][name], abs=1e-6)
+    # The ensemble: the mean of the two parents' softmax, computed here without the context
+    # (one test image's worth of slack for float rounding in the averaging).
+    direct, images = _ensemble_accuracy(wide, [fa, fb], u)
+    assert abs(direct - p["accuracy"]["ensemble"]) <= 1.0 / images + 1e-9
+    assert wide.accuracy(np.stack([fa, fb])[None], [u])[0] == p["accuracy"]["ensemble"]
+    perms = fusion_lib.match_weights(layout.unflatten(fa), layout.unflatten(fb))
+    assert p["units_moved"]["corpus"] == pytest.approx(fusion_lib.units_moved(perms))
+  # The generated nets, sampled with the evaluator's key (split off for generation).
+  gen_rng, init_rng = jax.random.split(jax.random.PRNGKey(0))
   emb, mask = wide.class_text(unions)
   gen = np.asarray(api.sample_flat(ctx.gen, np.repeat(emb, 2, 0), np.repeat(mask, 2, 0),
-                                   rng=jax.random.PRNGKey(0)))
+                                   rng=gen_rng))
   acc = wide.accuracy(gen, [u for u in unions for _ in range(2)]).reshape(len(unions), 2)
   for i, p in enumerate(out["pairs"]):
     assert p["accuracy"]["generated"] == pytest.approx(acc[i].mean(), abs=1e-12)
     assert p["accuracy"]["generated_best"] == pytest.approx(acc[i].max(), abs=1e-12)
+  # The independent parents: the evaluator's random inits (its second key), trained with
+  # the corpus recipe at 4x its step cap (the default indep_cap_factor), early-stopped.
+  trainer = make_corpus_lib.trainer_spec(
+      ml_collections.ConfigDict({"trainer": ctx.corpus.meta["trainer"]}))
+  indep_spec = dataclasses.replace(trainer, steps=4 * trainer.steps)
+  inits = finetune_lib.random_inits(ctx.model, layout, int(ctx.corpus.meta["image_size"]),
+                                    init_rng, 2 * p_n)
+  tasks_ab = ctx.tasks(rows_a) + ctx.tasks(rows_b)
+  ids, tmask = wide.padded(tasks_ab)
+  seeds = np.array([t.seed for t in tasks_ab], np.uint32)
+  train = masstrain.make_trainer(ctx.model, indep_spec, own_starts=True)
+  res = train(ctx.data, jax.vmap(layout.unflatten)(inits), masstrain.TaskBatch(ids, tmask, seeds))
+  trained = np.asarray(jax.vmap(layout.flatten)(res.params))
+  # Own starts: the starting accuracy is each random init's own.
+  np.testing.assert_allclose(np.asarray(res.base_acc), ctx.accuracy(inits, tasks_ab), atol=1e-6)
+  own = np.asarray(res.trained_acc)
+  ind = out["independent_parents"]
+  assert ind["step_cap"] == indep_spec.steps
+  assert ind["ran_to_cap"] == int(np.sum(np.asarray(res.steps_run) >= indep_spec.steps))
+  assert ind["own_acc"]["mean"] == pytest.approx(own.mean(), abs=1e-6)
+  moved = []
+  for i, (p, u) in enumerate(zip(out["pairs"], unions)):
+    assert p["indep_own_acc"] == pytest.approx([own[i], own[p_n + i]], abs=1e-6)
+    ia, ib = trained[i], trained[p_n + i]
+    aligned_b, perms = fusion_lib.align(layout.unflatten(ia), layout.unflatten(ib))
+    merged = np.asarray(layout.flatten(fusion_lib.aligned_average(layout.unflatten(ia),
+                                                                  layout.unflatten(ib))))
+    # Aligning is a re-labelling of B's units: the same function, the same accuracy.
+    for name, net in (("indep_parent_a", ia), ("indep_parent_b", ib),
+                      ("indep_average", (ia + ib) / 2), ("indep_aligned", merged),
+                      ("indep_parent_b", np.asarray(layout.flatten(aligned_b)))):
+      assert wide.accuracy(net[None], [u])[0] == pytest.approx(p["accuracy"][name], abs=1e-6)
+    moved.append(fusion_lib.units_moved(perms))
+    assert p["units_moved"]["indep"] == pytest.approx(moved[-1])
+  # Independent inits leave real permutations to find; the corpus parents (one basin) not.
+  assert ind["units_moved"]["mean"] > out["corpus_units_moved"]["mean"]
+  # The specialist on the union: the corpus trainer from the generalist; started through
+  # the own-starts path here, every net from the generalist.
+  ids, umask = wide.padded(unions)
+  seeds = np.array([u.seed for u in unions], np.uint32)
+  train = masstrain.make_trainer(ctx.model, trainer, own_starts=True)
+  starts = jax.vmap(layout.unflatten)(np.repeat(base[None], len(unions), 0))
+  res = train(ctx.data, starts, masstrain.TaskBatch(ids, umask, seeds))
+  spec_flat = np.asarray(jax.vmap(layout.flatten)(res.params))
+  for i, p in enumerate(out["pairs"]):
+    assert wide.accuracy(spec_flat[i:i + 1], [unions[i]])[0] == pytest.approx(
+        p["accuracy"]["specialist"], abs=1e-6)
+  # Summaries: per-method mean and std over pairs; generated − method, paired by pair.
   for name, m in out["methods"].items():
     per = [p["accuracy"][name] for p in out["pairs"]]
     assert m["mean"] == pytest.approx(np.mean(per), abs=1e-12)
     assert m["std"] == pytest.approx(np.std(per), abs=1e-12)
+  assert set(out["paired"]) == set(fusion_lib.METHODS) - {"generated", "generated_best"}
+  for name, d in out["paired"].items():
+    diff = np.array([p["accuracy"]["generated"] - p["accuracy"][name] for p in out["pairs"]])
+    assert d["n"] == p_n and d["wins"] == int(np.sum(diff > 0))
+    assert d["mean"] == pytest.approx(diff.mean(), abs=1e-12)
+    if p_n > 1:
+      assert d["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(p_n), abs=1e-12)
+  assert sum(b["n"] for b in out["by_split"].values()) == p_n
+  assert "ensemble (2× the parameters)" in out["markdown"]
   with open(out["png"], "rb") as f:
     assert f.read(8) == PNG_MAGIC
-
+  with pytest.raises(ValueError, match="max_classes"):
+    fusion_lib.fusion(ctx, jax.random.PRNGKey(0), max_union=ctx.gen.config["max_classes"] + 1)

@@ -47,6 +47,11 @@ class TaskPlan:
                      for t in d["tasks"]))
 
 
+def ordered_union(a: Sequence, b: Sequence) -> list:
+  """The classes of task A, then those of task B that A lacks, each once (a fused task)."""
+  return list(dict.fromkeys([*a, *b]))
+
+
 def heldout_classes(num_classes: int, frac: float, seed: int) -> tuple[int, ...]:
   """A seeded ``frac`` of the class ids (at least one when frac > 0), sorted."""
   if not 0.0 <= frac < 1.0:

@@ -106,12 +106,19 @@ class EvalContext:
              else self.model)
 
     def one(args):
-      flat, classes, mask = args
+      flat, classes, mask = args  # flat: (D,) one net, or (m, D) an output ensemble
       rows, valid = masstrain.eval_set(data, classes, mask, split)
       x = images[rows.reshape(-1)]
-      logits = masstrain.masked_logits(model, layout.unflatten(flat), x,
-                                       data.class_emb[classes], mask)
-      return jnp.where(valid.reshape(-1), jnp.argmax(logits, -1), -1).astype(jnp.int32)
+      emb = data.class_emb[classes]
+
+      def logits(f):
+        return masstrain.masked_logits(model, layout.unflatten(f), x, emb, mask)
+
+      if flat.ndim == 1:
+        score = logits(flat)
+      else:  # the members' class probabilities, averaged (padded classes get 0)
+        score = jnp.mean(jax.lax.map(lambda f: jax.nn.softmax(logits(f), -1), flat), 0)
+      return jnp.where(valid.reshape(-1), jnp.argmax(score, -1), -1).astype(jnp.int32)
 
     fns[split] = jax.jit(lambda flat, classes, mask: jax.lax.map(one, (flat, classes, mask)))
     return fns[split]
@@ -128,6 +135,10 @@ class EvalContext:
                        split: str = "test"):
     """Predicted local labels of net i on task i's test images, for n nets and n tasks.
 
+    ``flat`` is (n, D), one net per task, or (n, m, D), an output ensemble of m nets per
+    task, which predicts the class of highest mean softmax probability over the task's
+    classes (m times the parameters of one net).
+
     With ``split="val"``: on the task's validation rows (training images held out of
     every net's training; what a hyperparameter is chosen on) instead.
 
@@ -142,8 +153,9 @@ class EvalContext:
       .mean()`` per row (``accuracy_from_predictions``).
     """
     flat = np.asarray(flat, np.float32)
-    if flat.ndim != 2 or flat.shape[0] != len(tasks):
-      raise ValueError(f"need one (D,) net per task: weights {flat.shape}, {len(tasks)} tasks")
+    if flat.ndim not in (2, 3) or flat.shape[0] != len(tasks):
+      raise ValueError(f"need one (D,) net or (m, D) ensemble per task: weights {flat.shape}, "
+                       f"{len(tasks)} tasks")
     ids, mask = self.padded(tasks)
     per = int((self.data.test_index if split == "test" else self.data.val_index).shape[1])
     kmax = ids.shape[1]
@@ -166,7 +178,8 @@ class EvalContext:
   def accuracy(self, flat: np.ndarray, tasks: Sequence[tasks_lib.Task],
                split: str = "test") -> np.ndarray:
     """(n,) test (or, with ``split="val"``, validation) accuracy of net i on task i, for
-    (n, D) flat weights and n tasks."""
+    (n, D) flat weights (or (n, m, D) output ensembles, as ``test_predictions``) and n
+    tasks."""
     return accuracy_from_predictions(*self.test_predictions(flat, tasks, split))
 
   def reference_predictions(self, which: str, rows) -> tuple[np.ndarray, np.ndarray]:

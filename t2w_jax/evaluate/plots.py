@@ -14,8 +14,9 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # One colour per method, stable across plots.
 _COLORS = {"generated": "tab:blue", "generalist": "tab:orange", "random": "tab:gray",
-           "oracle": "tab:green", "average": "tab:red", "aligned": "tab:purple",
-           "parent_a": "tab:brown", "parent_b": "tab:pink", "nearest": "tab:olive"}
+           "oracle": "tab:green", "specialist": "tab:green", "average": "tab:red",
+           "aligned": "tab:purple", "parent_a": "tab:brown", "parent_b": "tab:pink",
+           "ensemble": "tab:olive", "nearest": "tab:cyan"}
 
 
 def _save(fig, path: str) -> str:
@@ -121,22 +122,31 @@ def plot_fusion(results: Mapping, path: str) -> str:
   """Bar chart: accuracy on the union's classes per method (mean ± std over pairs).
 
   Args:
-    results: ``{"methods": {name: {"mean": float, "std": float}}}``, as ``fusion.fusion``
-      returns.
+    results: ``{"methods": {name: {"mean": float, "std": float, "size": int}}}``, as
+      ``fusion.fusion`` returns; a method of size > 1 (nets' worth of parameters) is
+      labelled with it.
     path: the PNG to write.
 
   Returns:
     ``path``.
   """
-  names = list(results["methods"])
-  means = [results["methods"][n]["mean"] for n in names]
-  stds = [results["methods"][n]["std"] for n in names]
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.bar(names, means, yerr=stds, capsize=3,
-         color=[_COLORS.get(n.split("/")[0], "tab:cyan") for n in names])
+  methods = results["methods"]
+  names = list(methods)
+  means = [methods[n]["mean"] for n in names]
+  stds = [methods[n]["std"] for n in names]
+  labels = [n + (f" ({methods[n]['size']}× params)" if methods[n].get("size", 1) > 1 else "")
+            for n in names]
+  # The independent parents' merges share their corpus counterparts' colours, hatched.
+  colors = [_COLORS.get(n.removeprefix("indep_"), "tab:cyan") for n in names]
+  fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(names), 3.5))
+  bars = ax.bar(labels, means, yerr=stds, capsize=3, color=colors)
+  for bar, n in zip(bars, names):
+    if n.startswith("indep_"):
+      bar.set_hatch("//")
   ax.set_ylabel("accuracy on A ∪ B")
   ax.set_ylim(0.0, 1.0)
-  ax.tick_params(axis="x", labelrotation=30)
+  ax.tick_params(axis="x", labelrotation=45)
+  plt.setp(ax.get_xticklabels(), ha="right")
   ax.grid(axis="y", alpha=0.3)
   ax.set_title(f"Text-guided fusion over {results.get('num_pairs', '?')} task pairs")
   return _save(fig, path)

@@ -166,6 +166,15 @@ def paired_difference(a, b) -> dict | None:
   return {"mean": mean, "se": se, "wins": sum(x > 0 for x in d), "n": n}
 
 
+def paired_cell(p: dict | None) -> str:
+  """A ``paired_difference`` in points of accuracy: "+1.2 ± 0.3 (3/4)" (mean ± standard
+  error (wins / n)); "–" for None."""
+  if p is None:
+    return "–"
+  se = "" if p["se"] is None else f" ± {_pct(p['se'])}"
+  return f"{100.0 * p['mean']:+.1f}{se} ({p['wins']}/{p['n']})"
+
+
 def _paired_lines(results: dict) -> list[str]:
   gen, base = _find(results, "generated"), _find(results, "baselines")
   if not gen or not base:
@@ -175,12 +184,8 @@ def _paired_lines(results: dict) -> list[str]:
   hyper = _find(results, "hypernet")
 
   def cell(s, m, src=base):
-    p = paired_difference(gen["splits"][s].get("per_task"),
-                          (_method(src, s, m) or {}).get("per_task"))
-    if p is None:
-      return "–"
-    se = "" if p["se"] is None else f" ± {_pct(p['se'])}"
-    return f"{100.0 * p['mean']:+.1f}{se} ({p['wins']}/{p['n']})"
+    return paired_cell(paired_difference(gen["splits"][s].get("per_task"),
+                                         (_method(src, s, m) or {}).get("per_task")))
 
   rows = [[_ROW_LABELS[m].split(" (")[0]] + [cell(s, m) for s in splits]
           for m in ("generalist", "mean_weights", "nn_retrieval", "ridge", "oracle")]

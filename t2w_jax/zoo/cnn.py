@@ -133,8 +133,15 @@ def check_class_emb(class_emb, embed_dim: int) -> None:
 
 
 def unit_normalize(x, eps=1e-8):
-  """x scaled to unit L2 norm along its last axis (eps keeps a zero vector finite)."""
-  return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
+  """x scaled to unit L2 norm along its last axis (eps keeps a zero vector finite).
+
+  The norm's gradient at a zero vector is 0/0 (NaN); taking the norm of ones there
+  instead, and then 0, keeps the value and makes that gradient 0, so a net whose features
+  all die on one image (a random init can) trains on instead of turning NaN.
+  """
+  nonzero = jnp.any(x != 0, axis=-1, keepdims=True)
+  norm = jnp.linalg.norm(jnp.where(nonzero, x, 1.0), axis=-1, keepdims=True)
+  return x / (jnp.where(nonzero, norm, 0.0) + eps)
 
 
 def init_params(model, rng, image_size: int):

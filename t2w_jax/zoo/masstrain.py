@@ -16,7 +16,6 @@ How the nets are spread is a config choice per backend (``TrainerSpec``):
   ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
 """
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -322,28 +321,48 @@ class TrainResult(NamedTuple):
   steps_run: Any       # (n,) steps trained
 
 
-def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None):
+def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None, *,
+                 own_starts: bool = False):
   """Compile-ready function ``(data, base_params, tasks) -> TrainResult`` for n tasks.
 
   n must be a multiple of ``nets_per_chunk * mesh.size``. Inside: the nets axis is sharded
   over the mesh; each device ``lax.map``s over its chunks; each chunk ``vmap``s over nets;
   each net ``lax.scan``s over its steps.
+
+  Args:
+    model: the subtask net.
+    spec: the recipe (steps, early stopping, chunking).
+    mesh: the 1-D ``nets`` mesh; None: one device.
+    own_starts: every net starts from its own params: ``base_params`` then has a leading
+      nets axis like the tasks, and ``base_acc`` is each start's test accuracy. Default:
+      one shared start (the generalist) for every net.
   """
 
-  def per_net(data, base_params, base_feats, classes, mask, seed):
-    fit = train_one(model, spec, data, base_params, classes, mask, seed)
-    base_acc = accuracy_from_class_embeddings(model, data, base_feats, classes, mask)
+  def per_net(data, start, classes, mask, seed, base_feats=None):
+    fit = train_one(model, spec, data, start, classes, mask, seed)
+    if base_feats is None:
+      base_acc = task_accuracy(model, data, start, classes, mask)
+    else:
+      base_acc = accuracy_from_class_embeddings(model, data, base_feats, classes, mask)
     acc = task_accuracy(model, data, fit.params, classes, mask)
     return TrainResult(fit.params, base_acc, acc, fit.final_loss, fit.steps, fit.steps_run)
 
   def run(data, base_params, tasks: TaskBatch):
     n = tasks.seeds.shape[0]
     c = spec.nets_per_chunk
-    # The shared base net is measured once per call, not once per task.
-    base_feats = class_embeddings_of(model, base_params, data)
-    chunked = jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tasks)
-    chunk_fn = jax.vmap(functools.partial(per_net, data, base_params, base_feats))
-    out = jax.lax.map(lambda t: chunk_fn(t.classes, t.mask, t.seeds), chunked)
+
+    def chunked(tree):
+      return jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tree)
+
+    if own_starts:
+      chunk_fn = jax.vmap(lambda s, t: per_net(data, s, t.classes, t.mask, t.seeds))
+      out = jax.lax.map(lambda a: chunk_fn(*a), (chunked(base_params), chunked(tasks)))
+    else:
+      # The shared base net is measured once per call, not once per task.
+      base_feats = class_embeddings_of(model, base_params, data)
+      chunk_fn = jax.vmap(lambda t: per_net(data, base_params, t.classes, t.mask, t.seeds,
+                                            base_feats))
+      out = jax.lax.map(chunk_fn, chunked(tasks))
     return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
 
   if mesh is None:
@@ -351,8 +370,8 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None)
   # shard_map gives each device its own slice of nets and its own lax.map over chunks:
   # no communication at all, so the devices (cores, chips) run independently.
   rep, nets = P(), P("nets")
-  sharded = jax.shard_map(run, mesh=mesh, in_specs=(rep, rep, nets), out_specs=nets,
-                          check_vma=False)
+  sharded = jax.shard_map(run, mesh=mesh, in_specs=(rep, nets if own_starts else rep, nets),
+                          out_specs=nets, check_vma=False)
   return jax.jit(sharded)
 
 
