@@ -1,5 +1,7 @@
-"""The public functional API: ``load(workdir)``, ``generate(generator, text, ...)`` and
-``fuse(generator, text_a, text_b, ...)`` (one net for two tasks together).
+"""The public functional API: ``load(workdir)``, ``generate(generator, text, ...)``, and
+the applications ``few_shot`` (the generated net fine-tuned on a few labelled images),
+``enhance`` (noise a net and denoise it with its text) and ``fuse(generator, text_a,
+text_b, ...)`` (one net for two tasks together).
 
     import jax
     from t2w_jax import api          # or: from t2w_jax import load, generate
@@ -336,8 +338,7 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
       of range or a class without images, a net of another layout as ``init``, a step
       cap that ``eval_every`` does not divide.
   """
-  from t2w_jax.data import tasks as tasks_lib  # local: only this function needs them
-  from t2w_jax.zoo import masstrain
+  from t2w_jax.zoo import masstrain  # local: only this function trains
   emb = _checked_embeddings(gen, text)
   k = emb.shape[0]
   images, labels = np.asarray(images), np.asarray(labels)
