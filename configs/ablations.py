@@ -28,11 +28,12 @@ VARIANTS = {
     # v-prediction: x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t), the identity at small t
     # for a zero DiT (generator.make_denoiser); for multi-step sampling and enhancement.
     "v_param": {"parameterization": "v"},
-    "fresh_chain": {"fresh_chain": True},
+    "no_fresh_chain": {"fresh_chain": False},
+    "dit_128x4_chain": {"model.width": 128, "model.depth": 4},
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},
     "corpus_252": {"seen_limit": 252},
-    "dit_128x4": {"model.width": 128, "model.depth": 4},
+    "dit_128x4": {"model.width": 128, "model.depth": 4, "fresh_chain": False},
 }
 
 

@@ -64,8 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # noised again to a random t and predicted once more, and that prediction is scored on
   # the task as well (one more DiT pass on the fresh tasks): the denoiser is then trained
   # at every t on the nets its own sampler visits, which multi-step sampling and
-  # enhancement start from. Measured as the ablation variant "fresh_chain".
-  c.fresh_chain = False
+  # enhancement start from. On by the ablation "fresh_chain" (README, "Ablations").
+  c.fresh_chain = True
   c.diffusion_weight = 1.0
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
   # x0 = sqrt(abar) x_t - sqrt(1 - abar) DiT(x_t) (generator.py's make_denoiser). "x0" stays

@@ -119,8 +119,9 @@ def test_step_bench_settings_and_report():
   from configs import dit as dit_config
   from t2w_jax.bench import step_bench
   names = list(step_bench.settings(dit_config.get_config("small")))
-  assert names[0] == "diffusion only" and len(names) == 3
+  assert names[0] == "diffusion only" and len(names) == 4
   c = step_bench.settings(dit_config.get_config("small"))
+  assert [v.fresh_chain for v in c.values()][2:] == [False, True]
   assert c["diffusion only"].task_loss_weight == 0
   assert all(v.task_loss_weight > 0 for k, v in c.items() if k != "diffusion only")
   r = {"machine": {"cpu": "x", "cpu_cores": 2, "jax_version": "0", "backend": "cpu",

@@ -4,9 +4,9 @@
 
 Builds the real sharded step (``train.loop.compile_step``) on an existing corpus for each
 setting, all from the same DiT config: the diffusion loss alone (``task_loss_weight=0``),
-the default (diffusion + task loss, with the config's ``fresh_tasks``), and the task loss
-with and without fresh tasks when the default leaves them at 0 or not. Each setting is timed
-as ``steps`` steps per repeat, after a warm-up, on the same batches; the ratio of each
+the task loss without fresh tasks, with the config's ``fresh_tasks`` (64 when it has none)
+at the chain's start only, and with them along the chain too (``fresh_chain``). Each
+setting is timed as ``steps`` steps per repeat, after a warm-up, on the same batches; the ratio of each
 setting's seconds per step to the diffusion-only step's is the cost of the task loss.
 """
 import logging
@@ -30,9 +30,12 @@ def settings(config: ml_collections.ConfigDict) -> dict:
 
   weight = config.task_loss_weight or 1.0
   out = {"diffusion only": variant(task_loss_weight=0.0)}
-  for fresh in sorted({0, int(config.fresh_tasks) or 64}):
-    out[f"+ task loss, {fresh} fresh tasks"] = variant(task_loss_weight=weight,
-                                                       fresh_tasks=fresh)
+  fresh = int(config.fresh_tasks) or 64
+  out["+ task loss, 0 fresh tasks"] = variant(task_loss_weight=weight, fresh_tasks=0)
+  out[f"+ task loss, {fresh} fresh tasks"] = variant(task_loss_weight=weight,
+                                                     fresh_tasks=fresh, fresh_chain=False)
+  out[f"+ task loss, {fresh} fresh tasks along the chain"] = variant(
+      task_loss_weight=weight, fresh_tasks=fresh, fresh_chain=True)
   return out
 
 
