@@ -6,8 +6,9 @@ Builds the real sharded step (``train.loop.compile_step``) on an existing corpus
 setting, all from the same DiT config: the diffusion loss alone (``task_loss_weight=0``),
 the task loss without fresh tasks, with the config's ``fresh_tasks`` (64 when it has none)
 at the chain's start only, and with them along the chain too (``fresh_chain``). Each
-setting is timed as ``steps`` steps per repeat, after a warm-up, on the same batches; the ratio of each
-setting's seconds per step to the diffusion-only step's is the cost of the task loss.
+setting is timed as ``steps`` steps per repeat, after a warm-up, on the same batches; the
+ratio of each setting's seconds per step to the diffusion-only step's is the cost of the
+task loss.
 """
 import logging
 import os

@@ -11,9 +11,9 @@ where data is scarce, so this fine-tunes every task from each start
 with k = 1, 5, 20 shots per class and with all training images, with the same optimiser,
 batches and step budget for every start (the corpus trainer's recipe, ``masstrain``).
 
-Early stopping sees only the k shots: for k >= 2, ``tasks.shot_split`` holds out a fifth of them
-per class (at least one) as the validation set and trains on the rest; for k = 1 there is
-nothing to hold out, so the shot is its own validation and training stops once the shots
+Early stopping sees only the k shots: for k >= 2, ``tasks.shot_split`` holds out a fifth of
+them per class (at least one) as the validation set and trains on the rest; for k = 1 there
+is nothing to hold out, so the shot is its own validation and training stops once the shots
 stop gaining. With all images the corpus's own validation split is used. The rule is the
 corpus trainer's (strict improvement, ``patience`` checks), replayed on the recorded curves
 (``finetune.early_stop``). The shots are drawn once per class (seeded) and shared by every
@@ -172,8 +172,8 @@ def fewshot(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
 
   Returns:
     JSON-ready dict: splits, task_ids, shots, methods, train_steps, eval_every, patience,
-    steps (list), start {split: {method: {mean, per_task}}} (no fine-tuning), per_k {label: {curves {method: mean test accuracy per check (all tasks)},
-    early_stopped {split: {method: {mean, per_task}}}, kept_step {method: mean},
+    steps (list), start {split: {method: {mean, per_task}}} (no fine-tuning), per_k {label:
+    {curves {method: mean test accuracy per check (all tasks)}, early_stopped {split: {method: {mean, per_task}}}, kept_step {method: mean},
     initial {method: mean}, paired {split: {method: generated − method}}}}, markdown, png.
   """
   trainer = ctx.corpus.meta["trainer"]
