@@ -173,8 +173,8 @@ def fewshot(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
   Returns:
     JSON-ready dict: splits, task_ids, shots, methods, train_steps, eval_every, patience,
     steps (list), start {split: {method: {mean, per_task}}} (no fine-tuning), per_k {label:
-    {curves {method: mean test accuracy per check (all tasks)}, early_stopped {split: {method: {mean, per_task}}}, kept_step {method: mean},
-    initial {method: mean}, paired {split: {method: generated − method}}}}, markdown, png.
+    {curves {method: mean test accuracy per check (all tasks)}, early_stopped {split:
+    {method: {mean, per_task}}}, kept_step {method: mean}, initial {method: mean}, paired {split: {method: generated − method}}}}, markdown, png.
   """
   trainer = ctx.corpus.meta["trainer"]
   methods = list(methods)
