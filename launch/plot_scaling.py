@@ -4,8 +4,10 @@
       --out docs/results/scaling.png
 
 Reads the ``launch/ablate.py`` results of the variants "full" (every seen net), "corpus_N"
-(the first N seen nets) and "dit_WxD" (another DiT size on every seen net), plots generated
-accuracy against the number of corpus nets per split, and prints the table.
+(the first N seen nets, or a corpus built with N seen nets) and "dit_WxD" (another DiT size
+on every seen net), plots the room each closes, (generated − generalist) / (specialist −
+generalist) on its own corpus's tasks, against the number of corpus nets per split, and
+prints the table.
 """
 import argparse
 import json
@@ -17,13 +19,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from t2w_jax.evaluate import plots  # noqa: E402
 
 
+def room_closed(per_split: dict) -> float:
+  """(generated − generalist) / (specialist − generalist) of one variant's split, each from
+  that variant's own tasks (a larger corpus draws other unseen tasks)."""
+  g, o = per_split["generalist"]["mean"], per_split["oracle"]["mean"]
+  return (per_split["mean"] - g) / (o - g)
+
+
 def points_from(results: dict, num_seen: int, small_label: str) -> dict:
-  """The ``plots.plot_scaling`` points of an ablation results.json."""
+  """The ``plots.plot_scaling`` points of an ablation results.json: room closed per
+  variant, against its number of corpus nets."""
   variants = results["variants"]
   splits = list(results["config"]["splits"])
   out = {"splits": {}}
   for split in splits:
-    first = next(iter(variants.values()))[split]
     series: dict = {}
     for name, per in variants.items():
       if split not in per:
@@ -31,11 +40,10 @@ def points_from(results: dict, num_seen: int, small_label: str) -> dict:
       m = re.fullmatch(r"corpus_(\d+)", name)
       if name == "full" or m:
         n = int(m.group(1)) if m else num_seen
-        series.setdefault(small_label, []).append([n, per[split]["mean"]])
+        series.setdefault(small_label, []).append([n, room_closed(per[split])])
       elif name.startswith("dit_"):
-        series.setdefault(f"DiT {name[4:]}", []).append([num_seen, per[split]["mean"]])
-    out["splits"][split] = {"generalist": first["generalist"]["mean"],
-                            "oracle": first["oracle"]["mean"], "series": series}
+        series.setdefault(f"DiT {name[4:]}", []).append([num_seen, room_closed(per[split])])
+    out["splits"][split] = {"series": series}
   return out
 
 
@@ -50,11 +58,9 @@ def main(argv=None) -> int:
     points = points_from(json.load(f), args.num_seen, args.label)
   plots.plot_scaling(points, args.out)
   for split, p in points["splits"].items():
-    print(f"{split}: generalist {100 * p['generalist']:.1f}, specialist "
-          f"{100 * p['oracle']:.1f}")
+    print(f"{split} (room closed):")
     for label, series in p["series"].items():
-      print("  " + label + ": " + ", ".join(f"{n} nets {100 * a:.1f}"
-                                            for n, a in sorted(series)))
+      print("  " + label + ": " + ", ".join(f"{n} nets {a:.2f}" for n, a in sorted(series)))
   return 0
 
 

@@ -153,12 +153,12 @@ def plot_fusion(results: Mapping, path: str) -> str:
 
 
 def plot_scaling(points: Mapping, path: str) -> str:
-  """Generated accuracy against the number of corpus nets, one line per split and DiT
-  size, with the generalist and the specialists as dashed references.
+  """The room closed by the generated nets, (generated − generalist) / (specialist −
+  generalist), against the number of corpus nets, one line per split and DiT size; 0 (the
+  generalist) and 1 (the specialists) dashed.
 
   Args:
-    points: ``{"splits": {split: {"generalist": acc, "oracle": acc, "series": {label:
-      [[num_nets, acc], ...]}}}}`` (accuracies in [0, 1]).
+    points: ``{"splits": {split: {"series": {label: [[num_nets, room_closed], ...]}}}}``.
     path: the PNG to write.
 
   Returns:
@@ -167,15 +167,15 @@ def plot_scaling(points: Mapping, path: str) -> str:
   splits = list(points["splits"])
   fig, axes = plt.subplots(1, len(splits), figsize=(5.0 * len(splits), 3.8), squeeze=False)
   for ax, split in zip(axes[0], splits):
-    p = points["splits"][split]
-    for label, series in p["series"].items():
+    for label, series in points["splits"][split]["series"].items():
       xy = np.asarray(sorted(series), float)
-      ax.plot(xy[:, 0], 100 * xy[:, 1], marker="o", label=label)
-    for ref, name in (("generalist", "generalist"), ("oracle", "specialist")):
-      ax.axhline(100 * p[ref], linestyle="--", color=_COLORS[ref], label=name)
+      ax.plot(xy[:, 0], xy[:, 1], marker="o", label=label)
+    for ref, name in ((0.0, "generalist"), (1.0, "specialist")):
+      ax.axhline(ref, linestyle="--", color=_COLORS["oracle" if ref else "generalist"],
+                 label=name)
     ax.set_xscale("log")
     ax.set_xlabel("corpus nets the generator learns from")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("room closed")
     ax.set_title(f"{split} tasks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
