@@ -151,7 +151,8 @@ def enhance(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
     out_dir: where enhancement.md/.png go; None: no files written.
 
   Returns:
-    JSON-ready dict: splits, num_select, num_report, families, settings [(family, label)],
+    JSON-ready dict: splits, skipped_inputs (few-shot kinds the data has too few images
+    for), num_select, num_report, families, settings [(family, label)],
     inputs {kind: {before, before_select_val, sweep (report test accuracy per setting),
     chosen {family: {setting, index, val, test, vs_input (paired)}}}}, default_t {kind:
     label}, markdown, png.
@@ -180,6 +181,16 @@ def enhance(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
   if not (role == "report").any() or not (role == "select").any():
     raise ValueError(f"need at least 2 tasks in the splits {splits}")
   tasks = ctx.tasks(rows)
+  # A few-shot input needs k training images in every class of every task (a small or
+  # mocked dataset may have fewer): such inputs are left out, with a warning.
+  ids, valid = ctx.padded(tasks)
+  fewest = int(np.asarray(ctx.data.class_count)[ids[valid]].min())
+  short = [k for k in inputs if k.startswith("few_shot_") and int(k.split("_")[2]) > fewest]
+  if short:
+    logging.warning("enhance: %s left out: a class has only %d training images", short, fewest)
+    inputs = [k for k in inputs if k not in short]
+  if not inputs:
+    raise ValueError(f"no input kind left to enhance (a class has only {fewest} images)")
   n, m = len(tasks), len(inputs)
   nets = input_nets(ctx, tasks, rows, inputs, few_shot_steps=few_shot_steps,
                     shot_seed=shot_seed)
@@ -215,7 +226,8 @@ def enhance(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
   before = ctx.accuracy(x, all_tasks).reshape(m, n)
 
   families = [f for f in FAMILIES if any(s[0] == f for s in settings)]
-  results = {"splits": splits, "num_select": int((role == "select").sum()),
+  results = {"splits": splits, "skipped_inputs": short,
+             "num_select": int((role == "select").sum()),
              "num_report": int((role == "report").sum()), "families": families,
              "settings": [(f, label) for f, label, _ in settings], "inputs": {},
              "default_t": {}}
