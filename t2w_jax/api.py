@@ -367,22 +367,16 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
       raise ConfigError("init must be one net, not a batch")
     start = start[0]
   split_seed = int(jax.random.randint(k_split, (), 0, np.iinfo(np.int32).max))
-  order = np.random.default_rng(split_seed).permutation(len(labels))
-  train_rows, val_rows = [[] for _ in range(k)], [[] for _ in range(k)]
+  is_val = np.zeros(len(labels), bool)
+  rng_split = np.random.default_rng(split_seed)
   for c in range(k):
-    rows = order[labels[order] == c]
-    n_train, n_val = tasks_lib.shot_split(len(rows))
-    train_rows[c] = rows[:n_train]
-    val_rows[c] = rows[n_train:] if n_val else rows
-
-  def index(per_class):
-    width = max(len(r) for r in per_class)
-    out = np.zeros((k, width), np.int32)
-    for c, r in enumerate(per_class):
-      out[c, :len(r)] = r
-    return jnp.asarray(out), jnp.asarray([len(r) for r in per_class], jnp.int32)
-
-  (ci, cc), (vi, vc) = index(train_rows), index(val_rows)
+    rows = rng_split.permutation(np.flatnonzero(labels == c))
+    n_train, _ = tasks_lib.shot_split(len(rows))
+    is_val[rows[n_train:]] = True
+  ci, cc = masstrain.index_by_class(labels, k, keep=~is_val)
+  # A class with one image has nothing to hold out: it validates on its training image.
+  vi, vc = masstrain.index_by_class(labels, k, keep=is_val | (counts[labels] == 1))
+  ci, cc, vi, vc = (jnp.asarray(a) for a in (ci, cc, vi, vc))
   data = masstrain.DeviceData(jnp.asarray(images), ci, cc, jnp.asarray(images[:1]),
                               jnp.zeros((k, 1), jnp.int32), jnp.zeros((k,), jnp.int32),
                               jnp.asarray(emb, jnp.float32), vi, vc)
@@ -395,8 +389,7 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
                                                     jnp.ones((k,), bool), s))(
                                                         data, gen.layout.unflatten(start), seed)
   info = {"kept_step": int(fit.steps), "steps_run": int(fit.steps_run),
-          "train_images": int(sum(len(r) for r in train_rows)),
-          "val_images": int(sum(len(r) for r in val_rows))}
+          "train_images": int(np.sum(cc)), "val_images": int(np.sum(vc))}
   return fit.params, info
 
 

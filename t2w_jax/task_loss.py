@@ -60,7 +60,7 @@ def task_images(dataset, classes: Sequence[int], class_emb, task_sizes: tuple[in
   is_val = tasks_lib.validation_mask(labels, val_per_class, val_seed)
   use = is_val if split == "val" else ~is_val
   rows = np.flatnonzero(np.isin(labels, np.asarray(list(classes), np.int64)) & use)
-  index, count = masstrain._index_by_class(labels[rows], len(dataset.class_names))
+  index, count = masstrain.index_by_class(labels[rows], len(dataset.class_names))
   lo, hi = task_sizes
   if not 1 <= lo <= hi <= len(classes):
     raise ValueError(f"task sizes {lo}..{hi} impossible with {len(classes)} allowed classes")

@@ -198,8 +198,9 @@ def enhance(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
   all_tasks = tasks * m
   emb, mask = ctx.class_text(all_tasks)
   gen_rng, noise_rng = jax.random.split(rng)
-  e1, m1 = ctx.class_text(tasks)
-  g = np.tile(np.asarray(api.sample_flat(gen, e1, m1, rng=gen_rng, steps=1)), (m, 1))
+  # The one-step generated net of each task (the embeddings of its first copy).
+  g = np.tile(np.asarray(api.sample_flat(gen, emb[:n], mask[:n], rng=gen_rng, steps=1)),
+              (m, 1))
   nn = np.tile(baselines.nearest_seen_weights(ctx, tasks, count=max(max(nn_counts), 1)),
                (m, 1, 1))
   settings = _settings(kept_t, [int(s) for s in chain_steps],

@@ -91,7 +91,7 @@ class DeviceData(NamedTuple):
   val_count: Any
 
 
-def _index_by_class(labels: np.ndarray, num_classes: int, limit: int | None = None,
+def index_by_class(labels: np.ndarray, num_classes: int, limit: int | None = None,
                     keep: np.ndarray | None = None):
   """(C, width) row ids of each class's examples (those where ``keep``) and their counts."""
   rows = np.arange(len(labels)) if keep is None else np.flatnonzero(keep)
@@ -126,9 +126,9 @@ def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | N
   if class_emb.shape[0] != c:
     raise ValueError(f"{class_emb.shape[0]} class embeddings for {c} classes")
   is_val = tasks_lib.validation_mask(dataset.train_labels, val_per_class, val_seed)
-  class_index, class_count = _index_by_class(dataset.train_labels, c, keep=~is_val)
-  val_index, val_count = _index_by_class(dataset.train_labels, c, keep=is_val)
-  test_index, test_count = _index_by_class(dataset.test_labels, c, eval_per_class)
+  class_index, class_count = index_by_class(dataset.train_labels, c, keep=~is_val)
+  val_index, val_count = index_by_class(dataset.train_labels, c, keep=is_val)
+  test_index, test_count = index_by_class(dataset.test_labels, c, eval_per_class)
   arrays = DeviceData(dataset.train_images, class_index, class_count, dataset.test_images,
                       test_index, test_count, class_emb.astype(np.float32), val_index,
                       val_count)
