@@ -33,7 +33,6 @@ import os
 from typing import Mapping
 
 import jax
-import numpy as np
 
 from t2w_jax.errors import ConfigError
 from t2w_jax.workdir_lock import LOCK_FILE
@@ -206,6 +205,11 @@ def _initialized() -> bool:
   return distributed.global_state.client is not None
 
 
+def _coordination_client():
+  from jax._src import distributed  # no public handle to the coordination service's client
+  return distributed.global_state.client
+
+
 def joined() -> bool:
   """Whether this process is one of several in a run (``initialize`` joined it)."""
   return _initialized() and jax.process_count() > 1
@@ -216,15 +220,48 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+# How long a process waits at a barrier for the others: long enough for process 0 to build
+# what the others wait for (the corpus's data, its generalist) on a slow host.
+BARRIER_TIMEOUT_S = 3600
+_barriers_passed = [0]
+
+
 def barrier(name: str) -> None:
   """Waits until every process of the run reaches the barrier called ``name``.
 
   A no-op for a single process. Every process must call the same barriers in the same
-  order (the name is checked to be the same on all).
+  order. The wait goes through JAX's coordination service, not through a collective: the
+  CPU collectives (gloo) give up on a peer after a fixed 30 s, so a process that waits
+  longer than that for process 0 must not wait in one (see ``before_first_collective``).
+
+  Raises:
+    TimeoutError: a process did not arrive within ``BARRIER_TIMEOUT_S`` (it stopped, or
+      the processes called different barriers).
   """
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # local: only multi-process runs need it
-    multihost_utils.sync_global_devices(name)
+  if jax.process_count() == 1:
+    return
+  client = _coordination_client()
+  # Ids are unique per run (a count every process keeps in step), so one name may be used
+  # again; the name makes a timeout's message say where it waited.
+  _barriers_passed[0] += 1
+  barrier_id = f"t2w:{_barriers_passed[0]}:{name}"
+  try:
+    client.wait_at_barrier(barrier_id, BARRIER_TIMEOUT_S * 1000)
+  except Exception as e:  # the client raises a generic runtime error
+    raise TimeoutError(f"process {jax.process_index()} waited {BARRIER_TIMEOUT_S} s at "
+                       f"barrier {name!r} (number {_barriers_passed[0]}) and not every "
+                       f"process arrived: {e}") from e
+
+
+def before_first_collective(name: str) -> None:
+  """Call just before the first program that communicates between processes is run.
+
+  XLA's CPU collectives connect the processes on a program's first collective and give up
+  if a peer is more than 30 s late; compiling or loading can put one process that far
+  behind on a busy host. Compile first (``.lower(...).compile()``), then pass this
+  barrier, so that every process dispatches the program at the same moment.
+  """
+  barrier(f"{name}: ready to run")
 
 
 @contextlib.contextmanager
@@ -267,8 +304,14 @@ def check_same(value: int, what: str, fix: str) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # local: only multi-process runs need it
-  values = [int(v) for v in multihost_utils.process_allgather(np.int32(value))]
+  # Exchanged through the coordination service's key-value store, not a collective (which
+  # would give up on a process more than 30 s late; ``barrier``).
+  client = _coordination_client()
+  key = f"t2w:check_same:{_barriers_passed[0]}:{what}"
+  client.key_value_set(f"{key}:{jax.process_index()}", str(int(value)))
+  values = [int(client.blocking_key_value_get(f"{key}:{p}", BARRIER_TIMEOUT_S * 1000))
+            for p in range(jax.process_count())]
+  barrier(f"checked {what}")  # nobody goes on (or refuses) before every value is read
   if len(set(values)) > 1:
     each = ", ".join(f"process {p}: {v}" for p, v in enumerate(values))
     raise ConfigError(f"the processes disagree on {what} ({each}); {fix}")

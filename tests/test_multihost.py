@@ -256,6 +256,35 @@ def test_training_resumes_after_one_process_is_killed(reference, two_processes, 
   _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
 
 
+# launch/train.py, with process 1 held back before its first step by more than the 30 s
+# that XLA's CPU collectives wait for a peer when they first connect.
+_LATE_TRAIN = """
+import os, runpy, sys, time
+from t2w_jax.train import loop
+put_batch, late = loop.put_batch, [os.environ["JAX_PROCESS_ID"] == "1"]
+def held_back(*args, **kwargs):
+  if late[0]:
+    late[0] = False
+    time.sleep(40)
+  return put_batch(*args, **kwargs)
+loop.put_batch = held_back
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_process_late_to_the_first_step_is_waited_for(reference, two_processes, tmp_path):
+  """A process that compiles or loads 40 s slower than the other (a busy host) used to fail
+  the run when the first step's collective gave up on it; the step now waits for both."""
+  ref_dir, ref_state = reference
+  workdir = str(tmp_path / "run")
+  corpus_dir = os.path.join(two_processes[0], "corpus")
+  cmd = [sys.executable, "-c", _LATE_TRAIN] + _script("train")[1:] + TRAIN + [
+      f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}"]
+  _run_pair(cmd, str(tmp_path), "late")
+  _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
+
+
 @pytest.mark.parametrize("env,flags,match", [
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:12355", "JAX_NUM_PROCESSES": "2"}, {},
      "incomplete.*process_id"),

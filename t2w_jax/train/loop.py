@@ -188,8 +188,12 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
                                   else None)
   progress = reporting.ProgressReporter(config.num_steps, every_secs=15.0)
   end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
-  history, last, t0 = [], {}, time.time()
+  history, last = [], {}
   with mesh_lib.activate(mesh):
+    if start < end:
+      step_fn = step_fn.lower(state, put_batch(batches(start), mesh), task_data).compile()
+      multihost.before_first_collective("train step")
+    t0 = time.time()
     for step in range(start, end):
       state, metrics = step_fn(state, put_batch(batches(step), mesh), task_data)
       history.append(metrics)
