@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--torch_timeout", type=float, default=3600.0,
                  help="seconds the PyTorch side may take")
   t.add_argument("--train_steps", type=int, help="train steps per timed repeat")
+  t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                 help="both sides' compute dtype (theirs: torch.autocast for bfloat16)")
   st = sub.add_parser("step", parents=[common],
                       help="generator train step: diffusion only vs + task loss")
   st.add_argument("--workdir", required=True, help="run directory holding corpus/")
@@ -136,7 +138,7 @@ def _main(argv=None) -> int:
         torch_python=args.torch_python, threads=args.torch_threads, quick=args.quick,
         repeats=args.repeats, train_steps=args.train_steps, matmul_size=args.matmul_size,
         default_cnn=None if args.quick else cnn, default_image_size=image_size,
-        timeout=args.torch_timeout)
+        timeout=args.torch_timeout, dtype=args.dtype)
     report = pytorch_bench.format_report(result)
   print(report, flush=True)
   if args.json:

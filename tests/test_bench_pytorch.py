@@ -6,6 +6,7 @@ PyTorch side is the real driver subprocess under a Python whose torch is hidden 
 With T2W_TORCH_PYTHON (a Python with torch) and T2W_REPO (a checkout of the PyTorch T2W)
 set, ``test_quick_side_by_side_with_torch`` also runs the whole path at tiny sizes.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from configs import dit as dit_config
 from t2w_jax.bench import dit_bench, pytorch_bench
 from t2w_jax.errors import MissingError
+from t2w_jax.models import model_flops_per_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +42,9 @@ def _ours(samples_per_s=6.4, denoise_s=0.1, flops=21e9, mfu=0.5):
           "sampler_seconds": [0.002], "sampler_seconds_median": 0.002,
           "generate_seconds": [0.012], "generate_seconds_median": 0.012,
           "generate_skipped": ""},
+      "token_concat": {
+          "train": {"dtype": "float32", "samples_per_s": 2 * samples_per_s},
+          "model_flops_per_example": flops / 2, "mfu": mfu},
       "commit": {"commit": "0123456789abcdef", "dirty": False},
       "machine": {"cpu": "Test CPU", "cpu_cores": 2, "jax_version": "0", "backend": "cpu",
                   "num_devices": 1, "device_kind": "cpu", "xla_flags": ""},
@@ -86,6 +91,7 @@ def _python_with_torch(tmp_path, monkeypatch, torch_init):
 def test_compare_on_fixed_numbers():
   q = pytorch_bench.compare(_ours(), _theirs())
   assert q["train_samples_per_s"] == pytest.approx(6.4 / 3.2)
+  assert q["token_concat_train_samples_per_s"] == pytest.approx(12.8 / 3.2)
   assert q["denoise_speedup"] == pytest.approx(1.0 / 0.1)
   assert q["flops_per_example"] == pytest.approx(3.0)
   # 7 GFLOP/example x 3.2 examples/s over a 100 GFLOP/s matmul.
@@ -103,6 +109,7 @@ def test_report_with_torch_on_fixed_numbers():
   rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
           for line in text.splitlines() if line.startswith("| ")}
   assert rows["train samples/s"] == ["6.4", "3.2", "2x"]
+  assert rows["train samples/s, token-concat (their conditioning)"] == ["12.8", "3.2", "4x"]
   assert rows["one denoising call, batch 1"] == ["100 ms", "1000 ms", "10x faster"]
   assert rows["1000-step DDPM per net (1000 calls)"] == ["1.67 min", "16.7 min", ""]
   assert rows["train FLOPs/example"] == ["21 G", "7 G", "3x"]
@@ -110,9 +117,23 @@ def test_report_with_torch_on_fixed_numbers():
   for needle in ("2026-12-01T12:00:00+00:00", "commit 0123456789ab", "/src/T2W",
                  "commit fedcba987654 with local changes", "patched: FrequencyEmbedder",
                  "one net at the default config", "12 ms (text to weights",
-                 "<= 50 ms on the project's 2-core CPU: met"):
+                 "<= 50 ms on the project's 2-core CPU: met",
+                 "vs PyTorch >= 1.2x: 2x, met", "token-concat train samples/s vs PyTorch >= "
+                 "1.5x: 4x, met", "same-run matmul >= 70 %: 50.0 %, NOT met"):
     assert needle in text, needle
   json.dumps(r)  # JSON-ready
+
+
+def test_token_concat_size_switches_the_conditioning_and_its_flops():
+  token = dataclasses.replace(dit_bench.CIFAR_SIZE, conditioning="token")
+  assert token.dit_switches() == dict(cond_adaln=False, cross_attention=False,
+                                      prior_bias=False, text_as_token=True)
+  assert dit_bench.CIFAR_SIZE.dit_switches()["cross_attention"]
+  prior_flops = model_flops_per_example(dit_bench.CIFAR_SIZE.flops_config())
+  token_flops = model_flops_per_example(token.flops_config())
+  assert token_flops < prior_flops  # no cross-attention to 33 class tokens
+  with pytest.raises(ValueError, match="conditioning"):
+    dataclasses.replace(token, conditioning="concat").dit_switches()
 
 
 def test_one_net_target_is_held_on_cpu_only():

@@ -59,11 +59,24 @@ class DiTSize:
   batch_size: int
   text_dim: int
   max_classes: int
+  # "prior": our default conditioning (adaLN on the fused text, cross-attention to the class
+  # tokens with the prior bias); "token": the PyTorch T2W's (the fused text as one extra
+  # token, adaLN on the timestep only, no cross-attention), for equal-work comparisons.
+  conditioning: str = "prior"
+
+  def dit_switches(self) -> dict:
+    """The DiT's conditioning switches for ``conditioning``."""
+    if self.conditioning not in ("prior", "token"):
+      raise ValueError(f"conditioning must be 'prior' or 'token', got {self.conditioning!r}")
+    prior = self.conditioning == "prior"
+    return dict(cond_adaln=prior, cross_attention=prior, prior_bias=prior,
+                text_as_token=not prior)
 
   def flops_config(self) -> dict:
-    """What ``model_flops_per_example`` reads (conditioning as timed: all on, no token)."""
-    return dict(dataclasses.asdict(self), cond_adaln=True, cross_attention=True,
-                text_as_token=False)
+    """What ``model_flops_per_example`` reads (the conditioning as timed)."""
+    fields = dataclasses.asdict(self)
+    fields.pop("conditioning")
+    return dict(fields, **self.dit_switches())
 
 
 CIFAR_SIZE = DiTSize(width=1024, depth=6, num_heads=8, mlp_ratio=4.0, block_size=576,
@@ -85,8 +98,8 @@ def build_dit(size: DiTSize, dtype) -> DiT:
   """The timed DiT; every token is its own layer (the embedding tables are tiny anyway)."""
   return DiT(width=size.width, depth=size.depth, num_heads=size.num_heads,
              mlp_ratio=size.mlp_ratio, block_size=size.block_size, num_layers=size.num_tokens,
-             max_blocks=1, text_dim=size.text_dim, cond_adaln=True, cross_attention=True,
-             prior_bias=True, text_as_token=False, dtype=jnp.dtype(dtype))
+             max_blocks=1, text_dim=size.text_dim, dtype=jnp.dtype(dtype),
+             **size.dit_switches())
 
 
 def random_text(rng: np.random.Generator, batch: int, max_classes: int, dim: int):
@@ -357,17 +370,37 @@ def measure_cifar(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: st
   matmul = {"float32": bench.matmul_peak(matmul_size, "float32", repeats)}
   if jax.default_backend() != "cpu" or dtype == "bfloat16":
     matmul["bfloat16"] = bench.matmul_peak(matmul_size, "bfloat16", repeats)
-  train = bench_train(size, config, dtype, repeats, train_steps, seed)
-  params = train.pop("_params")
-  denoise = bench_denoise(size, params, dtype, denoise_repeats, seed)
+  result = measure_train(size, config, dtype=dtype, repeats=repeats, train_steps=train_steps,
+                         matmul=matmul[dtype], seed=seed, keep_params=True)
+  params = result["train"].pop("_params")
+  result["denoise"] = bench_denoise(size, params, dtype, denoise_repeats, seed)
   del params
+  return dict(result, matmul=matmul)
+
+
+def measure_train(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: str,
+                  repeats: int, train_steps: int, matmul: dict, seed: int = 0,
+                  keep_params: bool = False) -> dict:
+  """The train step of ``size`` and its fraction of a same-run matmul.
+
+  Args:
+    size, config, dtype, repeats, train_steps, seed: as ``measure_cifar``.
+    matmul: ``bench.matmul_peak``'s result in ``dtype``, measured in the same run.
+    keep_params: leave the trained parameters in ``train["_params"]`` (for timing the
+      denoising call on them).
+
+  Returns:
+    dict with size, train, model_flops_per_example, achieved_gflops_per_s, mfu, mfu_peak.
+  """
+  train = bench_train(size, config, dtype, repeats, train_steps, seed)
+  if not keep_params:
+    del train["_params"]
   flops = model_flops_per_example(size.flops_config(), training=True)
   achieved = flops * train["samples_per_s"]
-  return {"size": dataclasses.asdict(size), "matmul": matmul, "train": train,
-          "denoise": denoise, "model_flops_per_example": flops,
-          "achieved_gflops_per_s": achieved / 1e9,
-          "mfu": achieved / (matmul[dtype]["gflops_per_s"] * 1e9),
-          "mfu_peak": f"matmul {matmul_size}^3 {dtype}"}
+  return {"size": dataclasses.asdict(size), "train": train,
+          "model_flops_per_example": flops, "achieved_gflops_per_s": achieved / 1e9,
+          "mfu": achieved / (matmul["gflops_per_s"] * 1e9),
+          "mfu_peak": f"matmul {matmul['n']}^3 {dtype}"}
 
 
 def resolve_dtype(dtype: str) -> str:

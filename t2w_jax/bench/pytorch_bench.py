@@ -7,10 +7,14 @@ extra, never a requirement of t2w_jax or its tests), and times its train step an
 denoising call the way ``dit_bench`` times ours; then it times ours and prints both, the
 ratios, and each side's fraction of its own library's matmul measured in the same run.
 
-Both sides at the CIFAR size in float32 (the PyTorch config runs without amp):
+Both sides at the CIFAR size, in float32 (the PyTorch config runs without amp) or, with
+``--dtype bfloat16``, both in bfloat16 (ours: the DiT's compute dtype; theirs: the forwards
+under ``torch.autocast``), each against its own library's matmul in that dtype:
 
 * ours: ``dit_bench.measure_cifar`` at ``dit_bench.CIFAR_SIZE`` (width 1024, 6 layers, 8
-  heads, 34 tokens of 576 values, batch 32; adaLN, cross-attention, prior bias).
+  heads, 34 tokens of 576 values, batch 32; adaLN, cross-attention, prior bias), and the
+  train step of the same DiT with the PyTorch T2W's conditioning (``dit_bench.TOKEN_SIZE``:
+  the text as one more token, no cross-attention), the equal-work comparison.
 * theirs: ``PYTORCH_CIFAR``, from the checkout's configs/train/cifar100_classifier.yaml
   (width 1024, 6 layers, 8 heads, 576-value chunks within layers, 1000 linear-schedule
   timesteps, batch 32, AdamW lr 4e-4, wd 0.1, clipping 0.1) and its
@@ -24,6 +28,7 @@ model cannot be imported or built, is a user error naming what is missing.
 The report also carries one net at the default config (``dit_bench.
 bench_default_generation``) against its target, ``dit_bench.ONE_NET_TARGET_SECONDS``.
 """
+import dataclasses
 import datetime
 import json
 import os
@@ -113,7 +118,7 @@ def describe_commit(c: dict) -> str:
 
 def run_torch_side(repo: str, python: str, cfg: dict, *, repeats: int, train_steps: int,
                    denoise_repeats: int, threads: int, matmul_size: int, seed: int = 0,
-                   timeout: float = 3600) -> dict:
+                   timeout: float = 3600, dtype: str = "float32") -> dict:
   """Runs ``torch_driver.py`` with ``python``; its result, with status "ok" or "no_torch".
 
   Raises:
@@ -127,7 +132,7 @@ def run_torch_side(repo: str, python: str, cfg: dict, *, repeats: int, train_ste
     cmd = [python, DRIVER, "--t2w_repo", repo, "--config", json.dumps(cfg), "--json", out,
            "--repeats", str(repeats), "--train_steps", str(train_steps),
            "--denoise_repeats", str(denoise_repeats), "--threads", str(threads),
-           "--matmul_size", str(matmul_size), "--seed", str(seed)]
+           "--matmul_size", str(matmul_size), "--seed", str(seed), "--dtype", dtype]
     # Also for the OpenMP pools torch starts before set_num_threads runs.
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
@@ -170,13 +175,18 @@ def compare(ours: dict, theirs: dict) -> dict:
   Returns:
     train_samples_per_s: ours / theirs (above 1: ours trains faster).
     denoise_speedup: their latency / ours (above 1: our denoising call is faster).
+    token_concat_train_samples_per_s: the same for our DiT with their conditioning (None
+      when it was not timed).
     flops_per_example: our model FLOPs per train example / theirs (None without theirs).
     their_matmul_fraction: their step's FLOP/s over torch's matmul (None without FLOPs).
   """
   tt = theirs["train"]
   their_flops = tt.get("flops_per_example")
+  token = ours.get("token_concat")
   return {
       "train_samples_per_s": ours["train"]["samples_per_s"] / tt["samples_per_s"],
+      "token_concat_train_samples_per_s": (token["train"]["samples_per_s"]
+                                           / tt["samples_per_s"] if token else None),
       "denoise_speedup": theirs["denoise"]["seconds_median"]
                          / ours["denoise"]["seconds_median"],
       "flops_per_example": (ours["model_flops_per_example"] / their_flops
@@ -188,12 +198,17 @@ def compare(ours: dict, theirs: dict) -> dict:
 
 def measure_ours(dit_config: ml_collections.ConfigDict, *, quick: bool, repeats: int,
                  train_steps: int, matmul_size: int, denoise_repeats: int,
-                 default_cnn: dict | None, default_image_size: int, seed: int = 0) -> dict:
-  """Our side: ``dit_bench.measure_cifar`` in float32 and the one-net default figure."""
+                 default_cnn: dict | None, default_image_size: int, seed: int = 0,
+                 dtype: str = "float32") -> dict:
+  """Our side: ``dit_bench.measure_cifar`` in ``dtype``, the train step with the token-concat
+  conditioning (``token_concat``), and the one-net default figure."""
   size = dit_bench.QUICK_SIZE if quick else dit_bench.CIFAR_SIZE
-  ours = dit_bench.measure_cifar(size, dit_config, dtype="float32", repeats=repeats,
+  ours = dit_bench.measure_cifar(size, dit_config, dtype=dtype, repeats=repeats,
                                  train_steps=train_steps, matmul_size=matmul_size,
                                  denoise_repeats=denoise_repeats, seed=seed)
+  ours["token_concat"] = dit_bench.measure_train(
+      dataclasses.replace(size, conditioning="token"), dit_config, dtype=dtype,
+      repeats=repeats, train_steps=train_steps, matmul=ours["matmul"][dtype], seed=seed)
   ours["generate_default"] = dit_bench.bench_default_generation(
       dit_config, default_cnn or (dit_bench.QUICK_CNN if quick else dit_bench.CNN19K),
       image_size=default_image_size, repeats=denoise_repeats, seed=seed,
@@ -205,7 +220,8 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
         torch_python: str | None = None, threads: int | None = None, quick: bool = False,
         repeats: int | None = None, train_steps: int | None = None,
         matmul_size: int | None = None, default_cnn: dict | None = None,
-        default_image_size: int = 16, seed: int = 0, timeout: float = 3600) -> dict:
+        default_image_size: int = 16, seed: int = 0, timeout: float = 3600,
+        dtype: str = "float32") -> dict:
   """The side-by-side benchmark: the PyTorch side first (it fails fast on a bad checkout),
   then ours, on the same machine.
 
@@ -224,6 +240,7 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
     default_image_size: the default corpus's image size.
     seed: data and parameter seed of both sides.
     timeout: seconds the PyTorch side may take.
+    dtype: "float32" or "bfloat16", both sides (module docstring).
 
   Returns:
     JSON-ready results (see ``format_report``).
@@ -243,12 +260,12 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
   date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   theirs = run_torch_side(repo, python, cfg, repeats=repeats, train_steps=train_steps,
                           denoise_repeats=denoise_repeats, threads=threads,
-                          matmul_size=matmul_size, seed=seed, timeout=timeout)
+                          matmul_size=matmul_size, seed=seed, timeout=timeout, dtype=dtype)
   theirs.update(checkout=repo, checkout_commit=git_commit(repo), config=cfg)
   ours = measure_ours(dit_config, quick=quick, repeats=repeats, train_steps=train_steps,
                       matmul_size=matmul_size, denoise_repeats=denoise_repeats,
                       default_cnn=default_cnn, default_image_size=default_image_size,
-                      seed=seed)
+                      seed=seed, dtype=dtype)
   ours.update(commit=git_commit(ROOT), machine=bench.machine_info())
   return {"benchmark": "pytorch", "date": date, "quick": quick, "ours": ours,
           "theirs": theirs,
@@ -259,13 +276,41 @@ def _ms(seconds: float) -> str:
   return f"{1e3 * seconds:.4g} ms"
 
 
+def _their_precision(dtype: str) -> str:
+  return "float32" if dtype == "float32" else f"forwards under torch.autocast({dtype})"
+
+
+# Issue 14's CPU targets for the train step, as (what, ratio key or "mfu", at least).
+TARGETS = (("default (prior attention) train samples/s vs PyTorch", "train_samples_per_s", 1.2),
+           ("token-concat train samples/s vs PyTorch", "token_concat_train_samples_per_s", 1.5),
+           ("default train step / same-run matmul", "mfu", 0.70))
+
+
+def target_lines(ours: dict, comparison: dict | None, quick: bool = False) -> list[str]:
+  """One line per target of ``TARGETS``: its figure and met / NOT met (on a CPU at the
+  CIFAR size only: not with quick)."""
+  if quick or ours["machine"]["backend"] != "cpu":
+    return []
+  lines = []
+  for what, key, bar in TARGETS:
+    value = ours["mfu"] if key == "mfu" else (comparison or {}).get(key)
+    if value is None:
+      continue
+    shown = f"{100 * value:.1f} %" if key == "mfu" else f"{value:.3g}x"
+    bar_shown = f"{100 * bar:.0f} %" if key == "mfu" else f"{bar:g}x"
+    lines.append(f"target: {what} >= {bar_shown}: {shown}, "
+                 f"{'met' if value >= bar else 'NOT met'}")
+  return lines
+
+
 def _describe_theirs(t: dict) -> str:
   c, tr = t["config"], t["train"]
   return (f"PyTorch T2W train step (training_losses x0 MSE + backward + clipping + AdamW; no "
           f"discriminator or EMA): GPT width {c['n_embd']}, {c['n_layer']} layers, "
           f"{c['n_head']} heads, {t['num_tokens']} tokens ({c['chunk_size']}-value chunks "
           f"within layers, D={t['D']}; text and timestep as tokens), {t['params'] / 1e6:.1f} M "
-          f"params, float32, batch {tr['batch_size']}; torch {t['torch_version']} on "
+          f"params, {_their_precision(t.get('dtype', 'float32'))}, batch {tr['batch_size']}; "
+          f"torch {t['torch_version']} on "
           f"{t['device']}, {t['threads']} thread(s); median of {len(tr['seconds'])} x "
           f"{tr['steps_per_repeat']} step(s)")
 
@@ -273,6 +318,9 @@ def _describe_theirs(t: dict) -> str:
 def format_report(r: dict) -> str:
   """The printed report: both sides' figures and ratios, or ours alone without torch."""
   o, t, q = r["ours"], r["theirs"], r["comparison"]
+  dtype = o["train"]["dtype"]
+  mm = o["matmul"][dtype]
+  token = o.get("token_concat")
   lines = [
       "Side by side: t2w_jax and the PyTorch T2W, same machine, same run"
       + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
@@ -287,9 +335,11 @@ def format_report(r: dict) -> str:
         dit_bench.describe_cifar_step(o),
         "",
         bench.format_table(
-            ["figure (float32)", "t2w_jax"],
-            [["train samples/s", o["train"]["samples_per_s"]],
-             ["one denoising call, batch 1", _ms(o["denoise"]["seconds_median"])]]),
+            [f"figure ({dtype})", "t2w_jax"],
+            [["train samples/s", o["train"]["samples_per_s"]]]
+            + ([["train samples/s, token-concat (their conditioning)",
+                 token["train"]["samples_per_s"]]] if token else [])
+            + [["one denoising call, batch 1", _ms(o["denoise"]["seconds_median"])]]),
         "",
         dit_bench.describe_mfu(o),
     ]
@@ -304,9 +354,13 @@ def format_report(r: dict) -> str:
         _describe_theirs(t),
         "",
         bench.format_table(
-            ["figure (float32)", "t2w_jax", "PyTorch T2W", "t2w_jax vs PyTorch"],
+            [f"figure ({dtype})", "t2w_jax", "PyTorch T2W", "t2w_jax vs PyTorch"],
             [["train samples/s", ot["samples_per_s"], tt["samples_per_s"],
-              f"{q['train_samples_per_s']:.3g}x"],
+              f"{q['train_samples_per_s']:.3g}x"]]
+            + ([["train samples/s, token-concat (their conditioning)",
+                 token["train"]["samples_per_s"], tt["samples_per_s"],
+                 f"{q['token_concat_train_samples_per_s']:.3g}x"]] if token else [])
+            + [
              ["one denoising call, batch 1", _ms(o["denoise"]["seconds_median"]),
               _ms(td["seconds_median"]), f"{q['denoise_speedup']:.3g}x faster"],
              ["1000-step DDPM per net (1000 calls)",
@@ -316,16 +370,18 @@ def format_report(r: dict) -> str:
              ["train FLOPs/example", f"{o['model_flops_per_example'] / 1e9:.4g} G",
               "not counted" if not their_flops else f"{their_flops / 1e9:.4g} G",
               "" if q["flops_per_example"] is None else f"{q['flops_per_example']:.3g}x"],
-             [f"{o['matmul']['float32']['n']}^3 f32 matmul, same run",
-              f"{o['matmul']['float32']['gflops_per_s']:.4g} GFLOP/s",
+             [f"{mm['n']}^3 {dtype} matmul, same run", f"{mm['gflops_per_s']:.4g} GFLOP/s",
               f"{t['matmul']['gflops_per_s']:.4g} GFLOP/s", ""],
              ["train step / that matmul", f"{100 * o['mfu']:.1f} %",
               "" if q["their_matmul_fraction"] is None
-              else f"{100 * q['their_matmul_fraction']:.1f} %", ""]]),
+              else f"{100 * q['their_matmul_fraction']:.1f} %", ""]]
+            + ([["token-concat step / that matmul", f"{100 * token['mfu']:.1f} %", "", ""]]
+               if token else [])),
         "FLOPs: ours from models.model_flops_per_example, theirs from "
         "torch.utils.flop_counter on one step; each fraction is over its own library's "
         "matmul.",
     ]
+  lines += ["", *target_lines(o, q, r["quick"])]
   lines += ["", *dit_bench.describe_default_generation(
       o["generate_default"], o["machine"]["backend"], r["quick"])]
   return "\n".join(lines)

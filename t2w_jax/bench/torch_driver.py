@@ -18,8 +18,10 @@ at the size ``--config`` gives, and times, the same way as ``dit_bench``:
   repeats of ``train_steps`` steps.
 * one denoising call: one forward of the model at batch 1, t=500, under
   ``torch.inference_mode``; one warm-up call, then the median of ``denoise_repeats`` calls.
-* an n x n x n float32 matmul (``torch.mm``), the peak its FLOPs are measured against;
-  the step's FLOPs come from ``torch.utils.flop_counter`` on the warm-up step.
+* an n x n x n matmul (``torch.mm``) in ``--dtype``, the peak its FLOPs are measured
+  against; the step's FLOPs come from ``torch.utils.flop_counter`` on the warm-up step.
+
+``--dtype bfloat16`` runs the forwards under ``torch.autocast`` (float32 master weights).
 
 It writes one JSON object to ``--json``: ``{"status": "ok", ...}``; ``{"status":
 "no_torch", "reason"}``; ``{"status": "import_error" | "build_error", "what", "reason"}``
@@ -115,9 +117,10 @@ def _sync(torch, device) -> None:
     torch.cuda.synchronize()
 
 
-def time_matmul(torch, device, n: int, repeats: int) -> dict:
-  """GFLOP/s of an n x n x n float32 ``torch.mm`` (median of ``repeats`` after a warm-up)."""
-  a, b = (torch.randn(n, n, device=device) for _ in range(2))
+def time_matmul(torch, device, n: int, repeats: int, dtype: str = "float32") -> dict:
+  """GFLOP/s of an n x n x n ``torch.mm`` in ``dtype`` (median of ``repeats`` after a
+  warm-up)."""
+  a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
   torch.mm(a, b)
   _sync(torch, device)
   times = []
@@ -127,12 +130,17 @@ def time_matmul(torch, device, n: int, repeats: int) -> dict:
     _sync(torch, device)
     times.append(time.perf_counter() - start)
   sec = statistics.median(times)
-  return {"n": n, "dtype": "float32", "seconds": sec, "gflops_per_s": 2.0 * n**3 / sec / 1e9}
+  return {"n": n, "dtype": dtype, "seconds": sec, "gflops_per_s": 2.0 * n**3 / sec / 1e9}
 
 
 def bench(repo: str, cfg: dict, *, repeats: int, train_steps: int, denoise_repeats: int,
-          threads: int, matmul_size: int, seed: int) -> dict:
-  """Imports torch and the checkout, builds the model and times it (module docstring)."""
+          threads: int, matmul_size: int, seed: int, dtype: str = "float32") -> dict:
+  """Imports torch and the checkout, builds the model and times it (module docstring).
+
+  ``dtype`` "bfloat16" runs the forward passes under ``torch.autocast`` in bfloat16 (float32
+  master weights and optimiser, PyTorch's own mixed-precision recipe) and times a bfloat16
+  matmul; "float32" runs as the checkout does.
+  """
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except Exception as e:  # ImportError, or a broken install that fails while importing
@@ -167,10 +175,14 @@ def bench(repo: str, cfg: dict, *, repeats: int, train_steps: int, denoise_repea
                                    betas=(0.9, cfg["beta2"]))
   params = list(model.parameters())
 
+  def autocast():
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
   def step():
     t, weights = sampler.sample(b, device)
-    losses = diffusion.training_losses(model, x0, t, model_kwargs={"cond": cond})
-    loss = (losses["loss"] * weights).mean()
+    with autocast():
+      losses = diffusion.training_losses(model, x0, t, model_kwargs={"cond": cond})
+      loss = (losses["loss"].float() * weights).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
@@ -204,7 +216,7 @@ def bench(repo: str, cfg: dict, *, repeats: int, train_steps: int, denoise_repea
   t = torch.full((1,), 500, dtype=torch.long, device=device)
   c = torch.randn(1, cfg["text_dim"], device=device)
   den = []
-  with torch.inference_mode():
+  with torch.inference_mode(), autocast():
     for i in range(denoise_repeats + 1):
       start = time.perf_counter()
       out = model(x_t, t, c)
@@ -214,10 +226,11 @@ def bench(repo: str, cfg: dict, *, repeats: int, train_steps: int, denoise_repea
   if tuple(out.shape) != (1, d):
     return {"status": "build_error", "what": f"{MODEL[0]}.{MODEL[1]}.forward",
             "reason": f"gave shape {tuple(out.shape)}, expected {(1, d)}"}
-  matmul = time_matmul(torch, device, matmul_size, repeats)
+  matmul = time_matmul(torch, device, matmul_size, repeats, dtype)
 
   return {
       "status": "ok", "python": sys.executable, "torch_version": torch.__version__,
+      "dtype": dtype,
       "device": str(device), "threads": torch.get_num_threads(), "patched": patched,
       "params": sum(p.numel() for p in params),
       "num_tokens": int(model.decoder.block_size), "D": d,
@@ -241,11 +254,13 @@ def main(argv=None) -> int:
   p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   args = p.parse_args(argv)
   try:
     result = bench(args.t2w_repo, json.loads(args.config), repeats=args.repeats,
                    train_steps=args.train_steps, denoise_repeats=args.denoise_repeats,
-                   threads=args.threads, matmul_size=args.matmul_size, seed=args.seed)
+                   threads=args.threads, matmul_size=args.matmul_size, seed=args.seed,
+                   dtype=args.dtype)
   except Exception as e:  # a crash inside the checkout's code mid-run: report, not hide
     result = {"status": "crashed", "what": "the timed run", "reason": _one_line(e),
               "traceback": traceback.format_exc()[-4000:]}
