@@ -15,6 +15,7 @@ Logical axis names used on parameters:
   projections); "block": the block size P (token feature dim); "text": the text-encoder
   dim. Activations use "batch", "tokens", "embed".
 """
+import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -72,10 +73,99 @@ def constrain_tokens(x: Array) -> Array:
   return nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
 
 
+def _transposed_specs(spec: str) -> tuple[str, str]:
+  """For "A,B->C", the specs of the two gradients: "C,B->A" and "A,C->B"."""
+  inputs, out = spec.replace(" ", "").split("->")
+  a, b = inputs.split(",")
+  for idx, others in ((a, b + out), (b, a + out)):
+    lost = set(idx.replace("...", "")) - set(others)
+    if lost:  # an index summed within one operand has no transpose of this form
+      raise ValueError(f"einsum {spec!r}: indices {sorted(lost)} appear in one operand only")
+  return f"{out},{b}->{a}", f"{a},{out}->{b}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _low_precision_einsum(spec: str, a: Array, b: Array, dtype: Any) -> Array:
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
+                    preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _low_precision_fwd(spec, a, b, dtype):
+  a_low, b_low = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, a_low, b_low, preferred_element_type=jnp.float32).astype(dtype)
+  # Empty arrays carry the operands' dtypes (residuals must be arrays).
+  return out, (a_low, b_low, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+
+
+def _low_precision_bwd(spec, dtype, res, g):
+  a_low, b_low, a_like, b_like = res
+  spec_a, spec_b = _transposed_specs(spec)
+  g = g.astype(dtype)
+  da = jnp.einsum(spec_a, g, b_low, preferred_element_type=jnp.float32)
+  db = jnp.einsum(spec_b, a_low, g, preferred_element_type=jnp.float32)
+  return da.astype(a_like.dtype), db.astype(b_like.dtype)
+
+
+_low_precision_einsum.defvjp(_low_precision_fwd, _low_precision_bwd)
+
+
+def einsum(spec: str, a: Array, b: Array, dtype: Dtype) -> Array:
+  """``jnp.einsum`` of two operands computed in ``dtype``, its gradients too.
+
+  In float32 it is the plain einsum. In a lower precision (bfloat16) the operands, and in
+  the backward pass the cotangent, are cast to ``dtype`` and every product (forward and
+  both gradients) accumulates in float32 (``preferred_element_type``), the usual mixed
+  precision. This is also what reaches the CPU's bfloat16 matrix units (AMX): XLA's CPU
+  backend gives a bfloat16 product with a bfloat16 result to a slow generic kernel, and
+  JAX's own transpose of a float32-result product multiplies a float32 cotangent by a
+  bfloat16 operand (t2w_jax/bench measures both).
+
+  Args:
+    spec: "A,B->C" without repeated indices within an operand; every index of A appears
+      in B or C, and every index of B in A or C (true of every projection and attention
+      product here; another is refused with a ValueError in low precision).
+    a, b: the operands (any float dtype; their gradients come back in it).
+    dtype: the compute dtype; the result has it.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype))
+  _transposed_specs(spec)  # refuses a spec whose gradients it cannot form, here
+  return _low_precision_einsum(spec, a, b, jnp.dtype(dtype))
+
+
+class Dense(nn.Module):
+  """``nn.Dense`` (same parameter names and shapes) whose product is ``einsum``'s.
+
+  Attributes:
+    features: output features.
+    axes: logical names of the (in, out) kernel axes; the bias has axes[1].
+    dtype: compute dtype (params stay float32).
+    zero_init: zero kernel and bias (adaLN-Zero modulations, gates).
+    use_bias: whether to add a bias.
+  """
+  features: int
+  axes: tuple[Optional[str], Optional[str]]
+  dtype: Dtype = jnp.float32
+  zero_init: bool = False
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kinit = nn.initializers.zeros_init() if self.zero_init else default_kernel_init
+    kernel = self.param("kernel", partitioned(kinit, self.axes),
+                        (x.shape[-1], self.features), jnp.float32)
+    y = einsum("...i,io->...o", x, kernel, self.dtype)
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axes[1],)),
+                        (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 def dense(features: int, axes: tuple[Optional[str], Optional[str]], *, dtype: Dtype,
           zero_init: bool = False, use_bias: bool = True, name: Optional[str] = None
-          ) -> nn.Dense:
-  """``nn.Dense`` with logically partitioned kernel (axes) and bias (axes[1]).
+          ) -> Dense:
+  """A ``Dense`` with logically partitioned kernel (axes) and bias (axes[1]).
 
   Args:
     features: output features.
@@ -88,11 +178,8 @@ def dense(features: int, axes: tuple[Optional[str], Optional[str]], *, dtype: Dt
   Returns:
     The Dense module.
   """
-  kinit = nn.initializers.zeros_init() if zero_init else default_kernel_init
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=partitioned(kinit, axes),
-      bias_init=partitioned(nn.initializers.zeros_init(), (axes[1],)), name=name)
+  return Dense(features, axes, dtype=dtype, zero_init=zero_init, use_bias=use_bias,
+               name=name)
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
@@ -172,9 +259,10 @@ class PerTokenProjection(nn.Module):
     bias = self.param("bias", partitioned(nn.initializers.zeros_init(),
                                           (self.axes[0], self.axes[2])),
                       (num_tokens, self.features), jnp.float32)
-    x = jnp.asarray(x, self.dtype)
-    y = jnp.einsum("bli,lio->blo", x, kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    # Token-major ("lbi", not "bli"): XLA's CPU backend runs a bfloat16 product with a
+    # float32 result only for some layouts, and "bli,lio->blo" is not one of them.
+    y = einsum("lbi,lio->lbo", jnp.swapaxes(x, 0, 1), kernel, self.dtype)
+    return jnp.swapaxes(y, 0, 1) + bias.astype(self.dtype)
 
 
 def attention_weights(q: Array, k: Array, bias: Optional[Array],
@@ -191,7 +279,10 @@ def attention_weights(q: Array, k: Array, bias: Optional[Array],
     (B, H, Lq, Lk) float32 weights.
   """
   scale = 1.0 / math.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+  # In float32 whatever the compute dtype: a few percent of the FLOPs at these token
+  # counts, and XLA's CPU backend cannot run every layout of their bf16 gradients with a
+  # float32 result (``einsum``).
+  logits = einsum("bqhd,bkhd->bhqk", q, k, jnp.float32) * scale
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
@@ -240,15 +331,13 @@ class Attention(nn.Module):
       bias = self.param(f"{name}_bias",
                         partitioned(nn.initializers.zeros_init(), ("heads", "kv")),
                         (self.num_heads, head_dim), jnp.float32)
-      src = jnp.asarray(src, self.dtype)
-      return (jnp.einsum("bld,dhk->blhk", src, kernel.astype(self.dtype))
-              + bias.astype(self.dtype))
+      return einsum("bld,dhk->blhk", src, kernel, self.dtype) + bias.astype(self.dtype)
 
     q = proj("query", x)
     k = proj("key", kv)
     v = proj("value", kv)
     weights = attention_weights(q, k, bias, mask)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+    out = einsum("bhqk,bkhd->bqhd", weights, v, jnp.float32)  # (see attention_weights)
     out_kernel = self.param(
         "out_kernel",
         partitioned(nn.initializers.variance_scaling(
@@ -257,8 +346,7 @@ class Attention(nn.Module):
         (self.num_heads, head_dim, width), jnp.float32)
     out_bias = self.param("out_bias", partitioned(nn.initializers.zeros_init(), ("embed",)),
                           (width,), jnp.float32)
-    return (jnp.einsum("bqhd,hdo->bqo", out, out_kernel.astype(self.dtype))
-            + out_bias.astype(self.dtype))
+    return einsum("bqhd,hdo->bqo", out, out_kernel, self.dtype) + out_bias.astype(self.dtype)
 
 
 class Mlp(nn.Module):
