@@ -108,7 +108,10 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 3,
 
   Args:
     n: matrix size.
-    dtype: "float32" or "bfloat16" (inputs and output; XLA accumulates bf16 in f32).
+    dtype: "float32" or "bfloat16". A bfloat16 matmul accumulates in and returns float32
+      (``preferred_element_type``), the form the models' products take
+      (``models.layers.einsum``); on a CPU it is also the only form XLA gives to the bf16
+      matrix units, a bf16 result being several times slower there.
     repeats: timed repeats (the median is reported).
     devices: devices to use (default: all local devices).
 
@@ -124,7 +127,9 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 3,
   # Random values, not ones: some backends shortcut trivial inputs.
   a, b = (jax.device_put(rng.standard_normal((k, n, n), np.float32).astype(jnp.dtype(dtype)),
                          sharding) for _ in range(2))
-  mm = jax.jit(lambda x, y: jnp.einsum("kij,kjl->kil", x, y), out_shardings=sharding)
+  accumulate = jnp.float32 if jnp.dtype(dtype) == jnp.bfloat16 else None
+  mm = jax.jit(lambda x, y: jnp.einsum("kij,kjl->kil", x, y, preferred_element_type=accumulate),
+               out_shardings=sharding)
   seconds = median(time_calls(mm, a, b, repeats=repeats))
   gflops = k * 2.0 * n**3 / seconds / 1e9
   return {"n": n, "dtype": dtype, "devices": k, "seconds": seconds, "gflops_per_s": gflops,
