@@ -29,6 +29,9 @@ VARIANTS = {
     # for a zero DiT (generator.make_denoiser); for multi-step sampling and enhancement.
     "v_param": {"parameterization": "v"},
     "no_fresh_chain": {"fresh_chain": False},
+    # The DiT's products in bfloat16 (float32 accumulation; models.layers.einsum): the
+    # accuracy side of the bf16 speed-up measured by launch/bench.py pytorch --dtype.
+    "bf16": {"model.dtype": "bfloat16"},
     "dit_128x4_chain": {"model.width": 128, "model.depth": 4},
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},
