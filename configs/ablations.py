@@ -32,6 +32,9 @@ VARIANTS = {
     # The DiT's products in bfloat16 (float32 accumulation; models.layers.einsum): the
     # accuracy side of the bf16 speed-up measured by launch/bench.py pytorch --dtype.
     "bf16": {"model.dtype": "bfloat16"},
+    # Twice the fresh tasks per step (the plain hypernetwork's training signal, which the
+    # generator gets on top of the corpus).
+    "fresh_64": {"fresh_tasks": 64},
     "dit_128x4_chain": {"model.width": 128, "model.depth": 4},
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},

@@ -82,6 +82,14 @@ def test_unknown_evaluator_is_a_clear_error(tmp_path):
     eval_config.get_config("huge")
 
 
+def test_single_study_variants_hold_one_evaluator_with_valid_options():
+  for arg in ("hypernet", "fusion"):
+    evals = eval_config.get_config(arg).evals
+    assert list(evals.keys()) == [arg]
+    options = set(registry.get(evals[arg].type).options)
+    assert set(evals[arg].keys()) - {"type"} <= options
+
+
 def test_misspelt_evaluator_option_is_an_error(tmp_path):
   c = eval_config.get_config("tiny")
   c.evals.finetune.num_task = 3  # misspelt: no silent fall back to the default

@@ -13,7 +13,7 @@ under ``torch.autocast``), each against its own library's matmul in that dtype:
 
 * ours: ``dit_bench.measure_cifar`` at ``dit_bench.CIFAR_SIZE`` (width 1024, 6 layers, 8
   heads, 34 tokens of 576 values, batch 32; adaLN, cross-attention, prior bias), and the
-  train step of the same DiT with the PyTorch T2W's conditioning (``dit_bench.TOKEN_SIZE``:
+  train step of the same DiT with the PyTorch T2W's conditioning (``conditioning="token"``:
   the text as one more token, no cross-attention), the equal-work comparison.
 * theirs: ``PYTORCH_CIFAR``, from the checkout's configs/train/cifar100_classifier.yaml
   (width 1024, 6 layers, 8 heads, 576-value chunks within layers, 1000 linear-schedule
