@@ -8,10 +8,12 @@ Every figure is the median of a few timed repeats taken after a warm-up (compila
 The helpers here (machine description, timing, matmul peak, tables, JSON output) are shared
 by both benchmarks and know nothing about either.
 """
+import datetime
 import json
 import os
 import platform as py_platform
 import statistics
+import subprocess
 import time
 from typing import Any, Callable, Sequence
 
@@ -157,3 +159,33 @@ def write_json(path: str, obj: Any) -> None:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def git_commit(path: str) -> dict:
+  """``{"commit": sha or None, "dirty": bool or None}`` of the git work tree at ``path``."""
+  def git(*args):
+    proc = subprocess.run(["git", "-C", path, *args], capture_output=True, text=True,
+                          timeout=30, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+  try:
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+  except (OSError, subprocess.SubprocessError):
+    commit = status = None
+  return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def describe_commit(c: dict) -> str:
+  """"commit 0123abc" (+ " with local changes"), or "commit unknown (not a git work tree)"."""
+  if not c["commit"]:
+    return "commit unknown (not a git work tree)"
+  return f"commit {c['commit'][:12]}" + (" with local changes" if c["dirty"] else "")
+
+
+# The repository root (the checkout whose commit the reports name).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def utc_now() -> str:
+  """The current UTC time, ISO 8601 to the second (when a benchmark ran)."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

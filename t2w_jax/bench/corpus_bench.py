@@ -471,7 +471,8 @@ def run(s: Settings, baseline_timeout: float | None = None) -> dict:
            "ratio_checks_vs_none": trainer["net_steps_per_s"] / no_checks["net_steps_per_s"]}
   return {
       **out,
-      "benchmark": "corpus", "settings": s.to_json(), "data": source,
+      "benchmark": "corpus", "date": bench.utc_now(), "commit": bench.git_commit(bench.ROOT),
+      "settings": s.to_json(), "data": source,
       "machine": bench.machine_info(), "trainer": trainer, "baseline": baseline,
       "matmul": matmul, "flops_method": FLOPS_METHOD,
       "ratio": trainer["net_steps_per_s"] / baseline["net_steps_per_s"],
@@ -506,7 +507,8 @@ def format_report(r: dict) -> str:
                     f"{m['device_kind']}", n["conv_impl"], n["net_steps_per_s"],
                     n["gflops_per_s"], "", ""])
   lines = [
-      "corpus trainer benchmark",
+      "corpus trainer benchmark"
+      + (f", {r['date']}, t2w_jax {bench.describe_commit(r['commit'])}" if "date" in r else ""),
       f"machine: {bench.describe_machine(m)}",
       f"baseline process: {bench.describe_machine(bm)}",
       f"work: {s['steps']} steps/net at batch {s['batch_size']}, {s['image_size']}px "

@@ -29,7 +29,6 @@ The report also carries one net at the default config (``dit_bench.
 bench_default_generation``) against its target, ``dit_bench.ONE_NET_TARGET_SECONDS``.
 """
 import dataclasses
-import datetime
 import json
 import os
 import shutil
@@ -45,7 +44,7 @@ from t2w_jax.bench import dit_bench
 from t2w_jax.errors import ConfigError, MissingError
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_driver.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = bench.ROOT
 # Files the driver imports from; their absence means the path is not a T2W checkout.
 REQUIRED_FILES = ("T2W/models/transformer.py", "T2W/diffusion/__init__.py",
                   "T2W/diffusion/timestep_sampler.py")
@@ -93,27 +92,6 @@ def check_python(python: str) -> str:
   if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
     raise MissingError(f"--torch_python {python!r} is not an executable Python")
   return found
-
-
-def git_commit(path: str) -> dict:
-  """``{"commit": sha or None, "dirty": bool or None}`` of the git work tree at ``path``."""
-  def git(*args):
-    proc = subprocess.run(["git", "-C", path, *args], capture_output=True, text=True,
-                          timeout=30, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else None
-  try:
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-  except (OSError, subprocess.SubprocessError):
-    commit = status = None
-  return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def describe_commit(c: dict) -> str:
-  """"commit 0123abc" (+ " with local changes"), or "commit unknown (not a git work tree)"."""
-  if not c["commit"]:
-    return "commit unknown (not a git work tree)"
-  return f"commit {c['commit'][:12]}" + (" with local changes" if c["dirty"] else "")
 
 
 def run_torch_side(repo: str, python: str, cfg: dict, *, repeats: int, train_steps: int,
@@ -257,16 +235,16 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
   denoise_repeats = max(repeats, 1 if quick else 10)
   threads = threads or os.cpu_count() or 1
   cfg = PYTORCH_QUICK if quick else PYTORCH_CIFAR
-  date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  date = bench.utc_now()
   theirs = run_torch_side(repo, python, cfg, repeats=repeats, train_steps=train_steps,
                           denoise_repeats=denoise_repeats, threads=threads,
                           matmul_size=matmul_size, seed=seed, timeout=timeout, dtype=dtype)
-  theirs.update(checkout=repo, checkout_commit=git_commit(repo), config=cfg)
+  theirs.update(checkout=repo, checkout_commit=bench.git_commit(repo), config=cfg)
   ours = measure_ours(dit_config, quick=quick, repeats=repeats, train_steps=train_steps,
                       matmul_size=matmul_size, denoise_repeats=denoise_repeats,
                       default_cnn=default_cnn, default_image_size=default_image_size,
                       seed=seed, dtype=dtype)
-  ours.update(commit=git_commit(ROOT), machine=bench.machine_info())
+  ours.update(commit=bench.git_commit(ROOT), machine=bench.machine_info())
   return {"benchmark": "pytorch", "date": date, "quick": quick, "ours": ours,
           "theirs": theirs,
           "comparison": compare(ours, theirs) if theirs["status"] == "ok" else None}
@@ -325,7 +303,7 @@ def format_report(r: dict) -> str:
       "Side by side: t2w_jax and the PyTorch T2W, same machine, same run"
       + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
       f"date: {r['date']}; machine: {bench.describe_machine(o['machine'])}",
-      f"t2w_jax: {describe_commit(o['commit'])}",
+      f"t2w_jax: {bench.describe_commit(o['commit'])}",
   ]
   if t["status"] != "ok":
     lines += [
@@ -348,7 +326,7 @@ def format_report(r: dict) -> str:
     their_flops = tt["flops_per_example"]
     ot = o["train"]
     lines += [
-        f"PyTorch T2W: {t['checkout']}, {describe_commit(t['checkout_commit'])}"
+        f"PyTorch T2W: {t['checkout']}, {bench.describe_commit(t['checkout_commit'])}"
         + (f"; patched: {'; '.join(t['patched'])}" if t["patched"] else ""),
         f"t2w_jax {dit_bench.describe_cifar_step(o)}",
         _describe_theirs(t),
