@@ -54,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # corpus): the bar the diffusion generator has to clear (t2w_jax/evaluate/hypernet.py).
   c.evals.hypernet = ml_collections.ConfigDict(dict(
       type="hypernet", max_steps=_placeholder(int), hidden=_placeholder(int),
-      learning_rate=_placeholder(float)))
+      learning_rate=_placeholder(float), eval_every=_placeholder(int),
+      patience=_placeholder(int)))
   # The sampler study: DDIM 1-100 steps and DDPM on 24 unseen tasks; guidance and the
   # starting-noise temperature at the default one-step sampler.
   c.evals.sampler_ablation = ml_collections.ConfigDict(dict(

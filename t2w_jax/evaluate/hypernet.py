@@ -122,7 +122,7 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
 def evaluate_hypernet(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
                       max_tasks: int | None = None, hidden: int = 512, depth: int = 2,
                       batch_size: int = 64, images: int = 16, learning_rate: float = 2e-3,
-                      max_steps: int = 4000, eval_every: int = 250, patience: int = 3,
+                      max_steps: int = 8000, eval_every: int = 250, patience: int = 3,
                       val_tasks: int = 128, min_denominator: float = 0.02) -> dict:
   """The plain hypernetwork baseline (text -> weight delta, task loss only, no corpus).
 
@@ -133,7 +133,9 @@ def evaluate_hypernet(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout")
     hidden / depth: the MLP.
     batch_size: tasks per step; images: images per task per step.
     learning_rate: Adam, cosine-decayed over ``max_steps``.
-    max_steps / eval_every / patience: early stopping on validation cross-entropy.
+    max_steps / eval_every / patience: early stopping on validation cross-entropy. The
+      step cap is the longest the main job's 20 minutes allow: a shorter one gave a weaker
+      baseline (README, "Results", where longer caps are measured too).
     val_tasks: fixed seen-class tasks whose validation rows decide the stop.
     min_denominator: gap closure is None where |specialist - generalist| is below it.
 
