@@ -235,8 +235,8 @@ def barrier(name: str) -> None:
   longer than that for process 0 must not wait in one (see ``before_first_collective``).
 
   Raises:
-    TimeoutError: a process did not arrive within ``BARRIER_TIMEOUT_S`` (it stopped, or
-      the processes called different barriers).
+    TimeoutError: a process did not arrive within ``BARRIER_TIMEOUT_S`` (the processes
+      called different barriers), or the coordination service saw one stop.
   """
   if jax.process_count() == 1:
     return
@@ -248,9 +248,9 @@ def barrier(name: str) -> None:
   try:
     client.wait_at_barrier(barrier_id, BARRIER_TIMEOUT_S * 1000)
   except Exception as e:  # the client raises a generic runtime error
-    raise TimeoutError(f"process {jax.process_index()} waited {BARRIER_TIMEOUT_S} s at "
-                       f"barrier {name!r} (number {_barriers_passed[0]}) and not every "
-                       f"process arrived: {e}") from e
+    raise TimeoutError(f"process {jax.process_index()} stopped waiting at barrier "
+                       f"{name!r} (number {_barriers_passed[0]}): not every process arrived "
+                       f"within {BARRIER_TIMEOUT_S} s, or one stopped: {e}") from e
 
 
 def before_first_collective(name: str) -> None:
