@@ -86,8 +86,7 @@ def _transposed_specs(spec: str) -> tuple[str, str]:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
 def _low_precision_einsum(spec: str, a: Array, b: Array, dtype: Any) -> Array:
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
-                    preferred_element_type=jnp.float32).astype(dtype)
+  return _low_precision_fwd(spec, a, b, dtype)[0]
 
 
 def _low_precision_fwd(spec, a, b, dtype):
