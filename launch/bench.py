@@ -4,6 +4,7 @@
   python launch/bench.py dit [--quick] [--json PATH] [--repeats N] [--dtype bfloat16] ...
   python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON] [--json PATH] ...
   python launch/bench.py step --workdir runs/default [--json PATH]
+  python launch/bench.py families [--quick] [--json PATH] [--nets N] [--steps N] ...
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
@@ -13,6 +14,8 @@ generation time at the small config. ``pytorch``: the same CIFAR-size figures fo
 for the PyTorch T2W of a checkout (timed in a subprocess by a Python with torch), with the
 ratios, in one run. ``step``: the generator's train step on an existing corpus, diffusion
 loss alone against diffusion + task loss (with and without fresh tasks), in one run.
+``families``: the corpus trainer's nets per hour for the default CNN family against the
+adapter family (features of a frozen trunk computed once), same work, in one run.
 ``--quick`` runs tiny sizes once (smoke test). See t2w_jax/bench/ for
 what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
@@ -46,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                       "no net stops, so both sides train the same steps); default 0")
   c.add_argument("--data", choices=["auto", "shapes", "synthetic"],
                  help="dataset (default auto: the embedded shapes, else synthetic)")
+
+  f = sub.add_parser("families", parents=[common],
+                     help="corpus nets per hour: CNN family vs adapter family")
+  f.add_argument("--nets", type=int, help="nets per trainer call (default: as corpus)")
+  f.add_argument("--steps", type=int, help="train steps per net (default: config)")
+  f.add_argument("--eval_every", type=int,
+                 help="validation checks every N steps (default: the corpus config's)")
+  f.add_argument("--nets_per_chunk", type=int, help="override the config's vmap chunk")
 
   d = sub.add_parser("dit", parents=[common], help="DiT training, denoising and sampling")
   d.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -95,7 +106,7 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if args.which == "corpus" or getattr(args, "host_devices", False):
+  if args.which in ("corpus", "families") or getattr(args, "host_devices", False):
     platform.setup_host_devices()
   import logging  # noqa: PLC0415  (after the platform set-up, like every JAX import)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -112,6 +123,19 @@ def _main(argv=None) -> int:
         eval_every=args.eval_every, data=args.data)
     result = corpus_bench.run(settings)
     report = corpus_bench.format_report(result)
+  elif args.which == "families":
+    from configs import corpus as corpus_config  # noqa: PLC0415
+    from t2w_jax.bench import corpus_bench, family_bench  # noqa: PLC0415
+    cnn_cfg = corpus_config.get_config("")
+    settings = [corpus_bench.settings_from_config(
+        corpus_config.get_config(variant), quick=args.quick, repeats=args.repeats,
+        matmul_size=args.matmul_size, nets=args.nets, steps=args.steps,
+        nets_per_chunk=args.nets_per_chunk,
+        eval_every=(args.eval_every if args.eval_every is not None
+                    else 2 if args.quick else cnn_cfg.trainer.eval_every))
+        for variant in ("", "adapter")]
+    result = family_bench.run(*settings)
+    report = family_bench.format_report(result)
   elif args.which == "dit":
     from configs import dit as dit_config  # noqa: PLC0415
     from t2w_jax.bench import dit_bench  # noqa: PLC0415

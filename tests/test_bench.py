@@ -3,6 +3,7 @@
 No timing assertions: the CPU is shared, so only the presence and consistency of the
 reported figures, and the device set-up of each side, are checked.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -131,3 +132,53 @@ def test_step_bench_settings_and_report():
                     "+ task loss": {"seconds_per_step": 0.25, "cost_vs_diffusion_only": 2.5}}}
   text = step_bench.format_report(r)
   assert "| + task loss | 250.0 | 4.00 | 2.50x |" in text
+
+
+def test_family_settings_follow_the_corpus_config():
+  """The adapter variant's settings name its family, trunk and bottleneck; the CNN's
+  theirs; both share the trainer's work, which the comparison insists on."""
+  from t2w_jax.bench import family_bench
+  cnn = corpus_bench.settings_from_config(corpus_config.get_config(""), quick=True)
+  ad = corpus_bench.settings_from_config(corpus_config.get_config("adapter"), quick=True)
+  assert cnn.family == "cnn" and cnn.widths == tuple(corpus_config.NETS["cnn2k"]["widths"])
+  assert ad.family == "adapter" and ad.bottleneck == 16 and ad.trunk_widths == (16, 32, 64)
+  assert corpus_bench.Settings.from_json(json.loads(json.dumps(ad.to_json()))) == ad
+  with pytest.raises(ValueError, match="family"):
+    corpus_bench.Settings(family="transformer")
+  with pytest.raises(ValueError, match=r"differ in \['steps'\]"):
+    family_bench.run(cnn, dataclasses.replace(ad, steps=ad.steps + 1))
+  with pytest.raises(ValueError, match="need a cnn and an adapter"):
+    family_bench.run(ad, cnn)
+
+
+def test_family_comparison_arithmetic():
+  """Nets per hour from nets and median seconds; the ratio; the feature pass's break-even:
+  the corpus size at which its seconds equal the time the faster trainer saved."""
+  from t2w_jax.bench import family_bench
+  cnn = {"nets": 64, "seconds_median": 32.0, "data_seconds": 0.0}      # 0.5 s/net
+  ad = {"nets": 64, "seconds_median": 8.0, "data_seconds": 3.0}        # 0.125 s/net
+  r = family_bench.compare(cnn, ad)
+  assert r["cnn_nets_per_hour"] == pytest.approx(7200.0)
+  assert r["adapter_nets_per_hour"] == pytest.approx(28800.0)
+  assert r["ratio"] == pytest.approx(4.0)
+  assert r["breakeven_nets"] == pytest.approx(3.0 / 0.375)
+  assert family_bench.compare(ad, cnn)["breakeven_nets"] == float("inf")
+
+
+@pytest.mark.slow
+def test_family_bench_quick_runs_both_families_on_the_same_tasks():
+  from t2w_jax.bench import family_bench
+  cnn, ad = (corpus_bench.settings_from_config(corpus_config.get_config(v), quick=True,
+                                                nets=4, eval_every=2)
+             for v in ("", "adapter"))
+  r = family_bench.run(cnn, ad)
+  assert r["cnn"]["family"] == "cnn" and r["adapter"]["family"] == "adapter"
+  assert r["cnn"]["nets"] == r["adapter"]["nets"] and r["cnn"]["steps"] == 4
+  assert r["cnn"]["data_seconds"] == 0 and r["adapter"]["data_seconds"] > 0
+  # The adapter's FLOPs are its own (features in, no convolution), far below the CNN's.
+  assert 0 < r["adapter"]["flops_per_net_step"] < r["cnn"]["flops_per_net_step"]
+  assert r["ratio"] == pytest.approx(family_bench.nets_per_hour(r["adapter"])
+                                     / family_bench.nets_per_hour(r["cnn"]))
+  text = family_bench.format_report(r)
+  assert "adapter / CNN nets per hour" in text and "target >= 10x" in text
+  json.dumps(r)

@@ -66,6 +66,9 @@ class Settings:
     baseline_nets: nets the per-net loop trains per repeat.
     min_classes / max_classes: task sizes; tasks are padded to max_classes.
     widths / strides / logit_scale / embed_dim: the subtask CNN.
+    family: the subtask family ("cnn", or "adapter": a bottleneck adapter of width
+      ``bottleneck`` on the features of a frozen ``trunk_widths``/``trunk_strides`` CNN,
+      computed once; zoo/family.py). The per-net loop is the CNN family's only.
     image_size: training resolution.
     data: "shapes" (the embedded dataset via ``data.load_dataset``), "synthetic" (random
       uint8 images) or "auto" (shapes, else synthetic); resolved before the baseline starts.
@@ -93,6 +96,10 @@ class Settings:
   strides: tuple = (1, 2, 2)
   logit_scale: float = 10.0
   embed_dim: int = DEFAULT_EMBED_DIM
+  family: str = "cnn"
+  trunk_widths: tuple = (16, 32, 64)
+  trunk_strides: tuple = (1, 2, 2)
+  bottleneck: int = 16
   image_size: int = 16
   data: str = "auto"
   dataset: str = "shapes"
@@ -118,8 +125,16 @@ class Settings:
       raise ValueError(f"data must be 'auto', 'shapes' or 'synthetic', got {self.data!r}")
     if self.conv_impl not in ("lax", "im2col"):
       raise ValueError(f"conv_impl must be 'lax' or 'im2col', got {self.conv_impl!r}")
-    object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-    object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+    if self.family not in family_lib.FAMILIES:
+      raise ValueError(f"family must be one of {family_lib.FAMILIES}, got {self.family!r}")
+    for name in ("widths", "strides", "trunk_widths", "trunk_strides"):
+      object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+  def model_config(self) -> dict:
+    """The subtask net as a corpus config's ``model`` (``family.build_subtask_net``)."""
+    return dict(family=self.family, widths=self.widths, strides=self.strides,
+                trunk_widths=self.trunk_widths, trunk_strides=self.trunk_strides,
+                bottleneck=self.bottleneck, logit_scale=self.logit_scale)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -149,7 +164,10 @@ def settings_from_config(config, *, quick: bool = False, **overrides) -> Setting
       steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
       eval_per_class=t.eval_per_class, nets_per_chunk=t.nets_per_chunk,
       conv_impl=t.conv_impl, min_classes=config.min_classes, max_classes=config.max_classes,
-      widths=tuple(m.widths), strides=tuple(m.strides), logit_scale=float(m.logit_scale),
+      family=family_lib.family_of(m), logit_scale=float(m.logit_scale),
+      **{k: tuple(m[k]) for k in ("widths", "strides", "trunk_widths", "trunk_strides")
+         if k in m},
+      **({"bottleneck": int(m.bottleneck)} if "bottleneck" in m else {}),
       image_size=config.image_size, dataset=config.dataset, data_dir=config.data_dir,
       dataset_kwargs=config.dataset_kwargs.to_dict(), num_devices=config.num_devices,
       seed=config.seed)
@@ -212,10 +230,28 @@ def make_tasks(s: Settings, num_classes: int, n: int) -> masstrain.TaskBatch:
   return masstrain.TaskBatch(ids, mask, np.array([t.seed for t in plan.tasks], np.uint32))
 
 
-def make_model(s: Settings, conv_impl: str) -> SubtaskCNN:
-  return family_lib.build_subtask_net(
-      dict(family="cnn", widths=s.widths, strides=s.strides, logit_scale=s.logit_scale),
-      s.embed_dim, conv_impl)
+def make_model(s: Settings, conv_impl: str):
+  """The subtask net of the settings' family (a SubtaskCNN or an AdapterNet)."""
+  return family_lib.build_subtask_net(s.model_config(), s.embed_dim, conv_impl)
+
+
+def task_data(s: Settings, dataset: ImageDataset):
+  """What the family's nets train on, and the seconds it took to make.
+
+  The CNN family trains on the images themselves (0 s). The adapter family trains on the
+  pooled features of a frozen trunk, computed once for every train and test image
+  (``family.feature_dataset``); the trunk here is a seeded initialisation, since the
+  time of its forward pass does not depend on its values. Training it is a one-off cost
+  like the CNN family's generalist, and is not part of this figure.
+  """
+  if s.family != "adapter":
+    return dataset, 0.0
+  trunk = family_lib.build_trunk(s.model_config(), s.embed_dim)
+  params = jax.jit(lambda key: init_params(trunk, key, s.image_size))(
+      jax.random.PRNGKey(s.seed))
+  start = time.perf_counter()
+  features = family_lib.feature_dataset(dataset, trunk, params)
+  return features, time.perf_counter() - start
 
 
 def init_base(model: SubtaskCNN, s: Settings):
@@ -247,13 +283,19 @@ def make_step(model: SubtaskCNN, spec: masstrain.TrainerSpec):
   return masstrain.optimizer(spec), step
 
 
-def embed_flops(model: SubtaskCNN, params, num_images: int, image_size: int) -> float:
-  """XLA cost-analysis FLOPs of embedding ``num_images`` images in one batch.
+def embed_flops(model: SubtaskCNN, params, num_images: int, example) -> float:
+  """XLA cost-analysis FLOPs of embedding ``num_images`` examples in one batch.
 
   Accuracy evaluations run as a ``lax.map`` over class rows, whose body XLA's cost analysis
   counts once; the same images in one batch give the executed count.
+
+  Args:
+    model / params: the subtask net.
+    num_images: examples in the batch.
+    example: an array of examples (images, or an adapter's features): its per-example
+      shape and dtype.
   """
-  x = jax.ShapeDtypeStruct((num_images, image_size, image_size, 3), jnp.uint8)
+  x = jax.ShapeDtypeStruct((num_images,) + tuple(example.shape[1:]), example.dtype)
   fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method="embed"))
   return bench.xla_flops(fn.lower(params, x).compile())
 
@@ -270,7 +312,7 @@ def per_net_flops(model: SubtaskCNN, spec: masstrain.TrainerSpec, data, base_par
   args = (data, base_params, tx.init(base_params), tasks.classes[0], tasks.mask[0], key)
   step_flops = bench.xla_flops(jax.jit(step).lower(*args).compile())
   k, per = tasks.classes.shape[1], data.test_index.shape[1]
-  return step_flops, embed_flops(model, base_params, k * per, data.test_images.shape[1])
+  return step_flops, embed_flops(model, base_params, k * per, data.test_images)
 
 
 # ----------------------------------------------------------------------------------------
@@ -288,6 +330,7 @@ def run_baseline(s: Settings) -> dict:
   dataset, source = load_data(s)
   if source != s.data:
     raise ValueError(f"baseline asked for {s.data!r} data but got {source!r}")
+  dataset, _ = task_data(s, dataset)
   model = make_model(s, "lax")
   spec = trainer_spec(s)
   data = masstrain.put_data(dataset, class_embeddings(dataset.num_classes, s.embed_dim, s.seed),
@@ -383,7 +426,11 @@ def spawn_baseline(s: Settings, timeout: float | None = None) -> dict:
 
 
 def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
-  """Times the en-masse trainer over all (or ``num_devices``) local devices."""
+  """Times the en-masse trainer over all (or ``num_devices``) local devices.
+
+  ``dataset`` is the image dataset; the adapter family's features are computed from it
+  first (``task_data``: ``data_seconds`` in the result, not in the timed calls).
+  """
   devices = jax.local_devices()
   devices = devices[:s.num_devices] if s.num_devices else devices
   mesh = masstrain.nets_mesh(devices)
@@ -392,6 +439,7 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   nets = max(unit, -(-(s.nets or max(2 * unit, 16)) // unit) * unit)
   model = make_model(s, s.conv_impl)
   spec = trainer_spec(s)
+  dataset, data_seconds = task_data(s, dataset)
   class_emb = class_embeddings(dataset.num_classes, s.embed_dim, s.seed)
   # With checks, a validation split of eval_per_class images per class, as a corpus has.
   data = masstrain.put_data(dataset, class_emb, spec.eval_per_class, mesh,
@@ -421,8 +469,9 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   flops = nets * (s.steps * step_flops + eval_flops) + base_flops
   model_flops = nets * (s.steps * model_step + model_eval) + base_model
   return {
-      "devices": mesh.size, "conv_impl": s.conv_impl, "nets_per_chunk": s.nets_per_chunk,
-      "nets": nets, "steps": s.steps, "compile_seconds": compile_s, "seconds": times,
+      "family": s.family, "devices": mesh.size, "conv_impl": s.conv_impl,
+      "nets_per_chunk": s.nets_per_chunk, "nets": nets, "steps": s.steps,
+      "data_seconds": data_seconds, "compile_seconds": compile_s, "seconds": times,
       "seconds_median": sec, "net_steps_per_s": nets * s.steps / sec, "nets_per_s": nets / sec,
       "flops_per_net_step": step_flops, "eval_flops_per_net": eval_flops,
       "total_flops": flops, "gflops_per_s": flops / sec / 1e9,
@@ -432,7 +481,7 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
 
 def _base_eval_flops(model, data, base_params) -> float:
   """FLOPs of embedding every class's test images with the base net (once per call)."""
-  return embed_flops(model, base_params, data.test_index.size, data.test_images.shape[1])
+  return embed_flops(model, base_params, data.test_index.size, data.test_images)
 
 
 FLOPS_METHOD = ("XLA cost analysis of one net's train step and accuracy evaluation, "
