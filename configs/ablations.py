@@ -39,7 +39,11 @@ VARIANTS = {
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},
     "corpus_252": {"seen_limit": 252},
+    "corpus_504": {"seen_limit": 504},
+    "corpus_1000": {"seen_limit": 1000},
+    "corpus_3000": {"seen_limit": 3000},
     "dit_128x4": {"model.width": 128, "model.depth": 4, "fresh_chain": False},
+    "dit_128x4_chain_corpus_1000": {"model.width": 128, "model.depth": 4, "seen_limit": 1000},
 }
 
 

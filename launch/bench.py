@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
   f.add_argument("--steps", type=int, help="train steps per net (default: config)")
   f.add_argument("--eval_every", type=int,
                  help="validation checks every N steps (default: the corpus config's)")
-  f.add_argument("--nets_per_chunk", type=int, help="override the config's vmap chunk")
+  f.add_argument("--cnn_nets_per_chunk", type=int, help="override the CNN config's vmap chunk")
+  f.add_argument("--adapter_nets_per_chunk", type=int,
+                 help="override the adapter config's vmap chunk")
 
   d = sub.add_parser("dit", parents=[common], help="DiT training, denoising and sampling")
   d.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -130,10 +132,11 @@ def _main(argv=None) -> int:
     settings = [corpus_bench.settings_from_config(
         corpus_config.get_config(variant), quick=args.quick, repeats=args.repeats,
         matmul_size=args.matmul_size, nets=args.nets, steps=args.steps,
-        nets_per_chunk=args.nets_per_chunk,
+        nets_per_chunk=chunk,
         eval_every=(args.eval_every if args.eval_every is not None
                     else 2 if args.quick else cnn_cfg.trainer.eval_every))
-        for variant in ("", "adapter")]
+        for variant, chunk in (("", args.cnn_nets_per_chunk),
+                               ("adapter", args.adapter_nets_per_chunk))]
     result = family_bench.run(*settings)
     report = family_bench.format_report(result)
   elif args.which == "dit":

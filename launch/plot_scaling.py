@@ -4,8 +4,8 @@
       --out docs/results/scaling.png
 
 Reads the ``launch/ablate.py`` results of the variants "full" (every seen net), "corpus_N"
-(the first N seen nets, or a corpus built with N seen nets) and "dit_WxD" (another DiT size
-on every seen net), plots the room each closes, (generated − generalist) / (specialist −
+(the first N seen nets, or a corpus built with N seen nets) and "dit_WxD[_chain]" (another
+DiT size on every seen net; "..._corpus_N" on the first N), plots the room each closes, (generated − generalist) / (specialist −
 generalist) on its own corpus's tasks, against the number of corpus nets per split, and
 prints the table.
 """
@@ -38,11 +38,13 @@ def points_from(results: dict, num_seen: int, small_label: str) -> dict:
       if split not in per:
         continue
       m = re.fullmatch(r"corpus_(\d+)", name)
+      d = re.fullmatch(r"dit_(\d+x\d+)(?:_chain)?(?:_corpus_(\d+))?", name)
       if name == "full" or m:
         n = int(m.group(1)) if m else num_seen
         series.setdefault(small_label, []).append([n, room_closed(per[split])])
-      elif name.startswith("dit_"):
-        series.setdefault(f"DiT {name[4:]}", []).append([num_seen, room_closed(per[split])])
+      elif d:
+        n = int(d.group(2)) if d.group(2) else num_seen
+        series.setdefault(f"DiT {d.group(1)}", []).append([n, room_closed(per[split])])
     out["splits"][split] = {"series": series}
   return out
 

@@ -48,7 +48,8 @@ def run(cnn: corpus_bench.Settings, adapter: corpus_bench.Settings) -> dict:
   """Both families' trainers on the same data and tasks, in one run.
 
   Args:
-    cnn / adapter: the two families' settings; they must agree on everything but the net.
+    cnn / adapter: the two families' settings; they must agree on everything but the net
+      and the trainer's shape (``nets_per_chunk``, ``conv_impl``).
 
   Returns:
     JSON-ready results (see ``format_report``).
@@ -59,7 +60,10 @@ def run(cnn: corpus_bench.Settings, adapter: corpus_bench.Settings) -> dict:
   if (cnn.family, adapter.family) != ("cnn", "adapter"):
     raise ValueError(f"need a cnn and an adapter family, got {cnn.family!r} and "
                      f"{adapter.family!r}")
-  net_fields = {"family", "widths", "strides", "trunk_widths", "trunk_strides", "bottleneck"}
+  # The net, and the trainer's shape (vmap chunk, conv implementation), may differ: each
+  # family runs as its corpus config runs it. The work per net may not.
+  net_fields = {"family", "widths", "strides", "trunk_widths", "trunk_strides", "bottleneck",
+                "nets_per_chunk", "conv_impl"}
   a, b = cnn.to_json(), adapter.to_json()
   differ = sorted(k for k in a if k not in net_fields and a[k] != b[k])
   if differ:
@@ -89,7 +93,8 @@ def format_report(r: dict) -> str:
     t, cfg = r[name], r["settings"][name]
     net = (f"CNN {'-'.join(map(str, cfg['widths']))}" if name == "cnn" else
            f"adapter b={cfg['bottleneck']} on a {'-'.join(map(str, cfg['trunk_widths']))} trunk")
-    rows.append([net, t["nets"], t["net_steps_per_s"], r[f"{name}_nets_per_hour"],
+    rows.append([net, t["nets"], t["nets_per_chunk"], t["net_steps_per_s"],
+                 r[f"{name}_nets_per_hour"],
                  t["gflops_per_s"], f"{100 * t['gflops_per_s'] / mm:.1f}%",
                  t["data_seconds"]])
   met = "met" if r["ratio"] >= r["target_ratio"] else "NOT met"
@@ -100,9 +105,10 @@ def format_report(r: dict) -> str:
       f"work: {s['steps']} steps/net at batch {s['batch_size']}, {s['image_size']}px "
       f"{r['data']} images, tasks of {s['min_classes']}-{s['max_classes']} classes, "
       f"validation checks every {s['eval_every']} steps (no net stops), accuracy of base and "
-      f"trained net; {s['nets_per_chunk']} net(s) per vmap chunk; median of {s['repeats']}",
+      f"trained net; median of {s['repeats']}",
       "",
-      bench.format_table(["family", "nets/call", "net-steps/s", "nets/hour", "GFLOP/s",
+      bench.format_table(["family", "nets/call", "nets/chunk", "net-steps/s", "nets/hour",
+                          "GFLOP/s",
                           f"of matmul ({mm:.4g} GFLOP/s)", "features s (once)"], rows),
       "",
       f"adapter / CNN nets per hour: {r['ratio']:.2f}x (target >= {r['target_ratio']:g}x: "
