@@ -9,6 +9,8 @@ Run (from the repository root):
 ``get_config(arg)``: comma-separated named variants and settings:
 
 * "" : the default; "tiny": a few nets, for tests and smoke runs;
+* "full": the corpus size of the best result found at any size (FULL_NUM_SEEN seen nets;
+  the scaling curve in the README), beyond the main job's 20 minutes;
 * "adapter": the T2W paper's subtask family (a frozen feature trunk trained on the seen
   classes, and a generated bottleneck adapter into the text space; t2w_jax/zoo/family.py);
   "adapter_tiny" = "adapter,tiny";
@@ -31,6 +33,11 @@ NETS = {
     "adapter4": dict(family="adapter", trunk_widths=(16, 32, 64), trunk_strides=(1, 2, 2),
                      bottleneck=4),                                       # 2,180
 }
+
+
+# Seen nets of the "full" variant: the size of the scaling curve's best generated nets
+# (README, "Scaling"; docs/results/scaling.json), 10,000 nets with the unseen and held-out.
+FULL_NUM_SEEN = 9904
 
 
 def _use_net(c: ml_collections.ConfigDict, name: str) -> None:
@@ -108,9 +115,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       _apply_setting(c, part)
     elif part == "adapter":
       _use_net(c, "adapter16")
+    elif part == "full":
+      c.num_seen = FULL_NUM_SEEN
     elif part != "tiny":
       raise ValueError(f"unknown corpus config variant {part!r} in {arg!r}; use '', 'tiny', "
-                       "'adapter', 'adapter_tiny', 'net=NAME' or 'tasks=MIN-MAX'")
+                       "'full', 'adapter', 'adapter_tiny', 'net=NAME' or 'tasks=MIN-MAX'")
   if "tiny" in parts:
     c.num_seen, c.num_unseen, c.num_heldout = 8, 4, 4
     if not any(p.startswith("tasks=") for p in parts):

@@ -148,3 +148,18 @@ def test_resume_after_kill_matches_uninterrupted(built, tmp_path):
   np.testing.assert_array_equal(resumed.base, reference.base)
   leftovers = [f for f in os.listdir(os.path.join(workdir, "corpus")) if ".tmp" in f]
   assert not leftovers
+
+
+def test_full_config_is_the_default_with_more_seen_nets_drawn_after_its_own():
+  """":full" changes only the number of seen nets, and the plan draws the default's seen
+  tasks first: the scaling curve's smaller corpora (``seen_limit``) are prefixes of it."""
+  base, full = corpus_config.get_config(""), corpus_config.get_config("full")
+  assert full.num_seen == corpus_config.FULL_NUM_SEEN > base.num_seen
+  assert dict(full.to_dict(), num_seen=base.num_seen) == base.to_dict()
+
+  def plan(c):
+    return make_corpus_lib._plan(c, 100)  # pylint: disable=protected-access
+
+  small, big = plan(base), plan(full)
+  assert big.heldout_classes == small.heldout_classes
+  assert big.split("seen")[:base.num_seen] == small.split("seen")
