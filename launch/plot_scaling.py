@@ -7,7 +7,9 @@ Reads the ``launch/ablate.py`` results of the variants "full" (every seen net), 
 (the first N seen nets, or a corpus built with N seen nets) and "dit_WxD[_chain]" (another
 DiT size on every seen net; "..._corpus_N" on the first N), plots the room each closes, (generated − generalist) / (specialist −
 generalist) on its own corpus's tasks, against the number of corpus nets per split, and
-prints the table.
+prints the table. A results file with a "hypernet" entry (the ``hypernet`` evaluator's
+result on the same tasks) adds the plain hypernetwork's room as a reference line, measured
+against the "full" variant's generalist and specialists.
 """
 import argparse
 import json
@@ -46,6 +48,10 @@ def points_from(results: dict, num_seen: int, small_label: str) -> dict:
         n = int(d.group(2)) if d.group(2) else num_seen
         series.setdefault(f"DiT {d.group(1)}", []).append([n, room_closed(per[split])])
     out["splits"][split] = {"series": series}
+    hyp = results.get("hypernet", {}).get("splits", {}).get(split)
+    if hyp is not None and split in variants.get("full", {}):
+      ref = dict(variants["full"][split], mean=hyp["methods"]["hypernet"]["mean"])
+      out["splits"][split]["references"] = {"plain hypernetwork (no corpus)": room_closed(ref)}
   return out
 
 
@@ -63,6 +69,8 @@ def main(argv=None) -> int:
     print(f"{split} (room closed):")
     for label, series in p["series"].items():
       print("  " + label + ": " + ", ".join(f"{n} nets {a:.2f}" for n, a in sorted(series)))
+    for label, room in p.get("references", {}).items():
+      print(f"  {label}: {room:.2f}")
   return 0
 
 

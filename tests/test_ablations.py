@@ -82,6 +82,13 @@ def test_scaling_points_and_plot(tmp_path):
   assert got == {100: 0.2, 504: 0.5, 1000: 0.75}
   assert sorted([n, round(r, 9)] for n, r in p["series"]["DiT 128x4"]) == [[100, 0.3],
                                                                           [504, 0.6]]
+  assert "references" not in p
+  # The hypernetwork's room on the same tasks, against the full variant's references.
+  results["hypernet"] = {"splits": {"unseen": {"methods": {"hypernet": {"mean": 0.88}}}}}
+  points = plot_scaling.points_from(results, 504, "small")
+  refs = points["splits"]["unseen"]["references"]
+  assert list(refs) == ["plain hypernetwork (no corpus)"]
+  assert refs["plain hypernetwork (no corpus)"] == pytest.approx(0.8)
   path = str(tmp_path / "scaling.png")
   from t2w_jax.evaluate import plots
   plots.plot_scaling(points, path)

@@ -155,10 +155,12 @@ def plot_fusion(results: Mapping, path: str) -> str:
 def plot_scaling(points: Mapping, path: str) -> str:
   """The room closed by the generated nets, (generated − generalist) / (specialist −
   generalist), against the number of corpus nets, one line per split and DiT size; 0 (the
-  generalist) and 1 (the specialists) dashed.
+  generalist) and 1 (the specialists) dashed, and any reference method's room dotted.
 
   Args:
-    points: ``{"splits": {split: {"series": {label: [[num_nets, room_closed], ...]}}}}``.
+    points: ``{"splits": {split: {"series": {label: [[num_nets, room_closed], ...]},
+      "references": {label: room_closed}}}}`` ("references" optional: methods that use no
+      corpus, such as the plain hypernetwork).
     path: the PNG to write.
 
   Returns:
@@ -173,6 +175,8 @@ def plot_scaling(points: Mapping, path: str) -> str:
     for ref, name in ((0.0, "generalist"), (1.0, "specialist")):
       ax.axhline(ref, linestyle="--", color=_COLORS["oracle" if ref else "generalist"],
                  label=name)
+    for name, ref in points["splits"][split].get("references", {}).items():
+      ax.axhline(ref, linestyle=":", color="black", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("corpus nets the generator learns from")
     ax.set_ylabel("room closed")
