@@ -5,9 +5,9 @@
 
 Reads the ``launch/ablate.py`` results of the variants "full" (every seen net), "corpus_N"
 (the first N seen nets, or a corpus built with N seen nets) and "dit_WxD[_chain]" (another
-DiT size on every seen net; "..._corpus_N" on the first N), plots the room each closes, (generated − generalist) / (specialist −
-generalist) on its own corpus's tasks, against the number of corpus nets per split, and
-prints the table. A results file with a "hypernet" entry (the ``hypernet`` evaluator's
+DiT size on every seen net; "..._corpus_N" on the first N), plots the room each closes,
+(generated − generalist) / (specialist − generalist) on its own corpus's tasks, against the
+number of corpus nets per split, and prints the table. A results file with a "hypernet" entry (the ``hypernet`` evaluator's
 result on the same tasks) adds the plain hypernetwork's room as a reference line, measured
 against the "full" variant's generalist and specialists.
 """

@@ -68,7 +68,7 @@ class Settings:
     widths / strides / logit_scale / embed_dim: the subtask CNN.
     family: the subtask family ("cnn", or "adapter": a bottleneck adapter of width
       ``bottleneck`` on the features of a frozen ``trunk_widths``/``trunk_strides`` CNN,
-      computed once; zoo/family.py). The per-net loop is the CNN family's only.
+      computed once; zoo/family.py). Both sides of the benchmark train that family.
     image_size: training resolution.
     data: "shapes" (the embedded dataset via ``data.load_dataset``), "synthetic" (random
       uint8 images) or "auto" (shapes, else synthetic); resolved before the baseline starts.

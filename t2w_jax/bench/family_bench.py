@@ -2,8 +2,9 @@
 
 One run of ``python launch/bench.py families`` times the en-masse trainer
 (``corpus_bench.run_trainer``) twice in one process, on the same data, tasks, steps, batch
-size and validation checks: once for the default corpus's CNN family (``configs/corpus.py``)
-and once for the adapter family (``configs/corpus.py:adapter``: a bottleneck adapter on the
+size and validation checks, each family with its own config's trainer shape (vmap chunk):
+once for the default corpus's CNN family (``configs/corpus.py``) and once for the adapter
+family (``configs/corpus.py:adapter``: a bottleneck adapter on the
 pooled features of a frozen CNN trunk, the features computed once). It reports each
 family's nets per hour at those fixed steps, their ratio, and the one-off cost the adapter
 family pays first (the trunk's forward pass over every image; training the trunk is a
@@ -34,7 +35,7 @@ def compare(cnn: dict, adapter: dict) -> dict:
   Returns:
     dict: nets_per_hour for both, ratio (adapter / cnn), and breakeven_nets: the corpus
     size above which the adapter family, feature computation included, takes less time
-    than the CNN family (0 when it is faster from the first net).
+    than the CNN family (inf when its trainer is not the faster one).
   """
   cnn_h, ad_h = nets_per_hour(cnn), nets_per_hour(adapter)
   per_net_saved = 3600.0 / cnn_h - 3600.0 / ad_h
