@@ -35,6 +35,9 @@ VARIANTS = {
     # Twice the fresh tasks per step (the plain hypernetwork's training signal, which the
     # generator gets on top of the corpus).
     "fresh_64": {"fresh_tasks": 64},
+    # The residual parameterisation: x0 = text head(text) + DiT (models/text_head.py).
+    "text_head": {"model.text_head": 512},
+    "text_head_task_only": {"model.text_head": 512, "diffusion_weight": 0.0},
     "dit_128x4_chain": {"model.width": 128, "model.depth": 4},
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},

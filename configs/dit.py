@@ -36,6 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       width=64, depth=3, num_heads=4, mlp_ratio=4.0,
       cond_adaln=True, cross_attention=True, prior_bias=True, text_as_token=False,
+      # A deterministic text head added to the output (models/text_head.py): x0 =
+      # head(text) + transformer(x_t, t, text). Hidden width; 0: none.
+      text_head=0, text_head_depth=2,
       dtype="float32"))
   # Discriminator on predicted x0 (the adversarial loss, when adv_weight > 0).
   c.disc = ml_collections.ConfigDict(dict(width=64, depth=1, num_heads=4, mlp_ratio=2.0,

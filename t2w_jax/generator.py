@@ -132,6 +132,8 @@ def build_dit(spec: GeneratorSpec) -> DiT:
              max_blocks=int(tok.block_ids.max()) + 1, text_dim=spec.text_dim,
              cond_adaln=m["cond_adaln"], cross_attention=m["cross_attention"],
              prior_bias=m["prior_bias"], text_as_token=m["text_as_token"],
+             # Generators trained before the text head existed have none.
+             text_head=m.get("text_head", 0), text_head_depth=m.get("text_head_depth", 2),
              dtype=jnp.dtype(m["dtype"]))
 
 

@@ -36,6 +36,8 @@ MODULES = (
     "t2w_jax.evaluate.fewshot",
     "t2w_jax.evaluate.enhance",
     "t2w_jax.evaluate.fusion",
+    "t2w_jax.evaluate.shots",
+    "t2w_jax.evaluate.layer_profile",
 )
 
 EvalFn = Callable[..., dict]

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from t2w_jax.models import layers
+from t2w_jax.models.text_head import TextHead
 
 Array = jax.Array
 
@@ -151,6 +152,9 @@ class DiT(nn.Module):
     cross_attention: per-block cross-attention from weight tokens to class tokens.
     prior_bias: add log_prior to the cross-attention logits (needs cross_attention).
     text_as_token: prepend the projected fused text as one extra token.
+    text_head: hidden width of the deterministic text head added to the output
+      (``models/text_head.py``: x0 = head(text) + transformer); 0: none.
+    text_head_depth: its hidden layers.
     frequency_dim: size of the sinusoidal timestep features.
     dtype: compute dtype (params are float32; the output is float32).
   """
@@ -166,6 +170,8 @@ class DiT(nn.Module):
   cross_attention: bool = True
   prior_bias: bool = True
   text_as_token: bool = False
+  text_head: int = 0
+  text_head_depth: int = 2
   frequency_dim: int = 256
   dtype: Any = jnp.float32
 
@@ -181,7 +187,8 @@ class DiT(nn.Module):
       block_ids: (L,) int block index of each token within its layer, in [0, max_blocks).
       text: dict with "fused" (B, d) (needed when cond_adaln or text_as_token),
         "class_emb" (B, K, d) and "class_mask" (B, K) bool (needed when cross_attention),
-        "log_prior" (B, K) (needed when prior_bias), and optional "drop" (B,) bool: True
+        "log_prior" (B, K) (needed when prior_bias; "class_emb" and "class_mask" also
+        when text_head), and optional "drop" (B,) bool: True
         replaces that example's text by the learned null condition.
 
     Returns:
@@ -238,7 +245,14 @@ class DiT(nn.Module):
     if self.text_as_token:
       h = h[:, 1:]
     out = FinalLayer(self.block_size, dtype=self.dtype, name="final")(h, c)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    if self.text_head:
+      class_emb = _get(text, "class_emb", "text_head")
+      class_mask = _get(text, "class_mask", "text_head")
+      _check_shape('text["class_mask"]', class_mask, class_emb.shape[:2])
+      out = out + TextHead(self.text_head, self.text_head_depth, num_tokens, self.block_size,
+                           dtype=self.dtype, name="text_head")(class_emb, class_mask, drop)
+    return out
 
   def _class_tokens(self, text: Mapping[str, Any], drop: Array, batch: int
                     ) -> tuple[Array, Optional[Array], Array]:
