@@ -38,6 +38,10 @@ VARIANTS = {
     # The residual parameterisation: x0 = text head(text) + DiT (models/text_head.py).
     "text_head": {"model.text_head": 512},
     "text_head_task_only": {"model.text_head": 512, "diffusion_weight": 0.0},
+    # Training compute: twice the steps (the plain hypernetwork trains 8,000 cheaper ones),
+    # and twice the learning rate (the hypernetwork's).
+    "steps_3000": {"num_steps": 3000, "checkpoint_every": 3000},
+    "lr_2e-3": {"learning_rate": 2e-3},
     "dit_128x4_chain": {"model.width": 128, "model.depth": 4},
     # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},

@@ -12,7 +12,8 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
 ``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs),
 "applications" (the few-shot, enhancement and fusion studies only, at the sizes the README
 reports), "fusion" (the fusion study alone), "shots" (few labelled images: the shot-conditioned net
-against zero-shot nets and fine-tuning) or "hypernet" (the plain hypernetwork alone).
+against zero-shot nets and fine-tuning), "profile" (which parameters of the generated nets
+cost accuracy) or "hypernet" (the plain hypernetwork alone).
 
 ``config.evals`` is a dict of entries, big_vision style: ``evals.<key>.type`` is a
 registered evaluator (``t2w_jax.evaluate.registry.names()``), the other fields are its
@@ -116,11 +117,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         type="shots", num_tasks=48, prior_weight=_placeholder(float),
         refine_steps=_placeholder(int), learning_rate=_placeholder(float),
         train_steps=_placeholder(int)))})
+  elif arg == "profile":
+    # Which parameters of the generated nets cost accuracy (t2w_jax/evaluate/layer_profile.py).
+    c.evals = ml_collections.ConfigDict({"layer_profile": ml_collections.ConfigDict(dict(
+        type="layer_profile"))})
   elif arg == "hypernet":
     # The plain hypernetwork alone (no generator needed), e.g. with a larger step cap
     # than the main job can afford: --config.evals.hypernet.max_steps=16000.
     c.evals = ml_collections.ConfigDict({"hypernet": c.evals.hypernet})
   elif arg:
     raise ValueError(f"unknown eval config variant {arg!r}; use '', 'tiny', 'applications', "
-                     "'fusion', 'shots' or 'hypernet'")
+                     "'fusion', 'shots', 'profile' or 'hypernet'")
   return c

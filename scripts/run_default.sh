@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from a fresh clone: corpus -> generator -> evaluation,
 # ending with the results table. Resumable: rerun with the same WORKDIR to continue.
-#   bash scripts/run_default.sh [WORKDIR]      (default: runs/default)
+#   bash scripts/run_default.sh [WORKDIR [CORPUS_VARIANT]]   (default: runs/default, "")
+# CORPUS_VARIANT is a configs/corpus.py variant, e.g. "net=adapter4,tasks=5-10" for the
+# T2W paper's subtask family (a bottleneck adapter on a frozen trunk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKDIR=${1:-runs/default}
+CORPUS_VARIANT=${2:-}
 bash scripts/setup_env.sh
 . .venv/bin/activate
 export JAX_PLATFORMS=${JAX_PLATFORMS:-} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -26,7 +29,8 @@ run() {
 }
 stage "corpus"
 run "$WORKDIR/corpus.log" 'corpus: [0-9]|generalist: (step|kept)|trunk:|^\||nets in|^error' \
-  python launch/make_corpus.py --config=configs/corpus.py --workdir="$WORKDIR"
+  python launch/make_corpus.py --config="configs/corpus.py${CORPUS_VARIANT:+:$CORPUS_VARIANT}" \
+  --workdir="$WORKDIR"
 stage "generator"
 run "$WORKDIR/train.log" 'progress:|step [0-9]+:|done:' \
   python launch/train.py --config=configs/dit.py --workdir="$WORKDIR"

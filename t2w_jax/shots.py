@@ -17,9 +17,9 @@ prior term, in the generator's normalised token space z:
 * ``prior="none"``: plain fine-tuning of z from z0.
 
 Choices are made on the shots alone: a fifth of each class's shots (at least one) validate
-(``data.tasks.shot_split``; with one shot per class the shot validates itself), and the
-kept z is the one with the lowest validation cross-entropy over the checks (the start z0
-is the first check, so "do nothing" can win). Everything is batched over tasks: one call
+(``data.tasks.shot_split``), and the kept z is the one with the lowest validation
+cross-entropy over the checks (the start z0 is the first check, so "do nothing" can win).
+With a single shot of some class nothing is held out to choose with, and z0 is returned. Everything is batched over tasks: one call
 refines B tasks at once, each with its own shots.
 """
 from typing import Any, NamedTuple
@@ -46,11 +46,16 @@ class Shots(NamedTuple):
   labels: (B, M) int32 class slot of each image in its task.
   train_w / val_w: (B, M) float32 weights of each image in the training / validation
     cross-entropy, each summing to 1 per task (class-balanced); 0 for padding.
+  held_out: (B,) bool, True where every class has a validation image it does not train
+    on. Where it is False no check can be chosen honestly, and the start is returned: on
+    seen tasks' validation rows, refining on single shots lowered accuracy under every
+    setting tried (docs/results/shots.md).
   """
   images: Any
   labels: Any
   train_w: Any
   val_w: Any
+  held_out: Any
 
 
 def balanced_weights(labels: np.ndarray, use: np.ndarray) -> np.ndarray:
@@ -87,8 +92,9 @@ class ShotConfig(NamedTuple):
   t_range: tuple[float, float]  # noise levels of the diffusion prior, fractions of T
 
 
-DEFAULTS = ShotConfig(prior="diffusion", prior_weight=1.0, steps=100, check_every=10,
-                      learning_rate=0.02, t_range=(0.05, 0.5))
+# Chosen on seen tasks' validation rows (never a test image; docs/results/shots.md).
+DEFAULTS = ShotConfig(prior="diffusion", prior_weight=30.0, steps=200, check_every=20,
+                      learning_rate=0.05, t_range=(0.05, 0.5))
 
 
 def check_config(cfg: ShotConfig, num_timesteps: int) -> None:
@@ -199,7 +205,10 @@ def make_refiner(spec: generator_lib.GeneratorSpec, model, cfg: ShotConfig = DEF
     if num_checks:
       carry, _ = jax.lax.scan(check, carry, jnp.arange(num_checks))
     _, _, best_z, best_val, kept = carry
-    return best_z, {"kept_check": kept, "val_loss": best_val, "start_val_loss": v0}
+    keep = jnp.asarray(shots.held_out, bool)
+    best_z = jnp.where(keep[:, None, None], best_z, z0)
+    return best_z, {"kept_check": jnp.where(keep, kept, 0),
+                    "val_loss": jnp.where(keep, best_val, v0), "start_val_loss": v0}
 
   return jax.jit(refine)
 
@@ -265,7 +274,9 @@ def generate_with_shots(gen, text, images, labels, *, rng, prior: str = DEFAULTS
 
   Returns:
     (params, info): the net, and {"kept_step" (0: the zero-shot net), "val_loss",
-    "zero_shot_val_loss", "train_images", "val_images"}.
+    "zero_shot_val_loss", "train_images", "val_images", "refined"}. With one image of
+    some class there is nothing to validate on, and the zero-shot net is returned
+    ("refined": False).
 
   Raises:
     ConfigError (a ValueError): bad text, images or labels (``check_shots``), or settings
@@ -283,8 +294,9 @@ def generate_with_shots(gen, text, images, labels, *, rng, prior: str = DEFAULTS
   padded, mask = api.pad_classes(emb, gen.spec.config["max_classes"])
   z0 = to_tokens(gen.spec, api.sample_flat(gen, padded[None], mask[None], rng=k_gen))
   train, val = split_shots(labels, int(jax.random.randint(k_split, (), 0, 2**31 - 1)))
+  held_out = bool(np.bincount(labels).min() >= 2)
   shots = Shots(images[None], labels[None], balanced_weights(labels, train)[None],
-                balanced_weights(labels, val)[None])
+                balanced_weights(labels, val)[None], np.array([held_out]))
   key = ("shots",) + tuple(cfg)
   if key not in gen._cache:
     from t2w_jax import task_loss  # local: the subtask net in its vmappable form
@@ -296,4 +308,5 @@ def generate_with_shots(gen, text, images, labels, *, rng, prior: str = DEFAULTS
   return params, {"kept_step": int(info["kept_check"][0]) * cfg.check_every,
                   "val_loss": float(info["val_loss"][0]),
                   "zero_shot_val_loss": float(info["start_val_loss"][0]),
-                  "train_images": int(train.sum()), "val_images": int(val.sum())}
+                  "train_images": int(train.sum()), "val_images": int(val.sum()),
+                  "refined": held_out}

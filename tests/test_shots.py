@@ -81,9 +81,11 @@ def test_task_shots_weights_and_labels(ctx):
     np.testing.assert_allclose(sh.val_w[i].sum(), 1.0, rtol=1e-6)
     assert (sh.train_w[i] > 0).sum() == k * n_train and (sh.val_w[i] > 0).sum() == k * n_val
     assert set(np.unique(sh.labels[i][sh.train_w[i] > 0])) == set(range(k))
-  # One shot per class: the shot trains and validates.
+  assert sh.held_out.all()
+  # One shot per class: the shot trains and validates, so nothing is held out.
   _, _, _, one = _shots(ctx, 1)
   assert ((one.train_w > 0).sum(1) == (one.val_w > 0).sum(1)).all()
+  assert not one.held_out.any()
 
 
 def test_refiner_keeps_the_start_without_steps_and_lowers_the_shots_loss(ctx):
@@ -106,6 +108,11 @@ def test_refiner_keeps_the_start_without_steps_and_lowers_the_shots_loss(ctx):
     assert (np.asarray(info["val_loss"]) <= np.asarray(info["start_val_loss"])).all()
     assert (np.asarray(info["val_loss"]) < np.asarray(info["start_val_loss"])).any(), prior
     assert np.isfinite(np.asarray(z)).all()
+  # Without held-out shots no check can be chosen: the start comes back.
+  z, info = shots_lib.make_refiner(spec, model, cfg)(
+      gen.params, z0, emb, mask, sh._replace(held_out=np.zeros(len(tasks), bool)),
+      jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(np.asarray(z), np.asarray(z0 * spec.tokenizer.mask))
 
 
 def test_generate_with_shots_contract_and_errors(ctx):
@@ -119,7 +126,10 @@ def test_generate_with_shots_contract_and_errors(ctx):
                                                check_every=10)
   assert generator_lib.ParamLayout.from_params(params) == gen.layout
   assert info["train_images"] + info["val_images"] == 6 and info["val_images"] == 2
-  assert info["val_loss"] <= info["zero_shot_val_loss"]
+  assert info["val_loss"] <= info["zero_shot_val_loss"] and info["refined"]
+  _, one = shots_lib.generate_with_shots(gen, TEXT, images[[0, 3]], labels[[0, 3]],
+                                         rng=jax.random.PRNGKey(0))
+  assert not one["refined"] and one["kept_step"] == 0
   with pytest.raises(ConfigError, match="has no images"):
     shots_lib.generate_with_shots(gen, TEXT, images, np.zeros(6, int), rng=jax.random.PRNGKey(0))
   with pytest.raises(ConfigError, match="image size"):
@@ -134,3 +144,24 @@ def test_generate_with_shots_contract_and_errors(ctx):
   with pytest.raises(ConfigError, match="multiple of check_every"):
     shots_lib.generate_with_shots(gen, TEXT, images, labels, rng=jax.random.PRNGKey(0),
                                   steps=15, check_every=10)
+
+
+def test_layer_profile_swaps_one_parameter_at_a_time(ctx):
+  from t2w_jax.evaluate import layer_profile
+  rng = jax.random.PRNGKey(3)
+  out = layer_profile.layer_profile(ctx, rng, splits=("unseen",), max_tasks=2)["unseen"]
+  layout = ctx.corpus.layout
+  assert list(out["params"]) == list(layout.paths)
+  # Recompute one entry by hand: the generated nets with the head's bias from the specialist.
+  rows = ctx.rows("unseen", 2)
+  tasks = ctx.tasks(rows)
+  emb, mask = ctx.class_text(tasks)
+  gen = np.asarray(api.sample_flat(ctx.gen, emb, mask, rng=jax.random.fold_in(rng, 0)))
+  spec = np.asarray(ctx.corpus.weights[rows], np.float32)
+  path = layout.paths[-1]
+  off, size = layout.offsets[-1], layout.sizes[-1]
+  swapped = gen.copy()
+  swapped[:, off:off + size] = spec[:, off:off + size]
+  gain = ctx.accuracy(swapped, tasks) - ctx.accuracy(gen, tasks)
+  np.testing.assert_allclose(out["params"][path]["swap_gain"], gain.mean(), atol=1e-9)
+  np.testing.assert_allclose(out["generated"], ctx.accuracy(gen, tasks).mean(), atol=1e-9)

@@ -60,7 +60,9 @@ def task_shots(data: masstrain.DeviceData, ids: np.ndarray, mask: np.ndarray) ->
   val_w = np.stack([shots_lib.balanced_weights(labels[i], valid[i] & is_val[i])
                     for i in range(n)])
   images = np.asarray(data.images)[rows]
-  return shots_lib.Shots(images, labels.astype(np.int32), train_w, val_w)
+  # One shot per class: the validation "shots" are the training ones (nothing held out).
+  held_out = np.full((n,), not np.array_equal(ci, vi))
+  return shots_lib.Shots(images, labels.astype(np.int32), train_w, val_w, held_out)
 
 
 def hypernet_defaults() -> dict:
