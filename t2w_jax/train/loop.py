@@ -182,7 +182,7 @@ def _train(config, workdir: str, stop: preempt.StopRequests, *,
                       f"({mesh.shape['data']} devices); set --config.batch_size to a "
                       "multiple of it or change --config.mesh.data")
   state, shardings = create_sharded_state(spec, config, mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR), spec.identity(),
                                save_every=config.checkpoint_every, keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)  # the newest intact step
