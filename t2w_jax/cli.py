@@ -9,7 +9,9 @@ devices (make_corpus, train, evaluate) also take ``--coordinator_address``,
 
 An expected user error (``t2w_jax.errors.UserError``: a bad config value, a missing
 workdir, corpus or generator, a busy workdir) ends the run with one line on stderr and
-exit status 2; anything else keeps its traceback, since it is a bug.
+exit status 2; a run stopped by SIGTERM or SIGINT after saving (``t2w_jax.preempt``) with
+one line and exit status ``preempt.PREEMPTED_EXIT`` (75); anything else keeps its
+traceback, since it is a bug.
 """
 import functools
 import os
@@ -21,12 +23,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from t2w_jax.errors import ConfigError, MissingError, UserError
+from t2w_jax.preempt import PREEMPTED_EXIT, Preempted
 
 USER_ERROR_EXIT = 2
 
 
 def user_errors_exit(fn: Callable) -> Callable:
-  """Wraps an absl ``main(argv)``: a UserError becomes one stderr line and exit status 2.
+  """Wraps an absl ``main(argv)``: a UserError becomes one stderr line and exit status 2,
+  a ``Preempted`` run one stderr line and exit status ``PREEMPTED_EXIT``.
 
   Args:
     fn: the function ``app.run`` would call.
@@ -38,6 +42,9 @@ def user_errors_exit(fn: Callable) -> Callable:
   def wrapped(*args, **kwargs):
     try:
       return fn(*args, **kwargs)
+    except Preempted as e:  # saved: the rerun resumes, so not an error
+      print(str(e), file=sys.stderr, flush=True)
+      _exit(PREEMPTED_EXIT)
     except UserError as e:
       # One line: the message is written to be enough on its own.
       print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)

@@ -12,22 +12,25 @@ nothing from ``t2w_jax.train``:
   temperature) is filled in from the generator's config;
 * ``make_sample_fn``: the one sampling path, text -> condition -> reverse chain -> weights,
   from pure noise (generation) or from a noised net (enhancement);
-* ``restore_ema_params``: reads only the EMA parameters out of a training checkpoint.
+* ``restore_ema_params``: reads only the EMA parameters out of a training checkpoint
+  (through ``t2w_jax.checkpoints``, which owns the checkpoint format).
 """
 import dataclasses
 import json
-import logging
 import math
 import numbers
 import os
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from t2w_jax import checkpoints
 from t2w_jax import io as io_lib
+from t2w_jax.checkpoints import CHECKPOINT_DIR
 from t2w_jax.diffusion import denoise_from, get_sampler, get_schedule, q_sample
 from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.models import DiT
@@ -35,8 +38,14 @@ from t2w_jax.text.condition import text_condition
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
 
 SPEC_FILE = "generator.json"
-CHECKPOINT_DIR = "checkpoints"
 SAMPLERS = ("ddim", "ddpm")
+
+# Dit config keys added after generator.json files were first written, with the value the
+# runs before each key actually used: normalisation by one mean per layer (before the mean
+# net centred it), x0-prediction (the only parameterisation then), unscaled starting noise.
+# ``GeneratorSpec.from_json`` fills them into an older spec's config, so that everything
+# else reads the config's keys directly and every other default lives in configs/dit.py.
+PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temperature": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +77,8 @@ class GeneratorSpec:
   @classmethod
   def from_json(cls, d: dict) -> "GeneratorSpec":
     tok = BlockTokenizer.from_json(d["tokenizer"])
-    return cls(d["config"], tok, LayerNorms.from_json(d["norms"], tokenizer=tok), d["encoder"],
+    config = {**PRE_KEY_VALUES, **d["config"]}
+    return cls(config, tok, LayerNorms.from_json(d["norms"], tokenizer=tok), d["encoder"],
                d["template"], d["cnn"], int(d["image_size"]), d["corpus_fingerprint"])
 
   def save(self, workdir: str) -> None:
@@ -88,8 +98,7 @@ class GeneratorSpec:
     c = self.config
     return {"model": c["model"], "disc": c["disc"], "block_size": c["block_size"],
             "token_group": c["token_group"], "max_classes": c["max_classes"],
-            "norm_center": c.get("norm_center", "layer"),
-            "parameterization": c.get("parameterization", "x0"),
+            "norm_center": c["norm_center"], "parameterization": c["parameterization"],
             "layout": self.corpus_fingerprint, "encoder": self.encoder}
 
 
@@ -97,7 +106,7 @@ def training_rows(config, corpus) -> np.ndarray:
   """The corpus rows a generator learns weights from: the seen split, or its first
   ``config.seen_limit`` rows (the scaling curve's smaller corpora; 0: all)."""
   seen = corpus.indices("seen")
-  limit = int(config.get("seen_limit", 0) or 0)
+  limit = int(config.seen_limit)
   return seen[:limit] if limit > 0 else seen
 
 
@@ -116,7 +125,7 @@ def spec_from_corpus(config: ml_collections.ConfigDict, corpus) -> GeneratorSpec
   if len(seen) == 0:
     raise ValueError(f"corpus at {corpus.path} has no seen tasks to train on")
   norms = LayerNorms.fit(np.asarray(corpus.weights[seen]), tok,
-                         center=config.get("norm_center", "layer"))
+                         center=config.norm_center)
   meta = corpus.meta
   cnn = dict(meta["model"], embed_dim=int(corpus.class_emb.shape[1]))
   return GeneratorSpec(config.to_dict(), tok, norms, meta["encoder"], meta["template"], cnn,
@@ -172,7 +181,7 @@ def make_denoiser(spec: GeneratorSpec):
   dit = build_dit(spec)
   tok = spec.tokenizer
   lids, bids = jnp.asarray(tok.layer_ids), jnp.asarray(tok.block_ids)
-  how = spec.config.get("parameterization", "x0")
+  how = spec.config["parameterization"]
   if how not in ("x0", "v"):
     raise ValueError(f"unknown parameterization {how!r}; use 'x0' or 'v'")
   schedule = get_schedule(spec.config["schedule"], spec.config["num_timesteps"])
@@ -246,8 +255,7 @@ def resolve_sampling(config: dict, *, sampler: str | None = None, steps: int | N
     steps: DDIM steps; None: ``config["sample_steps"]``. DDPM always walks the whole chain,
       so for DDPM the resolved value is ``num_timesteps`` whatever is asked.
     guidance: classifier-free guidance scale; None: ``config["guidance"]``.
-    temperature: starting-noise scale; None: ``config["sample_temperature"]`` (1.0 when the
-      config predates it).
+    temperature: starting-noise scale; None: ``config["sample_temperature"]``.
 
   Returns:
     The resolved ``Sampling``.
@@ -261,8 +269,7 @@ def resolve_sampling(config: dict, *, sampler: str | None = None, steps: int | N
   if sampler == "ddpm":
     steps = int(config["num_timesteps"])
   guidance = float(config["guidance"] if guidance is None else guidance)
-  temperature = float(config.get("sample_temperature", 1.0) if temperature is None
-                      else temperature)
+  temperature = float(config["sample_temperature"] if temperature is None else temperature)
   return Sampling(sampler, steps, guidance, temperature)
 
 
@@ -329,8 +336,8 @@ def make_sample_fn(spec: GeneratorSpec, *, sampler: str, steps: int, guided: boo
 def restore_ema_params(workdir: str, spec: GeneratorSpec, step: int | None = None):
   """Reads the EMA parameters (and the step) of a training checkpoint, nothing else.
 
-  Checkpoints hold the whole TrainState (``train.checkpoint``); the optimiser states and
-  the discriminator are left on disk (orbax placeholders), so inference never builds them.
+  The checkpoint format, its digests and its checks are ``t2w_jax.checkpoints``'s; this
+  only gives it the structure of this spec's DiT parameters.
 
   Args:
     workdir: the training run's directory (checkpoints in ``workdir/checkpoints``).
@@ -342,38 +349,11 @@ def restore_ema_params(workdir: str, spec: GeneratorSpec, step: int | None = Non
 
   Raises:
     MissingError: no checkpoint.
+    CorruptError: the step is damaged (step, file and an intact older step named), or its
+      parameters are not finite.
     ConfigError: the checkpoint was written with another config (keys named).
   """
-  import orbax.checkpoint as ocp  # local: only loading needs orbax
-  from t2w_jax.train.checkpoint import check_meta  # the on-disk format is training's
-  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-  if not os.path.isdir(directory):
-    raise MissingError(f"no checkpoint in {directory}; train first")
-  io_lib.quiet_orbax_logs()
-  options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-  mgr = ocp.CheckpointManager(directory, options=options, item_handlers={
-      "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
-  try:
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-      raise MissingError(f"no checkpoint in {directory}; train first")
-    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    check_meta(meta, spec.identity(), where=f"{directory} step {step}")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    ema = jax.eval_shape(lambda r: _unbox(init_dit_params(spec, r)), jax.random.PRNGKey(0))
-    ema = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), ema)
-    # A partial restore: only these two entries are read from the saved TrainState.
-    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=device), "ema_params": ema}
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))
-  finally:
-    mgr.close()
-  logging.info("restored the EMA parameters of step %d from %s", step, directory)
-  return out["state"]["ema_params"], int(out["state"]["step"])
-
-
-def _unbox(tree):
-  import flax.linen as nn
-  return nn.meta.unbox(tree)
-
+  ema = jax.eval_shape(lambda r: nn.meta.unbox(init_dit_params(spec, r)),
+                       jax.random.PRNGKey(0))
+  return checkpoints.restore_ema(os.path.join(workdir, CHECKPOINT_DIR), spec.identity(), ema,
+                                 step)

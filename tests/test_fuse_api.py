@@ -16,7 +16,7 @@ from configs import dit as dit_config
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax.errors import ConfigError
-from t2w_jax.train import checkpoint as ckpt_lib
+from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax.train import state as state_lib
 from t2w_jax.zoo import corpus as corpus_lib
 

@@ -24,7 +24,7 @@ import pytest
 from configs import dit as dit_config
 from t2w_jax import multihost
 from t2w_jax.errors import ConfigError
-from t2w_jax.train import checkpoint as ckpt_lib
+from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax.train import loop
 from t2w_jax.train import mesh as mesh_lib
 

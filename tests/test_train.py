@@ -204,7 +204,7 @@ def test_load_reads_only_the_ema_params_and_the_public_api(trained):
   import ml_collections
   from t2w_jax import generate, load  # the API as the model card names it
   from t2w_jax import generator as generator_lib
-  from t2w_jax.train import checkpoint as ckpt_lib
+  from t2w_jax import checkpoints as ckpt_lib
   from t2w_jax.train import state as state_lib
   workdir, _ = trained
   gen = load(workdir)

@@ -1,8 +1,10 @@
 """The training loop: corpus → sharded train state → steps → checkpoints.
 
-``train(config, workdir)`` is what ``launch/train.py`` calls. It resumes from the latest
-checkpoint in ``workdir/checkpoints``; batches are a pure function of (seed, step), so a
-run stopped at step N and resumed reaches the same state as an uninterrupted run.
+``train(config, workdir)`` is what ``launch/train.py`` calls. It resumes from the newest
+intact checkpoint in ``workdir/checkpoints`` (``t2w_jax.checkpoints``); batches are a pure
+function of (seed, step), so a run stopped at step N and resumed reaches the same state as
+an uninterrupted run. SIGTERM or SIGINT (``t2w_jax.preempt``) ends the run after the step
+in progress, saved.
 """
 import functools
 import logging
@@ -12,13 +14,14 @@ import time
 import jax
 import numpy as np
 
+from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax import generator as generator_lib
 from t2w_jax import io as io_lib
 from t2w_jax import multihost
+from t2w_jax import preempt
 from t2w_jax import task_loss as task_loss_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
-from t2w_jax.train import checkpoint as ckpt_lib
 from t2w_jax.train import mesh as mesh_lib
 from t2w_jax.train import reporting
 from t2w_jax.train import state as state_lib
@@ -151,6 +154,10 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   Raises:
     BusyError: another process writes this workdir (two trainers would race in orbax).
     ConfigError: a mesh that the model's sharded dimensions do not divide, and the like.
+    CorruptError: every checkpoint in the workdir is damaged.
+    preempt.Preempted: SIGTERM or SIGINT came; the step in progress was finished and saved
+      (single-process runs: the processes of a multi-process run would have to agree on
+      the step, so there the signals keep their usual effect).
   """
   corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
   if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
@@ -158,11 +165,13 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   multihost.initialize()
   # Every process of a multi-process run writes the workdir (its checkpoint shards):
   # each holds its own lock, so that a second run is refused process by process.
-  with workdir_lock(workdir, "train", name=multihost.lock_name()):
-    return _train(config, workdir, stop_after=stop_after)
+  with (workdir_lock(workdir, "train", name=multihost.lock_name()),
+        preempt.stop_requests(enabled=jax.process_count() == 1) as stop):
+    return _train(config, workdir, stop, stop_after=stop_after)
 
 
-def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
+def _train(config, workdir: str, stop: preempt.StopRequests, *,
+           stop_after: int | None = None) -> dict:
   io_lib.quiet_orbax_logs()
   os.makedirs(workdir, exist_ok=True)
   corpus = open_training_corpus(config, workdir)
@@ -173,10 +182,10 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
                       f"({mesh.shape['data']} devices); set --config.batch_size to a "
                       "multiple of it or change --config.mesh.data")
   state, shardings = create_sharded_state(spec, config, mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR), spec.identity(),
                                save_every=config.checkpoint_every, keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+    state = ckpt.restore(state)  # the newest intact step
   start = int(state.step)
   batches = training_batches(config, corpus)
   logging.info("generator: %d seen nets, %d tokens of %d, mesh %s, steps %d -> %d",
@@ -204,9 +213,13 @@ def _train(config, workdir: str, *, stop_after: int | None = None) -> dict:
         history = []
       progress(done)
       ckpt.save(done, state)
+      if stop:
+        break
   ckpt.save(int(state.step), state, force=True)
   ckpt.close()
   writer.close()
+  if stop and int(state.step) < end:
+    stop.check(f"after step {int(state.step)} of {end}")
   last["steps_per_sec"] = (end - start) / max(time.time() - t0, 1e-9)
   last["step"] = int(state.step)
   return last

@@ -126,7 +126,7 @@ def make_train_step(spec: GeneratorSpec, config):
       f_t = jnp.full((fresh,), schedule.num_timesteps - 1, jnp.int32)
       f_text = text_condition(f_emb, f_mask, config.prior_temperature,
                               jnp.zeros((fresh,), bool))
-      if config.get("fresh_chain", False):
+      if config.fresh_chain:
         # A key of its own (folded in), so the other draws stay what they were without it.
         k_ct, k_cn = jax.random.split(jax.random.fold_in(k_fresh, 1))
         c_t = jax.random.randint(k_ct, (fresh,), 0, schedule.num_timesteps)
@@ -144,7 +144,7 @@ def make_train_step(spec: GeneratorSpec, config):
         if fresh:
           f_pred = denoise(params, f_x, f_t, f_text)
           f_preds = [f_pred]
-          if config.get("fresh_chain", False):
+          if config.fresh_chain:
             c_x = q_sample(schedule, jax.lax.stop_gradient(f_pred) * mask, c_t, c_noise)
             f_preds.append(denoise(params, c_x, c_t, f_text))
           for p in f_preds:

@@ -32,6 +32,7 @@ import tqdm
 from t2w_jax import data as data_lib
 from t2w_jax import io as io_lib
 from t2w_jax import multihost
+from t2w_jax import preempt
 from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
@@ -248,6 +249,8 @@ def make_corpus(config, workdir: str) -> dict:
   Raises:
     ConfigError: an invalid config, or one other than the stored corpus's.
     BusyError: another process writes this workdir.
+    preempt.Preempted: SIGTERM or SIGINT came; the shard in progress (or the generalist)
+      was finished and written first.
   """
   start = time.time()
   multihost.initialize()
@@ -261,8 +264,9 @@ def make_corpus(config, workdir: str) -> dict:
   with multihost.primary_first("corpus-data"):
     dataset = load_data(config)
   validate_plan(config, len(dataset.class_names))
-  with workdir_lock(workdir, "make_corpus", name=multihost.lock_name()):
-    return _make_corpus(config, workdir, dataset, start)
+  with (workdir_lock(workdir, "make_corpus", name=multihost.lock_name()),
+        preempt.stop_requests() as stop):
+    return _make_corpus(config, workdir, dataset, start, stop)
 
 
 class _Setup(NamedTuple):
@@ -282,13 +286,15 @@ class _Setup(NamedTuple):
   clock: Any              # the _Clock, on process 0 only (None on the others)
 
 
-def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
+def _make_corpus(config, workdir: str, dataset, start: float,
+                 stop: preempt.StopRequests) -> dict:
   path = os.path.join(workdir, "corpus")
   os.makedirs(path, exist_ok=True)
   # Process 0 writes (or checks) what every process needs and clears damaged shards; the
   # others then read it all back, so every net starts from the same bytes on any process.
   with multihost.primary_first("corpus-prepared"):
     setup = _prepare(config, path, dataset, start)
+  stop.check("after the generalist")
   writer, layout, names, shard, all_tasks, todo, clock = (
       setup.writer, setup.layout, setup.names, setup.shard, setup.tasks, setup.todo,
       setup.clock)
@@ -343,6 +349,9 @@ def _make_corpus(config, workdir: str, dataset, start: float) -> dict:
     left = nets_in(mine) - trained
     logging.info("corpus: %d/%d nets (%.2f nets/s, ETA %.0f s)", done_before + trained,
                  done_before + nets_in(mine), rate, left / rate)
+    # Each process stops after its own shard: shards need no agreement between processes.
+    if left:
+      stop.check(f"after shard {i} ({done_before + trained} of {len(all_tasks)} nets)")
   bar.close()
   summary_path = os.path.join(path, "summary.json")
   multihost.barrier("corpus-shards-written")
