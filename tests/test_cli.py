@@ -61,8 +61,10 @@ def test_evaluate(workdir):
 @pytest.mark.slow
 def test_generate(workdir):
   out = os.path.join(workdir, "net.npz")
-  _run("generate.py", f"--workdir={workdir}", "--text=red circle and blue star",
-       f"--out={out}", "--steps=2", "--seed=3")
+  # Read as people write it; the corpus's names give the known spelling.
+  proc = _run("generate.py", f"--workdir={workdir}", "--text=tell Red Circles from blue stars",
+              f"--out={out}", "--steps=2", "--seed=3")
+  assert "classes (2): ['red circle', 'blue star']" in proc.stdout
   from t2w_jax import api
   params, net, names, emb = api.load_net(out)
   assert names == ["red circle", "blue star"] and emb.shape[0] == 2
