@@ -15,7 +15,15 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TFDS_DISABLE_GCS"] = "1" if "TFDS_DISABLE_GCS" not in os.environ else os.environ["TFDS_DISABLE_GCS"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import statistics  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Seconds the calibration below takes on the machine the tests' deadlines were set on (the
+# project's 2-core CPU, other jobs beside it); deadlines are multiplied by how much longer it
+# takes now.
+CALIBRATION_SECONDS = 0.5
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,3 +56,41 @@ def tiny_corpus_dir(tmp_path_factory):
   c.num_devices = 2
   make_corpus_lib.make_corpus(c, workdir)
   return os.path.join(workdir, "corpus")
+
+
+def _calibration_seconds() -> float:
+  """One run of a small, fixed piece of the work child processes do: an XLA compile (a
+  fresh program: a constant no cache holds), its runs, numpy products and a Python loop."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  salt = (time.time_ns() % 1000003) / 1000003
+  start = time.perf_counter()
+
+  def loss(ws, x):
+    for w in ws:
+      x = jnp.tanh(x @ w + salt)
+    return (x ** 2).mean()
+  grad = jax.jit(jax.grad(loss))
+  ws = [jnp.full((128, 128), 0.01 * (i + 1), jnp.float32) for i in range(4)]
+  x = jnp.ones((64, 128), jnp.float32)
+  for _ in range(20):
+    g = grad(ws, x)
+  jax.block_until_ready(g)
+  a = np.random.default_rng(0).standard_normal((200, 200))
+  for _ in range(50):
+    a = np.tanh(a @ a.T * 1e-2)
+  total = 0
+  for i in range(300_000):
+    total += i * i
+  return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def slowness() -> float:
+  """How many times slower than the reference this machine runs now (>= 1), measured when
+  a module first asks: deadlines for child processes are scaled by it, so that an older or
+  busy CPU is given the time it needs instead of failing."""
+  _calibration_seconds()  # warm-up: the backend's first use
+  seconds = statistics.median(_calibration_seconds() for _ in range(3))
+  return max(1.0, seconds / CALIBRATION_SECONDS)
