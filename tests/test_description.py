@@ -53,6 +53,8 @@ RBG = ["red circle", "blue star", "green heart"]
     ("Sort my photos into red circle, blue star or green heart.", RBG),
     ("a net for red circle vs blue star", RBG[:2]),
     ("pictures of: red circle, blue star", RBG[:2]),
+    ("a photo of a red circle or a blue star", RBG[:2]),
+    ("Is it a red circle or a blue star?", RBG[:2]),
     # Quotes, whitespace, case.
     ('"red circle vs blue star"', RBG[:2]),
     ("'red circle', 'blue star' and 'green heart'", RBG),

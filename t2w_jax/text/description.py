@@ -10,12 +10,11 @@
 
 Understood: lists separated by commas, semicolons, newlines, "|", "&", "and", "or",
 "vs"/"vs."/"versus", "/" (with an Oxford comma or not); a lead-in before the list ("a
-classifier for", "classify", "tell ... from ...", "distinguish ... from/and ...",
-"sort my photos into", "I need a model that recognises", a label ending in a colon);
-leading articles, bullets and surrounding quotes; any case. Known class names (a
-corpus's) are matched first, case-insensitively and in the plural too, so a known name
-that contains a separator ("black and white cat") stays whole and comes back in its
-known spelling.
+classifier for", "classify", "tell ... from ...", "distinguish ... from/and ...", "sort my
+photos into", "I need a model that recognises", "is it ...", a label ending in a colon);
+leading articles, bullets and surrounding quotes; any case. Known class names (a corpus's)
+are matched first, case-insensitively and in the plural too, so a known name that contains
+a separator ("black and white cat") stays whole and comes back in its known spelling.
 """
 
 from __future__ import annotations
@@ -44,7 +43,8 @@ _LEAD_IN = re.compile(
     r"(?:\s+[\w']+){0,4}?\s+(?:into|as)|"
     r"classif(?:y|ies|ying|ier|iers)(?:\s+(?:for|of|between|on|over))?|"
     r"recogni[sz](?:e|es|ing)|detect(?:s|ing)?|identif(?:y|ies|ying)|"
-    r"(?:pictures|photos|images|examples)\s+of|"
+    r"(?:pictures?|photos?|images?|examples?)\s+of|"
+    r"(?:is|whether)\s+(?:it|this|that)(?:\s+is)?|"
     r"(?:model|net|network)\s+(?:for|of)|"
     r"between"
     r")\s+", flags=re.IGNORECASE)
