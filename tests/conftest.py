@@ -45,17 +45,29 @@ def _data_dir(tmp_path_factory):
   yield
 
 
-@pytest.fixture(scope="session")
-def tiny_corpus_dir(tmp_path_factory):
-  """The tiny corpus (configs/corpus.py:tiny over 2 devices), built once per worker; its
-  users only read it."""
+def tiny_corpus_config():
+  """configs/corpus.py:tiny over 2 devices (2 nets per chunk: shards of 4, 16 nets)."""
   from configs import corpus as corpus_config
-  from t2w_jax.zoo import make_corpus as make_corpus_lib
-  workdir = str(tmp_path_factory.mktemp("tiny_corpus"))
   c = corpus_config.get_config("tiny")
   c.num_devices = 2
-  make_corpus_lib.make_corpus(c, workdir)
-  return os.path.join(workdir, "corpus")
+  return c
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_run(tmp_path_factory):
+  """(workdir, make_corpus summary) of the tiny corpus (``tiny_corpus_config``), built once
+  per worker and shared by every module that needs it: its users only read it (a test that
+  damages or extends it works on a copy)."""
+  from t2w_jax.zoo import make_corpus as make_corpus_lib
+  workdir = str(tmp_path_factory.mktemp("tiny_corpus"))
+  summary = make_corpus_lib.make_corpus(tiny_corpus_config(), workdir)
+  return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tiny_corpus_run):
+  """The tiny corpus's directory (``tiny_corpus_run``)."""
+  return os.path.join(tiny_corpus_run[0], "corpus")
 
 
 def _calibration_seconds() -> float:

@@ -104,6 +104,7 @@ def _run_fuse(*args: str) -> subprocess.CompletedProcess:
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_fuse_command_line(workdir, gen, tmp_path):
   out = str(tmp_path / "fused.npz")
   proc = _run_fuse(f"--workdir={workdir}", f"--text_a={TEXT_A}", f"--text_b={TEXT_B}",

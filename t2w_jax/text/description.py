@@ -56,7 +56,7 @@ _TAIL = re.compile(r"\s+(?:apart|from\s+each\s+other|from\s+one\s+another)\s*[.!
 _PIECE_HEAD = re.compile(r"^(?:(?:a|an|the|both|either|or|and)\s+|[-*\u2022]\s*|\d+[.)]\s+)+",
                          flags=re.IGNORECASE)
 _QUOTES = "\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb"
-# A stand-in for a known class name while the text is split: no word characters, no
+# A stand-in for a known class name while the text is split: no letter, space or
 # separator, so no pattern above can match inside it.
 _SLOT = "\x00{}\x00"
 _SLOT_RE = re.compile("\x00(\\d+)\x00")
@@ -140,7 +140,7 @@ def parse_description(text: str, known: Iterable[str] | None = None, *,
     body = pattern.sub(_slot, body)
 
   # "Classify: apple; banana": the list follows the colon.
-  head, colon, tail = body.partition(":")
+  _, colon, tail = body.partition(":")
   if colon and tail.strip():
     body = tail
   body = _TAIL.sub("", body.strip())
