@@ -14,11 +14,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Seconds one command may take on the reference machine; scaled by the conftest's slowness.
+TIMEOUT = 900
+_TIMEOUT = [float(TIMEOUT)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _scaled_timeout(slowness):
+  _TIMEOUT[0] = TIMEOUT * slowness
+
+
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   env.pop("XLA_FLAGS", None)  # each command sets up its own host devices
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=_TIMEOUT[0])
   assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
   return proc
 

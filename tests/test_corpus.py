@@ -119,7 +119,7 @@ def test_unknown_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted(built, tmp_path):
+def test_resume_after_kill_matches_uninterrupted(built, tmp_path, slowness):
   """kill -9 after the first shard lands; the resumed corpus equals the uninterrupted one."""
   _, _, reference = built
   workdir = str(tmp_path)
@@ -129,7 +129,7 @@ def test_resume_after_kill_matches_uninterrupted(built, tmp_path):
          f"--workdir={workdir}", "--config.num_devices=2"]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = os.path.join(workdir, "corpus", "shards", "00000.jsonl")
-  deadline = time.time() + 300
+  deadline = time.time() + 300 * slowness
   while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
