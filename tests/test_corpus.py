@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from configs import corpus as corpus_config
 from conftest import tiny_corpus_config as tiny_config
+from conftest import wait_for_children
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.weights.layout import ParamLayout
 from t2w_jax.zoo import corpus as corpus_lib
@@ -129,12 +129,11 @@ def test_resume_after_kill_matches_uninterrupted(built, tmp_path, slowness):
          f"--workdir={workdir}", "--config.num_devices=2"]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = os.path.join(workdir, "corpus", "shards", "00000.jsonl")
-  deadline = time.time() + 300 * slowness
-  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.2)
+  problem = wait_for_children([proc], quiet=240, cpu_budget=600 * slowness,
+                              wall_cap=2400 * slowness, until=lambda: os.path.exists(first))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert os.path.exists(first), "the child never wrote its first shard"
+  assert os.path.exists(first), f"the child never wrote its first shard: {problem}"
   assert not os.path.exists(os.path.join(workdir, "corpus", "weights.npy"))
   make_corpus_lib.make_corpus(tiny_config(), workdir)
   resumed = corpus_lib.open_corpus(os.path.join(workdir, "corpus"))

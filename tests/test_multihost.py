@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from configs import dit as dit_config
+from conftest import wait_for_children
 from t2w_jax import multihost
 from t2w_jax.errors import ConfigError
 from t2w_jax.train import checkpoint as ckpt_lib
@@ -33,11 +33,13 @@ CORPUS = [f"--config={os.path.join(ROOT, 'configs', 'corpus.py')}:tiny"]
 STEPS = 12  # the tiny DiT's adversarial term starts at step 10: both losses are exercised
 TRAIN = [f"--config={os.path.join(ROOT, 'configs', 'dit.py')}:tiny",
          f"--config.num_steps={STEPS}", "--config.adv_weight=0.01"]
-# Seconds a launch may go without writing a line before it is taken for a hang, on the
-# reference machine (the whole module takes about two minutes there); scaled by the
-# conftest's `slowness`, and a launch may take at most TOTAL times that in all.
-SILENCE = 240
-TOTAL = 4
+# One launch's limits (conftest.wait_for_children): wall seconds without output or CPU use
+# taken for a hang; CPU-seconds its processes may use together and wall seconds in all, on
+# the reference machine (where the whole module takes about two minutes), both scaled by
+# the conftest's `slowness`.
+QUIET = 240
+CPU_BUDGET = 900
+WALL_CAP = 2400
 # Files that record seconds spent, which differ between any two runs.
 TIMED = {"progress.json", "summary.json"}
 
@@ -53,13 +55,13 @@ def _env(**extra) -> dict:
 
 
 _CACHE = [""]  # set by the module fixture below
-_SILENCE = [float(SILENCE)]  # likewise, scaled to this machine
+_SCALE = [1.0]  # likewise: the conftest's slowness
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _children_cache_and_deadline(tmp_path_factory, slowness):
+def _children_cache_and_scale(tmp_path_factory, slowness):
   _CACHE[0] = str(tmp_path_factory.mktemp("children_xla_cache"))
-  _SILENCE[0] = SILENCE * slowness
+  _SCALE[0] = slowness
   yield
 
 
@@ -117,24 +119,20 @@ def _tail(logs: str, tag: str, n: int = 2) -> str:
                    for i in range(n))
 
 
+def _wait_while_working(procs: list, logs: str, tag: str, until=None) -> str | None:
+  """conftest.wait_for_children with this module's limits: None, or why it gave up."""
+  return wait_for_children(
+      procs, [os.path.join(logs, f"{tag}.{i}.log") for i in range(len(procs))], quiet=QUIET,
+      cpu_budget=CPU_BUDGET * _SCALE[0], wall_cap=WALL_CAP * _SCALE[0], until=until)
+
+
 def _wait(procs: list, logs: str, tag: str) -> None:
-  """Waits for the processes; fails (with their logs' tails) on an error, when none has
-  written a line for the scaled SILENCE (a hang), or after TOTAL times that in all. A
-  deadline on progress rather than on the whole launch lets a slow or busy machine finish."""
-  silence = _SILENCE[0]
-  paths = [os.path.join(logs, f"{tag}.{i}.log") for i in range(len(procs))]
-  start = last = time.monotonic()
-  written = -1
-  while any(p.poll() is None for p in procs):
-    now = time.monotonic()
-    size = sum(os.path.getsize(f) for f in paths)
-    if size != written:
-      written, last = size, now
-    if now - last > silence or now - start > TOTAL * silence:
-      pytest.fail(f"{tag}: {len(procs)} process(es) wrote nothing for {now - last:.0f} s, "
-                  f"{now - start:.0f} s in all (limits {silence:.0f} s and "
-                  f"{TOTAL * silence:.0f} s)\n{_tail(logs, tag, len(procs))}")
-    time.sleep(0.2)
+  """Waits for the processes while they work; fails (with their logs' tails) on an error
+  or when they stop making progress. Limits on progress rather than on the launch's wall
+  time let a slow or busy machine finish."""
+  problem = _wait_while_working(procs, logs, tag)
+  if problem:
+    pytest.fail(f"{tag}: {problem}\n{_tail(logs, tag, len(procs))}")
   rcs = [p.returncode for p in procs]
   assert rcs == [0] * len(procs), f"{tag}: exit statuses {rcs}\n{_tail(logs, tag, len(procs))}"
 
@@ -270,10 +268,8 @@ def test_training_resumes_after_one_process_is_killed(reference, two_processes, 
   with _running() as procs:
     pair = _start_pair(procs, cmd, logs, "killed")
     first = os.path.join(workdir, "checkpoints", str(every))
-    deadline = time.monotonic() + _SILENCE[0]
-    while not os.path.isdir(first) and time.monotonic() < deadline and pair[1].poll() is None:
-      time.sleep(0.05)
-    assert os.path.isdir(first), f"no checkpoint {every} in time\n{_tail(logs, 'killed')}"
+    problem = _wait_while_working(pair, logs, "killed", until=lambda: os.path.isdir(first))
+    assert os.path.isdir(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'killed')}"
     assert pair[1].poll() is None, "process 1 finished before it could be killed"
     os.killpg(pair[1].pid, signal.SIGKILL)
     pair[1].wait()
@@ -347,6 +343,6 @@ def test_settings_from_flags_environment_and_clusters():
 def test_launch_scripts_refuse_incomplete_settings_in_one_line(tmp_path):
   env = _env(JAX_COORDINATOR_ADDRESS="127.0.0.1:12355", JAX_NUM_PROCESSES="2")
   out = subprocess.run(_script("train") + TRAIN + [f"--workdir={tmp_path}", "--process_id=5"],
-                       env=env, capture_output=True, text=True, timeout=_SILENCE[0])
+                       env=env, capture_output=True, text=True, timeout=QUIET * _SCALE[0])
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith("error: process_id=5 is out of range")
