@@ -1,7 +1,11 @@
 """Generate a subtask net from a text description and save it as a standalone .npz.
 
-  python launch/generate.py --workdir=runs/default --text="red circle, blue star and green heart" \
+  python launch/generate.py --workdir=runs/default --text="red circle vs blue star vs green heart" \
       --out=/tmp/net.npz
+
+The text is read as ``t2w_jax.parse_description`` reads it ("A, B and C", "A vs B", "A or B",
+"tell A from B", "a classifier for A, B and C", one class per line ...), preferring the class
+names of the generator's corpus; the class list it was read as is printed before sampling.
 
 Read it back with ``t2w_jax.api.load_net(path)`` -> (params, net, class names, class_emb);
 net is the SubtaskCNN, or for an adapter-family corpus the trunk + adapter TrunkedNet.
@@ -16,7 +20,8 @@ from absl import app, flags, logging  # noqa: E402
 from t2w_jax import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory")
-_TEXT = flags.DEFINE_string("text", None, "class names, e.g. 'tulip, rose and bus'")
+_TEXT = flags.DEFINE_string("text", None, "the task: class names, e.g. 'tulip, rose and bus', "
+                            "'cats vs dogs', 'a classifier for tulip, rose and bus'")
 _OUT = flags.DEFINE_string("out", None, "output .npz")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 _STEPS = flags.DEFINE_integer("steps", None, "sampler steps (default: config)")
@@ -29,13 +34,16 @@ def main(argv):
   del argv
   import jax
   from t2w_jax import api
+  from t2w_jax import text as text_lib
   cli.check_output_file(_OUT.value)  # before the minutes of loading and sampling
-  api.class_names(_TEXT.value)  # likewise: an empty description fails now
+  text_lib.parse_description(_TEXT.value)  # likewise: a text of fewer than 2 classes fails now
   gen = api.load(_WORKDIR.value)
-  params = api.generate(gen, _TEXT.value, rng=jax.random.PRNGKey(_SEED.value),
+  names = text_lib.parse_description(_TEXT.value, known=cli.corpus_class_names(gen))
+  print(f"classes ({len(names)}): {names}", flush=True)
+  params = api.generate(gen, names, rng=jax.random.PRNGKey(_SEED.value),
                         steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
-  api.save_net(_OUT.value, gen, api.take(params, 0), _TEXT.value)
-  logging.info("wrote %s (%d classes)", _OUT.value, len(api.class_names(_TEXT.value)))
+  api.save_net(_OUT.value, gen, api.take(params, 0), names)
+  logging.info("wrote %s (%d classes)", _OUT.value, len(names))
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ def class_names(text: str | Sequence[str]) -> list[str]:
       non-strings), or no class name.
   """
   if isinstance(text, str):
-    try:
-      names = text_lib.split_description(text)
+    try:  # one class is enough here (one side of fuse); the nets need two (_checked_embeddings)
+      names = text_lib.parse_description(text, min_classes=1)
     except ValueError as e:  # empty or separators only: the user's text, so a user error
       raise ConfigError(f"text: {e}") from None
   elif isinstance(text, (list, tuple, np.ndarray)):
@@ -172,7 +172,9 @@ def trunk_of(gen: Generator):
 def _checked_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
   """``class_embeddings``, after checking the generator has class slots for them all."""
   kmax = int(gen.spec.config["max_classes"])
-  k = len(class_names(text))
+  names = class_names(text)
+  text_lib.require_classes(names, text)
+  k = len(names)
   if k > kmax:
     raise ConfigError(f"text names {k} classes; this generator was trained on tasks of at "
                       f"most {kmax} classes (its max_classes)")

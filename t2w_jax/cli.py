@@ -121,6 +121,31 @@ def check_output_file(path: str, flag: str = "--out") -> None:
     raise ConfigError(f"{flag}={path}: directory {parent} is not writable")
 
 
+def corpus_class_names(gen) -> list[str] | None:
+  """The class names of the corpus a generator was trained on, to parse ``--text`` with.
+
+  A description is read preferring these names (``text.parse_description``'s ``known``),
+  so that a class name holding "and" or "/" stays whole.
+
+  Args:
+    gen: an ``api.Generator`` loaded from a workdir.
+
+  Returns:
+    The names, or None (logged) when the corpus is not where the generator's config says.
+  """
+  corpus_dir = gen.config.get("corpus_dir") or (
+      os.path.join(gen.workdir, "corpus") if gen.workdir else None)
+  if corpus_dir is None:
+    return None
+  from t2w_jax.zoo import corpus as corpus_lib  # local: importing cli does not import JAX
+  try:
+    return list(corpus_lib.open_corpus(corpus_dir, verify=False).class_names)
+  except UserError as e:  # the text is still parsed, without the corpus's names
+    logging.warning("class names of the corpus not read (%s); parsing the text without them",
+                    " ".join(str(e).split()))
+    return None
+
+
 def define_multiprocess_flags() -> Callable[[], None]:
   """Defines --coordinator_address, --num_processes and --process_id (``t2w_jax.multihost``).
 

@@ -15,7 +15,18 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TFDS_DISABLE_GCS"] = "1" if "TFDS_DISABLE_GCS" not in os.environ else os.environ["TFDS_DISABLE_GCS"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import statistics  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Seconds the calibration below takes on the machine the tests' deadlines were set on (the
+# project's 2-core CPU, other jobs beside it); deadlines are multiplied by how much longer it
+# takes now.
+CALIBRATION_SECONDS = 0.5
+# A child process that has written nothing and used less than this many CPU-seconds in a
+# while is waiting, not working.
+WORKING_CPU_SECONDS = 1.0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,14 +48,119 @@ def _data_dir(tmp_path_factory):
   yield
 
 
-@pytest.fixture(scope="session")
-def tiny_corpus_dir(tmp_path_factory):
-  """The tiny corpus (configs/corpus.py:tiny over 2 devices), built once per worker; its
-  users only read it."""
+def tiny_corpus_config():
+  """configs/corpus.py:tiny over 2 devices (2 nets per chunk: shards of 4, 16 nets)."""
   from configs import corpus as corpus_config
-  from t2w_jax.zoo import make_corpus as make_corpus_lib
-  workdir = str(tmp_path_factory.mktemp("tiny_corpus"))
   c = corpus_config.get_config("tiny")
   c.num_devices = 2
-  make_corpus_lib.make_corpus(c, workdir)
-  return os.path.join(workdir, "corpus")
+  return c
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_run(tmp_path_factory):
+  """(workdir, make_corpus summary) of the tiny corpus (``tiny_corpus_config``), built once
+  per worker and shared by every module that needs it: its users only read it (a test that
+  damages or extends it works on a copy)."""
+  from t2w_jax.zoo import make_corpus as make_corpus_lib
+  workdir = str(tmp_path_factory.mktemp("tiny_corpus"))
+  summary = make_corpus_lib.make_corpus(tiny_corpus_config(), workdir)
+  return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tiny_corpus_run):
+  """The tiny corpus's directory (``tiny_corpus_run``)."""
+  return os.path.join(tiny_corpus_run[0], "corpus")
+
+
+def _calibration_seconds() -> float:
+  """One run of a small, fixed piece of the work child processes do: an XLA compile (a
+  fresh program: a constant no cache holds), its runs, numpy products and a Python loop."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  salt = (time.time_ns() % 1000003) / 1000003
+  start = time.perf_counter()
+
+  def loss(ws, x):
+    for w in ws:
+      x = jnp.tanh(x @ w + salt)
+    return (x ** 2).mean()
+  grad = jax.jit(jax.grad(loss))
+  ws = [jnp.full((128, 128), 0.01 * (i + 1), jnp.float32) for i in range(4)]
+  x = jnp.ones((64, 128), jnp.float32)
+  for _ in range(20):
+    g = grad(ws, x)
+  jax.block_until_ready(g)
+  a = np.random.default_rng(0).standard_normal((200, 200))
+  for _ in range(50):
+    a = np.tanh(a @ a.T * 1e-2)
+  total = 0
+  for i in range(300_000):
+    total += i * i
+  return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def slowness() -> float:
+  """How many times slower than the reference this machine runs now (>= 1), measured when
+  a module first asks: deadlines and CPU budgets for child processes are scaled by it, so
+  that an older or busy CPU is given the time it needs instead of failing (a machine that
+  gets busier later is covered by ``wait_for_children``, which waits while they work)."""
+  _calibration_seconds()  # warm-up: the backend's first use
+  seconds = statistics.median(_calibration_seconds() for _ in range(3))
+  return max(1.0, seconds / CALIBRATION_SECONDS)
+
+
+def cpu_seconds(pid: int) -> float | None:
+  """CPU seconds (user + system, all threads) a live process has used; None where /proc
+  cannot tell (the process has exited, or the system has no /proc)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+  except (OSError, IndexError, ValueError):
+    return None
+
+
+def wait_for_children(procs, log_paths=(), *, quiet: float, cpu_budget: float,
+                      wall_cap: float, until=None) -> str | None:
+  """Waits until every process has exited, or ``until()`` is true, while they make progress.
+
+  Progress is new output in ``log_paths`` or CPU time used (``WORKING_CPU_SECONDS``), so a
+  busy machine that gives the children little CPU only makes them slower, while children
+  that wait on each other for good (a hang) are caught after ``quiet`` seconds.
+
+  Args:
+    procs: the ``subprocess.Popen`` objects.
+    log_paths: files the processes write their output to.
+    quiet: wall seconds without progress taken for a hang.
+    cpu_budget: CPU-seconds the processes may use together.
+    wall_cap: wall seconds in all (a last guard).
+    until: an optional condition that ends the wait early.
+
+  Returns:
+    None, or why it gave up.
+  """
+  start = last = time.monotonic()
+  cpu = {}  # pid -> its last reading: an exited process keeps what it used
+  written, used_at_last = -1, 0.0
+  while not (until is not None and until()) and any(p.poll() is None for p in procs):
+    now = time.monotonic()
+    for p in procs:
+      seconds = cpu_seconds(p.pid)
+      if seconds is not None:
+        cpu[p.pid] = seconds
+    used = sum(cpu.values())
+    size = sum(os.path.getsize(f) for f in log_paths if os.path.exists(f))
+    if size != written or used - used_at_last >= WORKING_CPU_SECONDS:
+      written, used_at_last, last = size, used, now
+    if now - last > quiet:
+      return (f"no output and under {WORKING_CPU_SECONDS} CPU-second used for "
+              f"{now - last:.0f} s (a hang)")
+    if used > cpu_budget:
+      return f"used {used:.1f} CPU-seconds, more than its budget of {cpu_budget:.1f}"
+    if now - start > wall_cap:
+      return f"not done in {wall_cap:.0f} s"
+    time.sleep(0.2)
+  return None

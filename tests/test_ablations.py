@@ -32,6 +32,7 @@ def test_variant_configs():
     ablations.variant_config(config, "no_such_thing")
 
 
+@pytest.mark.slow
 def test_run_ablations_tiny(tmp_path):
   c = corpus_config.get_config("tiny")
   c.num_devices = 2

@@ -1,10 +1,13 @@
 """The application API's contracts: ``api.enhance`` and ``api.few_shot`` on a tiny generator."""
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import pytest
 
 from configs import dit as dit_config
 from t2w_jax import api
+from t2w_jax import cli
 from t2w_jax import generator as generator_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError
@@ -139,3 +142,21 @@ def test_few_shot_refuses_bad_input(ctx):
     api.few_shot(gen, names, images, labels, rng=rng, max_steps=15, eval_every=10)
   with pytest.raises(ValueError, match="at least 1 labelled image"):
     tasks_lib.shot_split(0)
+
+
+def test_generate_reads_descriptions_as_people_write_them(ctx, tmp_path):
+  gen = ctx.gen
+  names = list(ctx.corpus.class_names[:3])
+  rng = jax.random.PRNGKey(2)
+  want = api.generate(gen, names, rng=rng, steps=2)
+  text = f"a classifier for {names[0]} vs {names[1]} vs {names[2].upper()}"
+  assert api.class_names(text) == names[:2] + [names[2].upper()]
+  _leaves_close(api.generate(gen, text, rng=rng, steps=2), want, atol=0)
+  for one in (f"a classifier for {names[0]}", [names[0]]):
+    with pytest.raises(ConfigError, match=rf"parsed as 1 class \['{names[0]}'\]"):
+      api.generate(gen, one, rng=rng)
+  # The command line parses with the corpus's class names, read from the generator's config.
+  assert cli.corpus_class_names(SimpleNamespace(
+      config={"corpus_dir": ctx.corpus.path}, workdir=None)) == list(ctx.corpus.class_names)
+  assert cli.corpus_class_names(SimpleNamespace(
+      config={"corpus_dir": None}, workdir=str(tmp_path))) is None

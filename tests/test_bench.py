@@ -54,7 +54,7 @@ def test_small_generator_matches_cnn19k():
 
 
 @pytest.mark.slow
-def test_corpus_bench_cli_quick(tmp_path):
+def test_corpus_bench_cli_quick(tmp_path, slowness):
   """Trainer on one single-threaded device per core; baseline subprocess on one device."""
   out = tmp_path / "corpus.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -62,7 +62,7 @@ def test_corpus_bench_cli_quick(tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "corpus",
                          "--quick", "--eval_every", "2", "--json", str(out)], env=env,
                         capture_output=True,
-                        text=True, timeout=600, check=False)
+                        text=True, timeout=600 * slowness, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "net-steps/s" in proc.stdout and "ratio trainer / per-net loop" in proc.stdout
   r = json.loads(out.read_text())

@@ -7,6 +7,7 @@ offline, so the corpus falls back to MiniLM (which the corpus then records by na
 import os
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar100 as cifar_config
@@ -18,6 +19,7 @@ from t2w_jax.zoo import make_corpus as make_corpus_lib
 from test_data_real import _write_cifar100_metadata  # pylint: disable=g-bad-import-order
 
 
+@pytest.mark.slow
 def test_cifar100_corpus_train_evaluate(tmp_path, monkeypatch, caplog):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   fine = [f"thing_{i}" for i in range(97)] + ["aquarium_fish", "maple_tree", "sweet_pepper"]

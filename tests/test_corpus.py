@@ -3,13 +3,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import corpus as corpus_config
+from conftest import tiny_corpus_config as tiny_config
+from conftest import wait_for_children
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.weights.layout import ParamLayout
 from t2w_jax.zoo import corpus as corpus_lib
@@ -19,16 +20,9 @@ from t2w_jax.zoo import masstrain
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config():
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2  # 2 nets per chunk x 2 devices: shards of 4, so 16 nets = 4 shards
-  return c
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("corpus_a"))
-  summary = make_corpus_lib.make_corpus(tiny_config(), workdir)
+def built(tiny_corpus_run):
+  workdir, summary = tiny_corpus_run  # the conftest's: read only
   return workdir, summary, corpus_lib.open_corpus(os.path.join(workdir, "corpus"))
 
 
@@ -124,7 +118,8 @@ def test_unknown_dataset(tmp_path):
     make_corpus_lib.make_corpus(config, str(tmp_path))
 
 
-def test_resume_after_kill_matches_uninterrupted(built, tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted(built, tmp_path, slowness):
   """kill -9 after the first shard lands; the resumed corpus equals the uninterrupted one."""
   _, _, reference = built
   workdir = str(tmp_path)
@@ -134,12 +129,11 @@ def test_resume_after_kill_matches_uninterrupted(built, tmp_path):
          f"--workdir={workdir}", "--config.num_devices=2"]
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = os.path.join(workdir, "corpus", "shards", "00000.jsonl")
-  deadline = time.time() + 300
-  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.2)
+  problem = wait_for_children([proc], quiet=240, cpu_budget=600 * slowness,
+                              wall_cap=2400 * slowness, until=lambda: os.path.exists(first))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert os.path.exists(first), "the child never wrote its first shard"
+  assert os.path.exists(first), f"the child never wrote its first shard: {problem}"
   assert not os.path.exists(os.path.join(workdir, "corpus", "weights.npy"))
   make_corpus_lib.make_corpus(tiny_config(), workdir)
   resumed = corpus_lib.open_corpus(os.path.join(workdir, "corpus"))

@@ -1,8 +1,8 @@
 """Evaluators: baselines give the values they must, the whole evaluation runs and reports.
 
-One tiny corpus and one tiny generator (built in-process, module scope) serve every test;
-the end-to-end evaluation runs once (module scope) with settings chosen so that all the
-generator's sampling shares two compiled programs.
+The baselines' tests read the conftest's tiny corpus; the end-to-end evaluation (the slow
+tier) builds its own corpus and tiny generator and runs once (module scope) with settings
+chosen so that all the generator's sampling shares two compiled programs.
 """
 import json
 import os
@@ -46,8 +46,9 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ctx(workdir):
-  return EvalContext.create(os.path.join(workdir, "corpus"), chunk=8)
+def ctx(tiny_corpus_dir):
+  # The conftest's tiny corpus (the same config as ``workdir``'s): no generator needed.
+  return EvalContext.create(tiny_corpus_dir, chunk=8)
 
 
 def _test_config():
@@ -239,6 +240,7 @@ def test_sampler_settings_parse():
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_oracle_beats_base_and_baselines_are_sane(results):
   b = results["evals"]["baselines"]
   for split in ("unseen", "heldout"):
@@ -251,6 +253,7 @@ def test_oracle_beats_base_and_baselines_are_sane(results):
   assert b["ridge_lambda"] in (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
+@pytest.mark.slow
 def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
   out = os.path.join(workdir, "eval")
   with open(os.path.join(out, "results.json")) as f:
@@ -284,6 +287,7 @@ def test_evaluation_writes_json_and_table_with_every_method(results, workdir):
   assert ff["sentence"]["parsed_exactly"] == 1.0
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic(results, workdir):
   from t2w_jax import api
   gen = api.load(workdir)

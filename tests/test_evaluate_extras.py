@@ -123,6 +123,7 @@ def test_registered():
   assert registry.get("fusion").fn is fusion_lib.fusion
 
 
+@pytest.mark.slow
 def test_finetune_curves(ctx, tmp_path):
   trainer = ctx.corpus.meta["trainer"]
   out = finetune_lib.finetune_curves(ctx, jax.random.PRNGKey(0), num_tasks=2,
@@ -260,6 +261,7 @@ def test_shot_data_holds_out_a_fifth_of_the_shots(ctx):
     fewshot_lib.shot_data(data, 10_000, seed=0)
 
 
+@pytest.mark.slow
 def test_fewshot(ctx, tmp_path):
   out = fewshot_lib.fewshot(ctx, jax.random.PRNGKey(0), splits=("unseen",), num_tasks=2,
                             shots=(1, 5), train_steps=20, eval_every=5, patience=2,
@@ -320,6 +322,7 @@ def _ensemble_accuracy(wide, members, task) -> tuple[float, int]:
   return float((probs.argmax(-1) == labels)[valid].mean()), int(valid.sum())
 
 
+@pytest.mark.slow
 def test_fusion(ctx, tmp_path):
   out = fusion_lib.fusion(ctx, jax.random.PRNGKey(0), num_pairs=2, num_samples=2,
                           out_dir=str(tmp_path))

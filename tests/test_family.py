@@ -135,6 +135,7 @@ def adapter_corpus(tmp_path_factory):
   return workdir, summary, corpus_lib.open_corpus(os.path.join(workdir, "corpus")), calls
 
 
+@pytest.mark.slow
 def test_adapter_corpus_stores_adapter_weights_only(adapter_corpus):
   workdir, summary, corpus, _ = adapter_corpus
   c = _adapter_config()
@@ -153,6 +154,7 @@ def test_adapter_corpus_stores_adapter_weights_only(adapter_corpus):
   assert summary["all"]["gain_points"] > 0, summary
 
 
+@pytest.mark.slow
 def test_heldout_images_never_reach_the_trunk(adapter_corpus):
   _, _, corpus, calls = adapter_corpus
   trunk_calls = [c for c in calls if isinstance(c[0], SubtaskCNN)]
@@ -167,6 +169,7 @@ def test_heldout_images_never_reach_the_trunk(adapter_corpus):
   assert len(adapter_calls) == 1 and len(adapter_calls[0][1]) == 2
 
 
+@pytest.mark.slow
 def test_features_are_computed_once(adapter_corpus, monkeypatch):
   workdir, _, corpus, _ = adapter_corpus
 
@@ -187,6 +190,7 @@ def test_features_are_computed_once(adapter_corpus, monkeypatch):
                              acc[:2], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_other_family_config_is_refused(adapter_corpus):
   workdir, _, _, _ = adapter_corpus
   c = corpus_config.get_config("tiny")
@@ -195,6 +199,7 @@ def test_other_family_config_is_refused(adapter_corpus):
     make_corpus_lib.make_corpus(c, workdir)
 
 
+@pytest.mark.slow
 def test_generator_on_adapter_corpus_and_api_net(adapter_corpus, tmp_path):
   workdir, _, corpus, _ = adapter_corpus
   d = dit_config.get_config("tiny")

@@ -97,17 +97,18 @@ def test_fuse_errors(gen):
     api.fuse(gen, TEXT_A, TEXT_B, rng=rng, steps=0)
 
 
-def _run_fuse(*args: str) -> subprocess.CompletedProcess:
+def _run_fuse(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   env.pop("XLA_FLAGS", None)  # the command sets up its own host devices
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "fuse.py"), *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_fuse_command_line(workdir, gen, tmp_path):
+@pytest.mark.slow
+def test_fuse_command_line(workdir, gen, tmp_path, slowness):
   out = str(tmp_path / "fused.npz")
   proc = _run_fuse(f"--workdir={workdir}", f"--text_a={TEXT_A}", f"--text_b={TEXT_B}",
-                   f"--out={out}", "--steps=2", "--seed=3")
+                   f"--out={out}", "--steps=2", "--seed=3", timeout=600 * slowness)
   assert proc.returncode == 0, proc.stderr[-3000:]
   params, _, names, emb = api.load_net(out)
   assert names == UNION and emb.shape[0] == len(UNION)

@@ -1,7 +1,7 @@
 """Integrity (issue 13): identity on resume, checksums on read, input validation, one writer.
 
-One tiny corpus is built per module; the damage tests work on copies of it, so each
-rebuild trains only the shards it damaged.
+The conftest's tiny corpus is shared; the damage tests work on copies of it, so each rebuild
+trains only the shards it damaged.
 """
 import json
 import logging
@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import corpus as corpus_config
 from configs import dit as dit_config
+from conftest import tiny_corpus_config as tiny_config
 from t2w_jax import api, cli
 from t2w_jax.errors import BusyError, ConfigError, CorruptError, MissingError, UserError
 from t2w_jax.train import loop
@@ -28,16 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
 
 
-def tiny_config():
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2  # 2 nets per chunk x 2 devices: shards of 4, so 16 nets = 4 shards
-  return c
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("integrity"))
-  make_corpus_lib.make_corpus(tiny_config(), workdir)
+def built(tiny_corpus_run):
+  workdir = tiny_corpus_run[0]  # the conftest's: read only, damaged on copies
   return workdir, corpus_lib.open_corpus(os.path.join(workdir, "corpus"))
 
 
@@ -302,6 +295,8 @@ def test_mesh_that_does_not_divide_the_heads_is_refused(built, tmp_path):
      "does not exist"),
     ("generate.py", ["--workdir={tmp}", "--text=a, b", "--out={tmp}/no/a.npz"],
      "--out=.*does not exist"),
+    ("generate.py", ["--workdir={tmp}", "--text=a classifier for red circle",
+                     "--out={tmp}/a.npz"], r"parsed as 1 class \['red circle'\]"),
     ("make_corpus.py", ["--config=configs/corpus.py:tiny", "--workdir={tmp}/c",
                         "--config.num_seen=-5"], "num_seen=-5"),
     ("make_corpus.py", ["--config=configs/corpus.py:bogus", "--workdir={tmp}/c"],

@@ -15,13 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from configs import dit as dit_config
+from conftest import wait_for_children
 from t2w_jax import multihost
 from t2w_jax.errors import ConfigError
 from t2w_jax import checkpoints as ckpt_lib
@@ -33,7 +33,13 @@ CORPUS = [f"--config={os.path.join(ROOT, 'configs', 'corpus.py')}:tiny"]
 STEPS = 12  # the tiny DiT's adversarial term starts at step 10: both losses are exercised
 TRAIN = [f"--config={os.path.join(ROOT, 'configs', 'dit.py')}:tiny",
          f"--config.num_steps={STEPS}", "--config.adv_weight=0.01"]
-TIMEOUT = 240  # seconds for one launch of the pair; the whole module takes about two minutes
+# One launch's limits (conftest.wait_for_children): wall seconds without output or CPU use
+# taken for a hang; CPU-seconds its processes may use together and wall seconds in all, on
+# the reference machine (where the whole module takes about two minutes), both scaled by
+# the conftest's `slowness`.
+QUIET = 240
+CPU_BUDGET = 900
+WALL_CAP = 2400
 # Files that record seconds spent, which differ between any two runs.
 TIMED = {"progress.json", "summary.json"}
 
@@ -49,11 +55,13 @@ def _env(**extra) -> dict:
 
 
 _CACHE = [""]  # set by the module fixture below
+_SCALE = [1.0]  # likewise: the conftest's slowness
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _children_cache(tmp_path_factory):
+def _children_cache_and_scale(tmp_path_factory, slowness):
   _CACHE[0] = str(tmp_path_factory.mktemp("children_xla_cache"))
+  _SCALE[0] = slowness
   yield
 
 
@@ -81,45 +89,63 @@ def _running():
         p.wait()
 
 
-def _start_pair(procs: list, cmd: list[str], logs: str, tag: str) -> list:
-  """Starts ``cmd`` as processes 0 and 1 of a two-process run; returns them."""
+def _start(procs: list, cmd: list[str], logs: str, tag: str, n: int = 2) -> list:
+  """Starts ``cmd`` as processes 0..n-1 of an n-process run (one plain process for n = 1),
+  each writing to ``logs/tag.i.log``; returns them."""
   port = _free_port()
-  pair = []
-  for i in range(2):
-    env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i))
+  started = []
+  for i in range(n):
+    env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
+               JAX_PROCESS_ID=str(i)) if n > 1 else _env()
     with open(os.path.join(logs, f"{tag}.{i}.log"), "w") as log:
       p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
     procs.append(p)
-    pair.append(p)
-  return pair
+    started.append(p)
+  return started
 
 
-def _tail(logs: str, tag: str) -> str:
-  out = []
-  for i in range(2):
-    with open(os.path.join(logs, f"{tag}.{i}.log")) as f:
-      out.append(f"--- process {i}:\n" + "".join(f.readlines()[-15:]))
-  return "\n".join(out)
+def _start_pair(procs: list, cmd: list[str], logs: str, tag: str) -> list:
+  return _start(procs, cmd, logs, tag, 2)
 
 
-def _wait(pair: list, logs: str, tag: str, timeout: float = TIMEOUT) -> None:
-  """Waits for both processes; fails (with their logs' tails) on a timeout or an error."""
-  deadline = time.time() + timeout
-  for p in pair:
-    try:
-      p.wait(timeout=max(deadline - time.time(), 1))
-    except subprocess.TimeoutExpired:
-      pytest.fail(f"{tag}: the two processes did not finish in {timeout} s\n"
-                  f"{_tail(logs, tag)}")
-  rcs = [p.returncode for p in pair]
-  assert rcs == [0, 0], f"{tag}: exit statuses {rcs}\n{_tail(logs, tag)}"
+def _log(logs: str, tag: str, i: int = 0) -> str:
+  with open(os.path.join(logs, f"{tag}.{i}.log")) as f:
+    return f.read()
+
+
+def _tail(logs: str, tag: str, n: int = 2) -> str:
+  return "\n".join(f"--- process {i}:\n" + "".join(_log(logs, tag, i).splitlines(True)[-15:])
+                   for i in range(n))
+
+
+def _wait_while_working(procs: list, logs: str, tag: str, until=None) -> str | None:
+  """conftest.wait_for_children with this module's limits: None, or why it gave up."""
+  return wait_for_children(
+      procs, [os.path.join(logs, f"{tag}.{i}.log") for i in range(len(procs))], quiet=QUIET,
+      cpu_budget=CPU_BUDGET * _SCALE[0], wall_cap=WALL_CAP * _SCALE[0], until=until)
+
+
+def _wait(procs: list, logs: str, tag: str) -> None:
+  """Waits for the processes while they work; fails (with their logs' tails) on an error
+  or when they stop making progress. Limits on progress rather than on the launch's wall
+  time let a slow or busy machine finish."""
+  problem = _wait_while_working(procs, logs, tag)
+  if problem:
+    pytest.fail(f"{tag}: {problem}\n{_tail(logs, tag, len(procs))}")
+  rcs = [p.returncode for p in procs]
+  assert rcs == [0] * len(procs), f"{tag}: exit statuses {rcs}\n{_tail(logs, tag, len(procs))}"
+
+
+def _run(cmd: list[str], logs: str, tag: str, n: int = 2) -> str:
+  """Runs ``cmd`` as n processes to the end; returns process 0's log."""
+  with _running() as procs:
+    _wait(_start(procs, cmd, logs, tag, n), logs, tag)
+  return _log(logs, tag)
 
 
 def _run_pair(cmd: list[str], logs: str, tag: str) -> None:
-  with _running() as procs:
-    _wait(_start_pair(procs, cmd, logs, tag), logs, tag)
+  _run(cmd, logs, tag, 2)
 
 
 def _generator_state(workdir: str, corpus_dir: str):
@@ -150,9 +176,8 @@ def reference(tmp_path_factory):
   """One process: the tiny corpus on two devices (a child process, set up exactly as each
   of the pair is), and the generator trained on it in this process on four devices."""
   workdir = str(tmp_path_factory.mktemp("one_process"))
-  out = subprocess.run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"],
-                       env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-  assert out.returncode == 0, out.stderr[-3000:]
+  _run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"],
+       str(tmp_path_factory.mktemp("one_process_logs")), "corpus", 1)
   corpus_dir = os.path.join(workdir, "corpus")
   config = dit_config.get_config("tiny")
   config.corpus_dir = corpus_dir
@@ -174,6 +199,7 @@ def two_processes(tmp_path_factory):
   return workdir, logs
 
 
+@pytest.mark.slow
 def test_corpus_is_the_one_process_corpus_byte_for_byte(reference, two_processes):
   ref_dir, _ = reference
   pair_dir = os.path.join(two_processes[0], "corpus")
@@ -196,6 +222,7 @@ def test_corpus_is_the_one_process_corpus_byte_for_byte(reference, two_processes
     assert json.load(f)["processes"] == 2
 
 
+@pytest.mark.slow
 def test_corpus_resume_on_another_process_count_is_handled(reference, two_processes,
                                                           tmp_path):
   """A corpus begun by two processes, one shard lost, resumed by one: handled and said."""
@@ -205,16 +232,16 @@ def test_corpus_resume_on_another_process_count_is_handled(reference, two_proces
   for name in ("00003.sum.json", "00003.npy", "00003.jsonl"):
     os.remove(os.path.join(workdir, "corpus", "shards", name))
   os.remove(os.path.join(workdir, "corpus", "checksums.json"))
-  out = subprocess.run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"],
-                       env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "was begun on 2 process(es) and is resumed on 1: handled" in out.stderr
+  log = _run(_script("make_corpus") + CORPUS + [f"--workdir={workdir}"], str(tmp_path),
+             "resume", 1)
+  assert "was begun on 2 process(es) and is resumed on 1: handled" in log
   ref_dir, _ = reference
   for name in ("weights.npy", "manifest.jsonl", "checksums.json"):
     assert filecmp.cmp(os.path.join(ref_dir, name), os.path.join(workdir, "corpus", name),
                        shallow=False), name
 
 
+@pytest.mark.slow
 def test_generator_equals_one_process_on_four_devices(reference, two_processes):
   ref_dir, ref_state = reference
   workdir, logs = two_processes
@@ -225,6 +252,7 @@ def test_generator_equals_one_process_on_four_devices(reference, two_processes):
     assert f"step {STEPS}: " in f0.read() and f"step {STEPS}: " not in f1.read()
 
 
+@pytest.mark.slow
 def test_training_resumes_after_one_process_is_killed(reference, two_processes, tmp_path):
   """kill -9 of process 1 mid-run, then of process 0 (which JAX's coordination service
   would end within its heartbeat timeout, 100 s, if no collective failed first); the same
@@ -240,10 +268,8 @@ def test_training_resumes_after_one_process_is_killed(reference, two_processes, 
   with _running() as procs:
     pair = _start_pair(procs, cmd, logs, "killed")
     first = os.path.join(workdir, "checkpoints", str(every))
-    deadline = time.time() + TIMEOUT
-    while not os.path.isdir(first) and time.time() < deadline and pair[1].poll() is None:
-      time.sleep(0.05)
-    assert os.path.isdir(first), f"no checkpoint {every} in time\n{_tail(logs, 'killed')}"
+    problem = _wait_while_working(pair, logs, "killed", until=lambda: os.path.isdir(first))
+    assert os.path.isdir(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'killed')}"
     assert pair[1].poll() is None, "process 1 finished before it could be killed"
     os.killpg(pair[1].pid, signal.SIGKILL)
     pair[1].wait()
@@ -273,6 +299,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_process_late_to_the_first_step_is_waited_for(reference, two_processes, tmp_path):
   """A process that compiles or loads 40 s slower than the other (a busy host) used to fail
   the run when the first step's collective gave up on it; the step now waits for both."""
@@ -316,6 +343,6 @@ def test_settings_from_flags_environment_and_clusters():
 def test_launch_scripts_refuse_incomplete_settings_in_one_line(tmp_path):
   env = _env(JAX_COORDINATOR_ADDRESS="127.0.0.1:12355", JAX_NUM_PROCESSES="2")
   out = subprocess.run(_script("train") + TRAIN + [f"--workdir={tmp_path}", "--process_id=5"],
-                       env=env, capture_output=True, text=True, timeout=120)
+                       env=env, capture_output=True, text=True, timeout=QUIET * _SCALE[0])
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith("error: process_id=5 is out of range")

@@ -91,6 +91,7 @@ def _train(corpus_dir, workdir, **overrides):
   return api.load(workdir)
 
 
+@pytest.mark.slow
 def test_task_loss_lowers_the_task_loss_of_generated_nets(corpus_dir, tmp_path):
   """Same seed, same steps: the generator trained with the task loss generates nets (one
   DDIM step, the default sampler) whose cross-entropy on their seen tasks' training images

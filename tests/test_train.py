@@ -39,6 +39,7 @@ def trained(corpus_dir, tmp_path_factory):
   return workdir, metrics
 
 
+@pytest.mark.slow
 def test_loss_goes_down(corpus_dir, tmp_path):
   config = tiny(corpus_dir, num_steps=60, log_every=60, adv_weight=0.0, learning_rate=3e-3)
   corpus = loop.open_training_corpus(config, str(tmp_path))
@@ -57,6 +58,7 @@ def test_loss_goes_down(corpus_dir, tmp_path):
   assert last < 0.9 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_resume_reaches_same_state(corpus_dir, tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   config = tiny(corpus_dir, num_steps=20, checkpoint_every=10)
@@ -68,6 +70,7 @@ def test_resume_reaches_same_state(corpus_dir, tmp_path):
   _leaves_close(ga.params, gb.params, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(corpus_dir, tmp_path):
   """Two train steps on a (4 data x 2 model) mesh equal the steps on one device, with
   every loss on: diffusion, task (functional, with fresh tasks), adversarial, FGSM and

@@ -1,7 +1,7 @@
 """t2w_jax.text: text encoders, prompt templates, the text prior, an embedding cache.
 
     enc = get_encoder("minilm")                    # offline all-MiniLM-L6-v2, dim 384
-    names = split_description("tulip, rose and bus")
+    names = parse_description("a classifier for tulip, rose and bus")
     emb = EmbeddingCache(enc).get(names)           # (3, 384), rows L2-normalised
     task_vec = fuse(emb)                           # prior-weighted, L2-normalised
     bias = log_prior(emb)                          # cross-attention bias per class
@@ -10,6 +10,8 @@ Importing this package does not import transformers; encoders load it on first u
 """
 
 from t2w_jax.text.cache import EmbeddingCache
+from t2w_jax.text.description import parse_description
+from t2w_jax.text.description import require_classes
 from t2w_jax.text.encoders import TextEncoder
 from t2w_jax.text.encoders import get_encoder
 from t2w_jax.text.encoders import get_encoder_with_fallback
@@ -36,7 +38,9 @@ __all__ = [
     "get_encoder_with_fallback",
     "known_encoders",
     "log_prior",
+    "parse_description",
     "prior_logits",
     "prior_weights",
+    "require_classes",
     "split_description",
 ]

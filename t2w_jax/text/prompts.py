@@ -75,7 +75,10 @@ def apply_template(class_names: Sequence[str], template: str = DEFAULT_TEMPLATE)
 
 
 def split_description(text: str) -> list[str]:
-  """Splits a task description into class names.
+  """Splits a plain list of class names.
+
+  The building block of ``text.parse_description``, which reads descriptions as people
+  write them ("A vs B", "a classifier for A, B and C") and checks the class count.
 
   "tulip, rose and bus" -> ["tulip", "rose", "bus"]. Separators are commas, semicolons,
   newlines and the word "and" (any case); pieces are stripped of whitespace and of
