@@ -36,8 +36,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from t2w_jax import api
 from benchmarks import harness
+from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.models import DiT, model_flops_per_example, param_count, unbox

@@ -39,8 +39,8 @@ import tempfile
 import jax
 import ml_collections
 
-from benchmarks import harness
 from benchmarks import dit_bench
+from benchmarks import harness
 from t2w_jax.errors import ConfigError, MissingError
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_driver.py")

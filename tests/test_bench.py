@@ -3,19 +3,33 @@
 No timing assertions: the CPU is shared, so only the presence and consistency of the
 reported figures, and the device set-up of each side, are checked.
 """
+import ast
 import dataclasses
+import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks import corpus_bench, dit_bench
 from configs import corpus as corpus_config
 from configs import dit as dit_config
-from benchmarks import corpus_bench, dit_bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmarks_live_outside_the_library():
+  """The drivers are a top-level package the library never imports: t2w_jax has no bench
+  module, and no module of t2w_jax imports ``benchmarks``."""
+  assert importlib.util.find_spec("t2w_jax.bench") is None
+  for path in pathlib.Path(ROOT, "t2w_jax").rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.split(".")[0] == "benchmarks" for n in names), path
 
 
 def test_baseline_env_drops_host_device_flags_only():
