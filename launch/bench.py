@@ -16,7 +16,7 @@ ratios, in one run. ``step``: the generator's train step on an existing corpus, 
 loss alone against diffusion + task loss (with and without fresh tasks), in one run.
 ``families``: the corpus trainer's nets per hour for the default CNN family against the
 adapter family (features of a frozen trunk computed once), same work, in one run.
-``--quick`` runs tiny sizes once (smoke test). See t2w_jax/bench/ for
+``--quick`` runs tiny sizes once (smoke test). See benchmarks/ for
 what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
 import argparse
@@ -113,11 +113,11 @@ def _main(argv=None) -> int:
   import logging  # noqa: PLC0415  (after the platform set-up, like every JAX import)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "no TPU backend" notices
-  from t2w_jax import bench  # noqa: PLC0415
+  from benchmarks import harness  # noqa: PLC0415
 
   if args.which == "corpus":
     from configs import corpus as corpus_config  # noqa: PLC0415
-    from t2w_jax.bench import corpus_bench  # noqa: PLC0415
+    from benchmarks import corpus_bench  # noqa: PLC0415
     settings = corpus_bench.settings_from_config(
         corpus_config.get_config(args.variant), quick=args.quick, repeats=args.repeats,
         matmul_size=args.matmul_size, nets=args.nets, baseline_nets=args.baseline_nets,
@@ -127,7 +127,7 @@ def _main(argv=None) -> int:
     report = corpus_bench.format_report(result)
   elif args.which == "families":
     from configs import corpus as corpus_config  # noqa: PLC0415
-    from t2w_jax.bench import corpus_bench, family_bench  # noqa: PLC0415
+    from benchmarks import corpus_bench, family_bench  # noqa: PLC0415
     cnn_cfg = corpus_config.get_config("")
     settings = [corpus_bench.settings_from_config(
         corpus_config.get_config(variant), quick=args.quick, repeats=args.repeats,
@@ -141,7 +141,7 @@ def _main(argv=None) -> int:
     report = family_bench.format_report(result)
   elif args.which == "dit":
     from configs import dit as dit_config  # noqa: PLC0415
-    from t2w_jax.bench import dit_bench  # noqa: PLC0415
+    from benchmarks import dit_bench  # noqa: PLC0415
     cnn, image_size = _default_net()
     result = dit_bench.run(dit_config.get_config("tiny" if args.quick else "small"),
                            quick=args.quick, repeats=args.repeats, dtype=args.dtype,
@@ -151,14 +151,14 @@ def _main(argv=None) -> int:
     report = dit_bench.format_report(result)
   elif args.which == "step":
     from configs import dit as dit_config  # noqa: PLC0415
-    from t2w_jax.bench import step_bench  # noqa: PLC0415
+    from benchmarks import step_bench  # noqa: PLC0415
     result = step_bench.run(dit_config.get_config(args.config_variant), args.workdir,
                             steps=1 if args.quick else args.steps,
                             repeats=1 if args.quick else (args.repeats or 3))
     report = step_bench.format_report(result)
   else:
     from configs import dit as dit_config  # noqa: PLC0415
-    from t2w_jax.bench import pytorch_bench  # noqa: PLC0415
+    from benchmarks import pytorch_bench  # noqa: PLC0415
     cnn, image_size = _default_net()
     result = pytorch_bench.run(
         args.t2w_repo, dit_config.get_config("tiny" if args.quick else "small"),
@@ -169,7 +169,7 @@ def _main(argv=None) -> int:
     report = pytorch_bench.format_report(result)
   print(report, flush=True)
   if args.json:
-    bench.write_json(args.json, result)
+    harness.write_json(args.json, result)
   return 0
 
 

@@ -3,19 +3,32 @@
 No timing assertions: the CPU is shared, so only the presence and consistency of the
 reported figures, and the device set-up of each side, are checked.
 """
+import ast
 import dataclasses
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks import corpus_bench, dit_bench
 from configs import corpus as corpus_config
 from configs import dit as dit_config
-from t2w_jax.bench import corpus_bench, dit_bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmarks_live_outside_the_library():
+  """The drivers are a top-level package the library never imports: t2w_jax has no bench
+  package, and no module of t2w_jax imports ``benchmarks``."""
+  assert not pathlib.Path(ROOT, "t2w_jax", "bench").exists()
+  for path in pathlib.Path(ROOT, "t2w_jax").rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.split(".")[0] == "benchmarks" for n in names), path
 
 
 def test_baseline_env_drops_host_device_flags_only():
@@ -118,7 +131,7 @@ def test_step_bench_settings_and_report():
   """The step benchmark times diffusion-only first and reports each setting's cost as a
   ratio of seconds per step to it."""
   from configs import dit as dit_config
-  from t2w_jax.bench import step_bench
+  from benchmarks import step_bench
   names = list(step_bench.settings(dit_config.get_config("small")))
   assert names[0] == "diffusion only" and len(names) == 4
   c = step_bench.settings(dit_config.get_config("small"))
@@ -137,7 +150,7 @@ def test_step_bench_settings_and_report():
 def test_family_settings_follow_the_corpus_config():
   """The adapter variant's settings name its family, trunk and bottleneck; the CNN's
   theirs; both share the trainer's work, which the comparison insists on."""
-  from t2w_jax.bench import family_bench
+  from benchmarks import family_bench
   cnn = corpus_bench.settings_from_config(corpus_config.get_config(""), quick=True)
   ad = corpus_bench.settings_from_config(corpus_config.get_config("adapter"), quick=True)
   assert cnn.family == "cnn" and cnn.widths == tuple(corpus_config.NETS["cnn2k"]["widths"])
@@ -154,7 +167,7 @@ def test_family_settings_follow_the_corpus_config():
 def test_family_comparison_arithmetic():
   """Nets per hour from nets and median seconds; the ratio; the feature pass's break-even:
   the corpus size at which its seconds equal the time the faster trainer saved."""
-  from t2w_jax.bench import family_bench
+  from benchmarks import family_bench
   cnn = {"nets": 64, "seconds_median": 32.0, "data_seconds": 0.0}      # 0.5 s/net
   ad = {"nets": 64, "seconds_median": 8.0, "data_seconds": 3.0}        # 0.125 s/net
   r = family_bench.compare(cnn, ad)
@@ -167,7 +180,7 @@ def test_family_comparison_arithmetic():
 
 @pytest.mark.slow
 def test_family_bench_quick_runs_both_families_on_the_same_tasks():
-  from t2w_jax.bench import family_bench
+  from benchmarks import family_bench
   cnn, ad = (corpus_bench.settings_from_config(corpus_config.get_config(v), quick=True,
                                                 nets=4, eval_every=2)
              for v in ("", "adapter"))

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
+from benchmarks import dit_bench, pytorch_bench
 from configs import dit as dit_config
-from t2w_jax.bench import dit_bench, pytorch_bench
 from t2w_jax.errors import MissingError
 from t2w_jax.models import model_flops_per_example
 

@@ -44,6 +44,30 @@ def test_plan_splits():
     plan.split("train")
 
 
+def test_class_lists_pad_to_fixed_slots():
+  """One padding for class ids and class embeddings: lists fill the first slots, zeros and a
+  False mask after them, and a list longer than the slots widens the batch."""
+  emb = [np.full((2, 3), 1.0, np.float32), np.full((1, 3), 2.0, np.float32)]
+  padded, mask = tasks_lib.pad_classes(emb, 4)
+  assert padded.shape == (2, 4, 3) and padded.dtype == np.float32
+  np.testing.assert_array_equal(mask, [[1, 1, 0, 0], [1, 0, 0, 0]])
+  np.testing.assert_array_equal(padded[mask], np.concatenate(emb))
+  assert not padded[~mask].any()
+  wide, wide_mask = tasks_lib.pad_classes(emb + [np.zeros((6, 3), np.float32)], 4)
+  assert wide.shape == (3, 6, 3) and wide_mask.sum() == 9
+  empty, empty_mask = tasks_lib.pad_classes([], 3)
+  assert empty.shape == (0, 3) and empty_mask.shape == (0, 3)
+  # Class ids: the padding repeats each task's first class (a valid id to index with).
+  ids, mask = tasks_lib.pad_tasks([tasks_lib.Task(0, "seen", (5, 2), 0),
+                                   tasks_lib.Task(1, "seen", (7, 1, 3), 0)], 4)
+  assert ids.dtype == np.int32
+  np.testing.assert_array_equal(ids, [[5, 2, 5, 5], [7, 1, 3, 7]])
+  np.testing.assert_array_equal(mask, [[1, 1, 0, 0], [1, 1, 1, 0]])
+  assert tasks_lib.pad_tasks([], 4)[0].shape == (0, 4)
+  with pytest.raises(ValueError, match="more than max_classes=2"):
+    tasks_lib.pad_tasks([tasks_lib.Task(3, "seen", (1, 2, 3), 0)], 2)
+
+
 def test_specialists_beat_the_generalist_on_their_tasks(built):
   """Early-stopped specialists are better than the generalist they start from, on the test
   images of their own tasks (paired), and each kept step is a check point within its run."""

@@ -1,11 +1,14 @@
-"""Early stopping: the validation split, the generalist, and the specialists' trainer."""
+"""Early stopping: the rule, its two loops, the validation split, the generalist, and the
+specialists' trainer."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.data.types import ImageDataset
 from t2w_jax.zoo import base as base_lib
+from t2w_jax.zoo import early_stopping
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN, init_params
 
@@ -124,3 +127,80 @@ def test_trainer_spec_validates_early_stopping():
   with pytest.raises(ValueError, match="patience"):
     masstrain.TrainerSpec(steps=20, eval_every=10, patience=0)
   masstrain.TrainerSpec(steps=25, eval_every=0)  # no checks: any step count
+
+
+# ------------------------------------------------------------------ the rule and its loops
+def _replay_compiled(curves, patience):
+  """The compiled loop (``while_improving``, under vmap as the corpus trainer runs it) on
+  recorded curves: (kept check, checks run) per curve."""
+  def one(curve):
+    def period(carry, i):
+      return carry, i + 1, curve[i + 1]
+    _, best, ran = early_stopping.while_improving(
+        period, jnp.int32(0), early_stopping.start(jnp.int32(0), curve[0]),
+        curve.shape[0] - 1, patience)
+    return best.check, ran
+  kept, ran = jax.jit(jax.vmap(one))(jnp.asarray(curves))
+  return np.asarray(kept), np.asarray(ran)
+
+
+def _replay_host(curves, patience):
+  """The host loop on the same curves: (kept check, checks run) per curve."""
+  out = [early_stopping.host_loop(lambda j, c=c: (j + 1, c[j + 1]),
+                                  early_stopping.start(0, c[0]), len(c) - 1, patience)
+         for c in curves]
+  return np.array([b.check for b, _ in out]), np.array([r for _, r in out])
+
+
+def test_host_and_compiled_loops_apply_one_rule():
+  """Both loops keep the same check and run the same number of checks, on curves full of
+  ties (a tie is no gain) and plateaus; and both agree with the rule written out here."""
+  curves = np.random.default_rng(0).integers(0, 5, (200, 12)).astype(np.float32) / 4
+  for patience in (1, 2, 3, 20):
+    host = _replay_host(curves, patience)
+    np.testing.assert_array_equal(_replay_compiled(curves, patience), host)
+    for curve, kept, ran in zip(curves, *host):
+      best, expect_kept, bad, j = curve[0], 0, 0, 0
+      while j < len(curve) - 1 and bad < patience:
+        j += 1
+        if curve[j] > best:
+          best, expect_kept, bad = curve[j], j, 0
+        else:
+          bad += 1
+      assert (kept, ran) == (expect_kept, j)
+
+
+def test_rule_keeps_the_earlier_net_on_ties_and_minimizes_losses():
+  best = early_stopping.start("start", 0.5)
+  best = early_stopping.update(best, "tie", 0.5, 1)
+  assert (best.value, best.check, best.bad) == ("start", 0, 1)
+  best = early_stopping.update(best, "gain", 0.6, 2)
+  assert (best.value, best.score, best.check, best.bad) == ("gain", 0.6, 2, 0)
+  loss = early_stopping.update(early_stopping.start("start", 1.0), "lower", 0.9, 1,
+                               minimize=True)
+  assert (loss.value, loss.bad) == ("lower", 0)
+  loss = early_stopping.update(loss, "higher", 2.0, 2, minimize=True)
+  assert (loss.value, loss.bad) == ("lower", 1)
+  assert not early_stopping.stopped(loss, None) and early_stopping.stopped(loss, 1)
+
+
+def test_host_loop_without_patience_runs_every_period_and_hooks_see_each_check():
+  seen = []
+
+  def after(best, i, score):
+    seen.append((i, score, best.check))
+    return best
+
+  best, ran = early_stopping.host_loop(lambda j: (j, [0.1, 0.3, 0.2, 0.0][j]),
+                                       early_stopping.start(None, 0.2), 4, None,
+                                       after_check=after)
+  assert ran == 4 and best.check == 2 and best.value == 1
+  assert seen == [(1, 0.1, 0), (2, 0.3, 2), (3, 0.2, 2), (4, 0.0, 2)]
+
+
+def test_loops_refuse_patience_below_one():
+  with pytest.raises(ValueError, match="patience >= 1"):
+    early_stopping.host_loop(lambda j: (j, 0.0), early_stopping.start(0, 0.0), 3, 0)
+  with pytest.raises(ValueError, match="patience >= 1"):
+    early_stopping.while_improving(lambda c, i: (c, i, 0.0), 0,
+                                   early_stopping.start(0, 0.0), 3, 0)

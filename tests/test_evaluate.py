@@ -188,6 +188,20 @@ def test_test_predictions_agree_with_accuracy(ctx):
                              atol=1e-6)
 
 
+def test_accuracy_counts_valid_entries_in_the_callers_precision():
+  """The one accuracy count: NumPy in, float64 out; JAX in (the trainer), float32 out; the
+  same fractions, and 0 where nothing is valid."""
+  pred = np.array([[0, 1, 2, 2], [1, 1, 0, 0], [0, 0, 0, 0]])
+  label = np.array([[0, 1, 1, -1], [1, 0, -1, -1], [-1, -1, -1, -1]])
+  host = masstrain.accuracy(pred, label, label >= 0)
+  assert host.dtype == np.float64
+  np.testing.assert_array_equal(host, [2 / 3, 1 / 2, 0.0])
+  dev = jax.jit(masstrain.accuracy)(jnp.asarray(pred), jnp.asarray(label),
+                                    jnp.asarray(label >= 0))
+  assert dev.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(dev), np.float32([2 / 3, 1 / 2, 0.0]))
+
+
 def test_nearest_rows_matches_brute_force():
   rng = np.random.default_rng(2)
   keys = 100.0 + rng.normal(size=(30, 50))  # far from the origin: the centring matters
@@ -251,6 +265,18 @@ def test_oracle_beats_base_and_baselines_are_sane(results):
     assert m["random"]["mean"] < m["oracle"]["mean"] - 0.2
     assert len(m["generalist"]["per_task"]) == b["splits"][split]["n_tasks"] == 4
   assert b["ridge_lambda"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+@pytest.mark.slow
+def test_hypernet_keeps_its_best_validating_check(results):
+  """The hypernetwork early-stops by the shared rule: no patience in the tiny config, so the
+  whole schedule runs; the kept check is a check point, and it is the start exactly when
+  no check strictly lowered the validation loss."""
+  h = results["evals"]["hypernet"]
+  assert h["steps_run"] == 40
+  assert h["kept_step"] % 10 == 0 and 0 <= h["kept_step"] <= h["steps_run"]
+  assert h["val_loss"] <= h["val_loss_at_start"]
+  assert (h["kept_step"] == 0) == (h["val_loss"] == h["val_loss_at_start"])
 
 
 @pytest.mark.slow

@@ -120,18 +120,47 @@ def make_plan(num_classes: int, *, num_seen: int, num_unseen: int, num_heldout: 
   return TaskPlan(held, tuple(tasks))
 
 
+def pad_classes(class_lists: Sequence, max_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Class lists of different lengths -> fixed class slots: the one padding of class lists.
+
+  Batches of tasks have one shape: each task's classes fill its first slots and a mask
+  marks them. Used for class ids (``pad_tasks``) and class embeddings (the generator's
+  input).
+
+  Args:
+    class_lists: n arrays (k_i, ...), one entry per class (an id, an embedding), alike
+      beyond the first axis.
+    max_classes: the slots wanted; a longer list widens every row to its length.
+
+  Returns:
+    (padded, mask): (n, K, ...) with zeros after each list, in the lists' dtype (float32
+    for no lists), and (n, K) bool, True on the real classes; K = max(max_classes, longest
+    list).
+  """
+  lists = [np.asarray(c) for c in class_lists]
+  k = max([max_classes] + [len(c) for c in lists])
+  tail, dtype = (lists[0].shape[1:], np.result_type(*lists)) if lists else ((), np.float32)
+  padded = np.zeros((len(lists), k) + tail, dtype)
+  mask = np.zeros((len(lists), k), bool)
+  for i, c in enumerate(lists):
+    padded[i, :len(c)] = c
+    mask[i, :len(c)] = True
+  return padded, mask
+
+
 def pad_tasks(tasks: Sequence[Task], max_classes: int):
-  """(n, K) class ids (padding repeats the first class) and (n, K) validity mask."""
-  ids = np.zeros((len(tasks), max_classes), np.int32)
-  mask = np.zeros((len(tasks), max_classes), bool)
-  for i, t in enumerate(tasks):
-    k = len(t.class_ids)
-    if k > max_classes:
-      raise ValueError(f"task {t.task_id} has {k} classes, more than max_classes={max_classes}")
-    ids[i, :k] = t.class_ids
-    ids[i, k:] = t.class_ids[0]
-    mask[i, :k] = True
-  return ids, mask
+  """(n, K) class ids (padding repeats the first class) and (n, K) validity mask.
+
+  Raises:
+    ValueError: a task has more than ``max_classes`` classes.
+  """
+  for t in tasks:
+    if len(t.class_ids) > max_classes:
+      raise ValueError(f"task {t.task_id} has {len(t.class_ids)} classes, more than "
+                       f"max_classes={max_classes}")
+  ids, mask = pad_classes([np.asarray(t.class_ids, np.int32) for t in tasks], max_classes)
+  # Padding slots repeat the first class: a valid id wherever the ids index an array.
+  return np.where(mask, ids, ids[:, :1]).astype(np.int32), mask
 
 
 def shot_split(k: int) -> tuple[int, int]:

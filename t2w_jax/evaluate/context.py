@@ -2,7 +2,8 @@
 
 ``EvalContext.test_predictions(flat_weights, tasks)`` is the one way nets are measured:
 the predictions of net i on task i's test images (which images count is
-``zoo.masstrain.eval_set``'s, the trainer's own definition). ``accuracy`` and the cached
+``zoo.masstrain.eval_set``'s, the trainer's own definition). ``accuracy`` (counted by
+``zoo.masstrain.accuracy``, the trainer's own count) and the cached
 ``reference_predictions`` of the generalist and the specialists are built on it.
 """
 import dataclasses
@@ -220,5 +221,4 @@ class EvalContext:
 
 def accuracy_from_predictions(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
   """(n,) accuracies from ``EvalContext.test_predictions`` output (-1 labels: no image)."""
-  valid = label >= 0
-  return ((pred == label) & valid).sum(1) / np.maximum(valid.sum(1), 1)
+  return masstrain.accuracy(pred, label, label >= 0)

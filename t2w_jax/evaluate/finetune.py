@@ -31,6 +31,7 @@ from t2w_jax import io as io_lib
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
+from t2w_jax.zoo import early_stopping
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN
 from t2w_jax.zoo.cnn import init_params
@@ -197,22 +198,23 @@ def train_early_stopped(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: 
 def early_stop(val: np.ndarray, patience: int) -> np.ndarray:
   """The check each net's early stopping keeps, from its validation curve: (n,) indices.
 
-  The corpus trainer's rule, replayed on a recorded curve (training does not depend on
-  when it stops, so this equals stopping for real): a check counts as better only if its
-  validation accuracy is strictly higher than the best so far (ties keep the earlier net),
-  and a net stops after ``patience`` checks without improvement.
+  The corpus trainer's rule (``early_stopping``), replayed on a recorded curve (training
+  does not depend on when it stops, so this equals stopping for real): the start is the
+  first check, a check counts as better only if its validation accuracy is strictly higher
+  than the best so far (ties keep the earlier net), and a net stops after ``patience``
+  checks without improvement.
+
+  Args:
+    val: (n, S + 1) validation accuracy of n nets at the start and after S periods.
+    patience: checks without improvement before a net stops (>= 1).
   """
   val = np.asarray(val)
   kept = np.zeros(val.shape[0], np.int64)
   for i, curve in enumerate(val):
-    best, bad = curve[0], 0
-    for j in range(1, len(curve)):
-      if curve[j] > best:
-        best, kept[i], bad = curve[j], j, 0
-      else:
-        bad += 1
-        if bad >= patience:
-          break
+    best, _ = early_stopping.host_loop(lambda j, curve=curve: (None, curve[j + 1]),
+                                       early_stopping.start(None, curve[0]), len(curve) - 1,
+                                       patience)
+    kept[i] = best.check
   return kept
 
 

@@ -27,22 +27,12 @@ import numpy as np
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax import text as text_lib
+from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import registry
 
 
 # --------------------------------------------------------------------------- sampling
-def pad_to(emb: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Pads (n, K0, d) class embeddings and (n, K0) masks to K = max(K0, k) class slots."""
-  n, k0, d = emb.shape
-  if k0 >= k:
-    return emb, mask
-  e = np.zeros((n, k, d), np.float32)
-  m = np.zeros((n, k), bool)
-  e[:, :k0], m[:, :k0] = emb, mask
-  return e, m
-
-
 def sample_nets(ctx, emb: np.ndarray, mask: np.ndarray, rng, *, num_samples: int,
                 sampler: str, steps: int, guidance: float,
                 temperature: float | None = None) -> np.ndarray:
@@ -65,7 +55,9 @@ def sample_nets(ctx, emb: np.ndarray, mask: np.ndarray, rng, *, num_samples: int
   if int(mask.sum(1).max()) > kmax:
     raise ValueError(f"a task has {int(mask.sum(1).max())} classes; the generator takes at "
                      f"most max_classes={kmax}")
-  emb, mask = pad_to(np.asarray(emb, np.float32), np.asarray(mask, bool), kmax)
+  # Each task's slots, mask included, widened to the generator's class slots.
+  emb, _ = tasks_lib.pad_classes(np.asarray(emb, np.float32), kmax)
+  mask, _ = tasks_lib.pad_classes(np.asarray(mask, bool), kmax)
   n = emb.shape[0]
   flat = api.sample_flat(ctx.gen, np.repeat(emb, num_samples, 0),
                          np.repeat(mask, num_samples, 0), rng=rng, steps=steps,
@@ -523,16 +515,10 @@ def freeform_condition(ctx, names_per_task: Sequence[Sequence[str]], variant: st
     prompts = [[t] for t in texts]
   else:
     raise ValueError(f"unknown free-form variant {variant!r}; known: {FREEFORM_VARIANTS}")
-  k = max(int(ctx.gen.config["max_classes"]), max(len(p) for p in prompts))
   flat = [p for ps in prompts for p in ps]
   vecs = np.asarray(enc.encode(flat), np.float32)
-  emb = np.zeros((len(prompts), k, vecs.shape[1]), np.float32)
-  mask = np.zeros((len(prompts), k), bool)
-  o = 0
-  for i, ps in enumerate(prompts):
-    emb[i, :len(ps)] = vecs[o:o + len(ps)]
-    mask[i, :len(ps)] = True
-    o += len(ps)
+  per_task = np.split(vecs, np.cumsum([len(p) for p in prompts])[:-1])
+  emb, mask = tasks_lib.pad_classes(per_task, int(ctx.gen.config["max_classes"]))
   return texts, parsed, emb, mask
 
 

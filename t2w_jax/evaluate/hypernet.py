@@ -2,7 +2,7 @@
 the generalist's weights, trained through the task loss alone, with no corpus of weights.
 
 It is what a user with the seen classes' images and no corpus of trained nets would build
-instead of a weight generator, and the bar the diffusion generator has to clear (issue 10):
+instead of a weight generator, and the bar the diffusion generator has to clear:
 a generator trained on a corpus of specialists earns its cost only if it beats a
 hypernetwork trained directly for the tasks' loss.
 
@@ -26,6 +26,8 @@ import optax
 from t2w_jax import task_loss as task_loss_lib
 from t2w_jax.evaluate import registry
 from t2w_jax.evaluate.baselines import gap_closure_from_means, split_tasks, stats
+from t2w_jax.zoo import early_stopping
+from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import unit_normalize
 
 
@@ -77,7 +79,7 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
   k_init, k_val, k_val_img, k_train = jax.random.split(rng, 4)
   val_set = task_loss_lib.sample_tasks(k_val, val_data, val_tasks, kmax)
   params = model.init(k_init, val_set[2][:1], val_set[1][:1])["params"]
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, max_steps, alpha=0.05))
+  tx = masstrain.adam_cosine(learning_rate, max_steps)
 
   def mean_loss(p, tasks, data, key):
     classes, mask, emb = tasks
@@ -100,22 +102,28 @@ def train_hypernet(ctx, rng, *, hidden: int, depth: int, batch_size: int, images
     return p, opt, jnp.mean(losses), val
 
   val0 = float(jax.jit(mean_loss)(params, val_set, val_data, k_val_img))
-  best, best_val, best_step, bad, step, opt = params, val0, 0, 0, 0, tx.init(params)
+  opt, loss = tx.init(params), None
   t0 = time.time()
-  while step < max_steps and (patience is None or bad < patience):
-    params, opt, loss, val = period(params, opt, step, train_data, val_data)
-    step += eval_every
-    val = float(val)
-    if val < best_val:
-      best, best_val, best_step, bad = params, val, step, 0
-    else:
-      bad += 1
+
+  def run_period(c):
+    nonlocal params, opt, loss
+    params, opt, loss, val = period(params, opt, c * eval_every, train_data, val_data)
+    return params, float(val)
+
+  def log(best, c, val):
+    step = c * eval_every
     logging.info("hypernet: step %d train loss %.4f val loss %.4f (best %.4f at %d; %.1f "
-                 "steps/s)", step, float(loss), val, best_val, best_step,
+                 "steps/s)", step, float(loss), val, best.score, best.check * eval_every,
                  step / max(time.time() - t0, 1e-9))
-  info = {"kept_step": best_step, "steps_run": step, "val_loss": best_val,
-          "val_loss_at_start": val0, "seconds": time.time() - t0}
-  return best, model, info
+    return best
+
+  # The start is the first check: the untrained hypernetwork returns the generalist.
+  best, checks = early_stopping.host_loop(
+      run_period, early_stopping.start(params, val0), -(-max_steps // eval_every), patience,
+      minimize=True, after_check=log)
+  info = {"kept_step": best.check * eval_every, "steps_run": checks * eval_every,
+          "val_loss": best.score, "val_loss_at_start": val0, "seconds": time.time() - t0}
+  return best.value, model, info
 
 
 @registry.register("hypernet")

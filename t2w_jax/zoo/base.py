@@ -15,6 +15,8 @@ import numpy as np
 import optax
 
 from t2w_jax.data import tasks as tasks_lib
+from t2w_jax.zoo import early_stopping
+from t2w_jax.zoo import masstrain
 from t2w_jax.zoo.cnn import SubtaskCNN, init_params
 
 
@@ -49,9 +51,10 @@ def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
   The validation split is ``val_per_class`` TRAINING images of every class
   (``data.tasks.validation_mask``, the same split the specialists use); those images are
   never trained on, and no test image is used. Every ``eval_every`` steps the validation
-  accuracy is measured. After ``patience`` checks without improvement the learning rate
-  drops tenfold and training continues from the best net, up to ``lr_drops`` times; the
-  next plateau (or ``max_steps``) ends it, and the best-validating net is returned.
+  accuracy is measured (``early_stopping.host_loop``; the first check is kept whatever it
+  gives). After ``patience`` checks without improvement the learning rate drops tenfold
+  and training continues from the best net, up to ``lr_drops`` times; the next plateau (or
+  ``max_steps``) ends it, and the best-validating net is returned.
 
   Args:
     model: the subtask net.
@@ -110,7 +113,7 @@ def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
       x = jax.lax.dynamic_slice_in_dim(x_val_padded, i * val_chunk, val_chunk)
       return jnp.argmax(model.apply({"params": params}, x, emb), -1)
     pred = jax.lax.map(chunk, jnp.arange(num_chunks)).reshape(-1)[:y_val.shape[0]]
-    return jnp.mean(pred == y_val)
+    return masstrain.accuracy(pred, y_val, jnp.ones(y_val.shape, bool))
 
   val_chunk = 512
   num_chunks = -(-int(y_val.shape[0]) // val_chunk)
@@ -120,36 +123,46 @@ def train_generalist(model: SubtaskCNN, images: np.ndarray, labels: np.ndarray,
   # One jitted step per Python iteration: on XLA:CPU a lax.conv inside lax.scan is far
   # slower than dispatching single steps, and one net's dispatch cost is negligible.
   keys = jax.random.split(jax.random.PRNGKey(seed + 1), max_steps)
-  start, losses = time.time(), []
-  best, best_acc, best_step, bad, drops, i = params, -1.0, 0, 0, 0, 0
-  for i in range(max_steps):
-    params, opt_state, loss = step(params, opt_state, keys[i])
-    losses.append(loss)
-    done = i + 1
-    if done % eval_every == 0 or done == max_steps:
-      acc = float(val_accuracy(params))
-      if acc > best_acc:
-        best, best_acc, best_step, bad = params, acc, done, 0
-      else:
-        bad += 1
-      if bad >= patience and drops < lr_drops:
-        # Plateau: continue from the best net at a tenth of the rate.
-        drops, bad, params = drops + 1, 0, best
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate * 0.1 ** drops,
-                                                             jnp.float32)
-        logging.info("generalist: plateau, learning rate %.2g from step %d",
-                     learning_rate * 0.1 ** drops, best_step)
-      rate = done / (time.time() - start)
-      logging.info("generalist: step %d/%d loss %.3f val acc %.4f (best %.4f at %d; "
-                   "%.0f steps/s, at most %.0fs to go)", done, max_steps,
-                   float(jnp.mean(jnp.stack(losses[-eval_every:]))), acc, best_acc,
-                   best_step, rate, (max_steps - done) / rate)
-      if bad >= patience:
-        break
-    elif log_every and done % log_every == 0:
-      logging.info("generalist: step %d/%d", done, max_steps)
-  info = GeneralistInfo(steps=best_step, steps_run=i + 1, val_acc=best_acc,
-                        seconds=time.time() - start, stopped_early=bad >= patience)
+  start, losses, drops = time.time(), [], 0
+
+  def end_of(check):  # the step after which check ``check`` is taken (0: the start)
+    return min(check * eval_every, max_steps)
+
+  def period(c):
+    nonlocal params, opt_state
+    for i in range(end_of(c), end_of(c + 1)):
+      params, opt_state, loss = step(params, opt_state, keys[i])
+      losses.append(loss)
+      done = i + 1
+      if log_every and done % log_every == 0 and done != end_of(c + 1):
+        logging.info("generalist: step %d/%d", done, max_steps)
+    return params, float(val_accuracy(params))
+
+  def after_check(best, c, acc):
+    nonlocal drops, params
+    if early_stopping.stopped(best, patience) and drops < lr_drops:
+      # Plateau: continue from the best net at a tenth of the rate.
+      drops, best, params = drops + 1, best._replace(bad=0), best.value
+      opt_state.hyperparams["learning_rate"] = jnp.asarray(
+          learning_rate * 0.1 ** drops, jnp.float32)
+      logging.info("generalist: plateau, learning rate %.2g from step %d",
+                   learning_rate * 0.1 ** drops, end_of(best.check))
+    done = end_of(c)
+    rate = done / (time.time() - start)
+    logging.info("generalist: step %d/%d loss %.3f val acc %.4f (best %.4f at %d; "
+                 "%.0f steps/s, at most %.0fs to go)", done, max_steps,
+                 float(jnp.mean(jnp.stack(losses[-eval_every:]))), acc, best.score,
+                 end_of(best.check), rate, (max_steps - done) / rate)
+    return best
+
+  # A score of -1 makes the first check kept whatever its accuracy: the random init is no
+  # candidate.
+  best, checks = early_stopping.host_loop(
+      period, early_stopping.start(params, -1.0), -(-max_steps // eval_every), patience,
+      after_check=after_check)
+  info = GeneralistInfo(steps=end_of(best.check), steps_run=end_of(checks), val_acc=best.score,
+                        seconds=time.time() - start,
+                        stopped_early=bool(early_stopping.stopped(best, patience)))
   logging.info("generalist: kept step %d of %d (val acc %.4f) in %.0f s", info.steps,
                info.steps_run, info.val_acc, info.seconds)
-  return best, info
+  return best.value, info

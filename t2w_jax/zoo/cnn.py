@@ -116,7 +116,7 @@ class SubtaskCNN(nn.Module):
   def __call__(self, images, class_emb):
     """Logits (B, K) of images against K class embeddings (K, embed_dim)."""
     check_class_emb(class_emb, self.embed_dim)
-    return self.logit_scale * self.embed(images) @ unit_normalize(class_emb).T
+    return cosine_logits(self.embed(images), class_emb, self.logit_scale)
 
 
 def check_class_emb(class_emb, embed_dim: int) -> None:
@@ -130,6 +130,20 @@ def check_class_emb(class_emb, embed_dim: int) -> None:
   if class_emb.shape[1] != embed_dim:
     raise ValueError(f"class embeddings have dim {class_emb.shape[1]}, the net's text space "
                      f"has {embed_dim}")
+
+
+def cosine_logits(embeddings, class_emb, scale: float):
+  """The text-space head: logits ``scale * cos(f(x), e(class))``, (B, K).
+
+  Every subtask family's logits, and the corpus trainer's accuracy from cached image
+  embeddings, are this one function.
+
+  Args:
+    embeddings: (B, embed_dim) unit vectors, a net's ``embed`` of B inputs.
+    class_emb: (K, embed_dim) class embeddings (normalised here).
+    scale: the net's ``logit_scale``.
+  """
+  return scale * embeddings @ unit_normalize(class_emb).T
 
 
 def unit_normalize(x, eps=1e-8):

@@ -37,7 +37,7 @@ from flax import traverse_util
 from t2w_jax import io as io_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.zoo import base as base_lib
-from t2w_jax.zoo.cnn import SubtaskCNN, check_class_emb, unit_normalize
+from t2w_jax.zoo.cnn import SubtaskCNN, check_class_emb, cosine_logits
 
 FAMILIES = ("cnn", "adapter")
 TRUNK_FILE = "trunk.npz"
@@ -80,7 +80,7 @@ class AdapterNet(nn.Module):
   def __call__(self, features, class_emb):
     """Logits (B, K) of feature vectors against K class embeddings (K, embed_dim)."""
     check_class_emb(class_emb, self.embed_dim)
-    return self.logit_scale * self.embed(features) @ unit_normalize(class_emb).T
+    return cosine_logits(self.embed(features), class_emb, self.logit_scale)
 
 
 def family_of(model_cfg: Mapping) -> str:

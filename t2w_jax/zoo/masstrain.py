@@ -25,7 +25,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t2w_jax.data import tasks as tasks_lib
-from t2w_jax.zoo.cnn import SubtaskCNN, unit_normalize
+from t2w_jax.zoo import early_stopping
+from t2w_jax.zoo.cnn import SubtaskCNN, cosine_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,19 +139,31 @@ def put_data(dataset, class_emb: np.ndarray, eval_per_class: int, mesh: Mesh | N
   return DeviceData(*[jax.device_put(a, rep) for a in arrays])
 
 
-def masked_logits(model: SubtaskCNN, params, images, emb, mask):
-  """Logits over a task's K (padded) classes; padded classes get -inf."""
-  logits = model.apply({"params": params}, images, emb)
+def mask_classes(logits, mask):
+  """(B, K) logits with a task's padded class slots (``mask`` (K,) False) at -inf: never
+  predicted, no probability."""
   return jnp.where(mask[None, :], logits, -jnp.inf)
 
 
-def optimizer(spec: TrainerSpec) -> optax.GradientTransformation:
-  """The task nets' optimiser: Adam, learning rate decayed (cosine) over the step cap.
+def masked_logits(model: SubtaskCNN, params, images, emb, mask):
+  """Logits over a task's K (padded) classes; padded classes get -inf."""
+  return mask_classes(model.apply({"params": params}, images, emb), mask)
+
+
+def adam_cosine(learning_rate: float, steps: int) -> optax.GradientTransformation:
+  """The optimiser of every net trained for a task: Adam, its learning rate decayed
+  (cosine, to 5 %) over ``steps``.
 
   The decay makes the last steps small, so a net that runs to the cap settles instead of
-  ending on a noisy step; early stopping keeps whichever checkpoint validated best.
+  ending on a noisy step; early stopping keeps whichever checkpoint validated best. The
+  corpus trainer (and every fine-tuning built on it) and the hypernetwork baseline use it.
   """
-  return optax.adam(optax.cosine_decay_schedule(spec.learning_rate, spec.steps, alpha=0.05))
+  return optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
+
+
+def optimizer(spec: TrainerSpec) -> optax.GradientTransformation:
+  """The task nets' optimiser: ``adam_cosine`` over the step cap."""
+  return adam_cosine(spec.learning_rate, spec.steps)
 
 
 def train_step_fn(model, spec, data, classes, mask):
@@ -198,9 +211,10 @@ def train_one(model, spec, data, base_params, classes, mask, seed) -> Fit:
   """Train one net from the base on one task, early-stopped on its validation accuracy.
 
   Without checks (``eval_every == 0``) every net trains ``steps`` steps. With checks, the
-  steps run in periods of ``eval_every`` inside a ``lax.while_loop`` that stops after
-  ``patience`` checks without improvement; under ``vmap`` a finished net stays frozen
-  while the others of its chunk go on, and a chunk stops when all its nets have.
+  steps run in periods of ``eval_every`` inside ``early_stopping.while_improving`` (a
+  ``lax.while_loop``) that stops after ``patience`` checks without improvement, the start
+  counting as the first check; under ``vmap`` a finished net stays frozen while the others
+  of its chunk go on, and a chunk stops when all its nets have.
   """
   step = train_step_fn(model, spec, data, classes, mask)
   init = (base_params, optimizer(spec).init(base_params))
@@ -217,24 +231,14 @@ def train_one(model, spec, data, base_params, classes, mask, seed) -> Fit:
   def val_acc(params):
     return task_accuracy(model, data, params, classes, mask, split="val")
 
-  def cond(c):
-    return (c["period"] < periods) & (c["bad"] < spec.patience)
+  def period(carry, i):
+    state, losses = jax.lax.scan(step, carry[0], keys[i])
+    return (state, jnp.mean(losses)), state[0], val_acc(state[0])
 
-  def body(c):
-    state, losses = jax.lax.scan(step, c["state"], keys[c["period"]])
-    acc = val_acc(state[0])
-    better = acc > c["best_acc"]
-    period = c["period"] + 1
-    return dict(state=state, period=period, loss=jnp.mean(losses),
-                best=jax.tree.map(lambda a, b: jnp.where(better, a, b), state[0], c["best"]),
-                best_acc=jnp.where(better, acc, c["best_acc"]),
-                best_period=jnp.where(better, period, c["best_period"]),
-                bad=jnp.where(better, 0, c["bad"] + 1))
-
-  c0 = dict(state=init, period=jnp.int32(0), loss=jnp.float32(jnp.nan), best=base_params,
-            best_acc=val_acc(base_params), best_period=jnp.int32(0), bad=jnp.int32(0))
-  c = jax.lax.while_loop(cond, body, c0)
-  return Fit(c["best"], c["best_period"] * every, c["period"] * every, c["loss"])
+  (_, loss), best, ran = early_stopping.while_improving(
+      period, (init, jnp.float32(jnp.nan)),
+      early_stopping.start(base_params, val_acc(base_params)), periods, spec.patience)
+  return Fit(best.value, best.check * every, ran * every, loss)
 
 
 def eval_set(data, classes, mask, split: str = "test"):
@@ -268,14 +272,28 @@ def split_images(data, split: str):
   return data.test_images if split == "test" else data.images
 
 
+def accuracy(pred, label, valid):
+  """The fraction of ``valid`` entries where ``pred == label``, along the last axis.
+
+  The one count behind every accuracy: the generalist's validation, the trainer's task
+  accuracy and early stopping, and every evaluator's (``EvalContext.test_predictions``).
+  NumPy arrays give a NumPy (float64) result, JAX arrays a JAX (float32) one.
+
+  Args:
+    pred, label: (..., N) predicted and true labels.
+    valid: (..., N) bool, the entries that count (none valid: accuracy 0).
+  """
+  hits = (pred == label) & valid
+  return hits.sum(-1) / valid.sum(-1).clip(min=1)
+
+
 def _accuracy_from_embeddings(model, feats, valid, class_emb, mask):
   """Accuracy given image embeddings (K, per, d) of a task's K class rows of test images."""
   kmax, per = valid.shape
-  logits = model.logit_scale * feats.reshape(kmax * per, -1) @ unit_normalize(class_emb).T
-  pred = jnp.argmax(jnp.where(mask[None, :], logits, -jnp.inf), axis=-1)
+  logits = cosine_logits(feats.reshape(kmax * per, -1), class_emb, model.logit_scale)
+  pred = jnp.argmax(mask_classes(logits, mask), axis=-1)
   labels = jnp.broadcast_to(jnp.arange(kmax)[:, None], (kmax, per)).reshape(-1)
-  hits = (pred == labels) & valid.reshape(-1)
-  return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1)
+  return accuracy(pred, labels, valid.reshape(-1))
 
 
 def _embed_rows(model, params, images, rows):

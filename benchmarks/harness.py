@@ -1,12 +1,8 @@
-"""t2w_jax.bench: benchmarks of the corpus trainer and of the DiT, and their timing helpers.
-
-    python launch/bench.py corpus [--quick] [--json PATH]   # corpus_bench.py (corpus issue)
-    python launch/bench.py dit [--quick] [--json PATH]      # dit_bench.py (generator issue)
+"""What every benchmark shares: the machine, timing, the matmul peak, tables, JSON output.
 
 Every figure is the median of a few timed repeats taken after a warm-up (compilation), with
 ``jax.block_until_ready`` on the outputs, so asynchronous dispatch cannot flatter a number.
-The helpers here (machine description, timing, matmul peak, tables, JSON output) are shared
-by both benchmarks and know nothing about either.
+These helpers are shared by every benchmark and know nothing about any of them.
 """
 import datetime
 import json
@@ -183,7 +179,7 @@ def describe_commit(c: dict) -> str:
 
 
 # The repository root (the checkout whose commit the reports name).
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def utc_now() -> str:

@@ -17,8 +17,8 @@ import dataclasses
 
 import jax
 
-from t2w_jax import bench
-from t2w_jax.bench import corpus_bench
+from benchmarks import corpus_bench
+from benchmarks import harness
 
 # Issue 14's target: the adapter family at >= 10x the CNN family's nets per hour.
 TARGET_RATIO = 10.0
@@ -73,12 +73,12 @@ def run(cnn: corpus_bench.Settings, adapter: corpus_bench.Settings) -> dict:
   dataset, source = corpus_bench.load_data(cnn)
   cnn_r = corpus_bench.run_trainer(cnn, dataset)
   adapter_r = corpus_bench.run_trainer(adapter, dataset)
-  size = cnn.matmul_size or bench.default_matmul_size()
+  size = cnn.matmul_size or harness.default_matmul_size()
   devices = jax.local_devices()[:cnn_r["devices"]]
-  matmul = bench.matmul_peak(size, "float32", cnn.repeats, devices)
+  matmul = harness.matmul_peak(size, "float32", cnn.repeats, devices)
   return {
-      "benchmark": "families", "date": bench.utc_now(), "commit": bench.git_commit(bench.ROOT),
-      "machine": bench.machine_info(), "data": source,
+      "benchmark": "families", "date": harness.utc_now(), "commit": harness.git_commit(harness.ROOT),
+      "machine": harness.machine_info(), "data": source,
       "settings": {"cnn": dataclasses.replace(cnn, data=source).to_json(),
                    "adapter": dataclasses.replace(adapter, data=source).to_json()},
       "cnn": cnn_r, "adapter": adapter_r, "matmul": {"float32": matmul, "size": size},
@@ -101,14 +101,14 @@ def format_report(r: dict) -> str:
   met = "met" if r["ratio"] >= r["target_ratio"] else "NOT met"
   return "\n".join([
       f"corpus throughput by subtask family, {r['date']}, t2w_jax "
-      f"{bench.describe_commit(r['commit'])}",
-      f"machine: {bench.describe_machine(r['machine'])}",
+      f"{harness.describe_commit(r['commit'])}",
+      f"machine: {harness.describe_machine(r['machine'])}",
       f"work: {s['steps']} steps/net at batch {s['batch_size']}, {s['image_size']}px "
       f"{r['data']} images, tasks of {s['min_classes']}-{s['max_classes']} classes, "
       f"validation checks every {s['eval_every']} steps (no net stops), accuracy of base and "
       f"trained net; median of {s['repeats']}",
       "",
-      bench.format_table(["family", "nets/call", "nets/chunk", "net-steps/s", "nets/hour",
+      harness.format_table(["family", "nets/call", "nets/chunk", "net-steps/s", "nets/hour",
                           "GFLOP/s",
                           f"of matmul ({mm:.4g} GFLOP/s)", "features s (once)"], rows),
       "",

@@ -36,8 +36,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from benchmarks import harness
 from t2w_jax import api
-from t2w_jax import bench
 from t2w_jax import generator as generator_lib
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
 from t2w_jax.models import DiT, model_flops_per_example, param_count, unbox
@@ -196,7 +196,7 @@ def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: in
   start = time.perf_counter()
   compiled = step.lower(params, opt_state, batch, key).compile()
   compile_s = time.perf_counter() - start
-  xla = bench.xla_flops(compiled)
+  xla = harness.xla_flops(compiled)
 
   def run_steps(params, opt_state, n, offset):
     for i in range(n):
@@ -211,7 +211,7 @@ def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: in
     start = time.perf_counter()
     params, opt_state, loss = run_steps(params, opt_state, train_steps, 1 + r * train_steps)
     times.append(time.perf_counter() - start)
-  sec = bench.median(times) / train_steps
+  sec = harness.median(times) / train_steps
   return {"dtype": dtype, "batch_size": size.batch_size, "devices": 1 if mesh is None
           else mesh.size, "params": param_count(params), "compile_seconds": compile_s,
           "steps_per_repeat": train_steps, "seconds": times, "seconds_per_step": sec,
@@ -229,8 +229,8 @@ def bench_denoise(size: DiTSize, params, dtype: str, repeats: int, seed: int = 0
   t = jnp.full((1,), 500, jnp.int32)
   ids = jnp.arange(size.num_tokens)
   fn = jax.jit(lambda p, x, t, c: dit.apply({"params": p}, x, t, ids, jnp.zeros_like(ids), c))
-  times = bench.time_calls(fn, params, x_t, t, text, repeats=repeats, warmup=1)
-  return {"batch_size": 1, "seconds": times, "seconds_median": bench.median(times)}
+  times = harness.time_calls(fn, params, x_t, t, text, repeats=repeats, warmup=1)
+  return {"batch_size": 1, "seconds": times, "seconds_median": harness.median(times)}
 
 
 def small_generator(config: ml_collections.ConfigDict, cnn: dict, image_size: int = 16,
@@ -279,8 +279,8 @@ def bench_generate(gen: api.Generator, batch_sizes, steps: int, repeats: int,
     first = time.perf_counter() - start
     if flat.shape != (b, gen.spec.layout.total):
       raise AssertionError(f"sampler gave {flat.shape}, expected {(b, gen.spec.layout.total)}")
-    times = bench.time_calls(sample, repeats=repeats, warmup=0)
-    sec = bench.median(times)
+    times = harness.time_calls(sample, repeats=repeats, warmup=0)
+    sec = harness.median(times)
     out["runs"].append({"nets": b, "first_call_seconds": first, "seconds": times,
                         "seconds_median": sec, "nets_per_s": b / sec})
   return out
@@ -314,7 +314,7 @@ def bench_default_generation(config: ml_collections.ConfigDict, cnn: dict, *,
   emb, mask = random_text(np.random.default_rng(seed), 1, int(gen.spec.config["max_classes"]),
                           gen.spec.text_dim)
   key = jax.random.PRNGKey(seed)
-  sampler_times = bench.time_calls(lambda: api.sample_flat(gen, emb, mask, rng=key),
+  sampler_times = harness.time_calls(lambda: api.sample_flat(gen, emb, mask, rng=key),
                                    repeats=repeats)
   out = {"sampler": s.sampler, "steps": s.steps, "guidance": s.guidance,
          "num_tokens": gen.spec.tokenizer.num_tokens, "D": gen.spec.layout.total,
@@ -322,7 +322,7 @@ def bench_default_generation(config: ml_collections.ConfigDict, cnn: dict, *,
          "width": int(gen.spec.config["model"]["width"]),
          "depth": int(gen.spec.config["model"]["depth"]), "text": text,
          "sampler_seconds": sampler_times,
-         "sampler_seconds_median": bench.median(sampler_times),
+         "sampler_seconds_median": harness.median(sampler_times),
          "generate_seconds": None, "generate_seconds_median": None, "generate_skipped": ""}
   if not encode_text:
     out["generate_skipped"] = "not asked (--quick: the tiny net is not in MiniLM's space)"
@@ -335,8 +335,8 @@ def bench_default_generation(config: ml_collections.ConfigDict, cnn: dict, *,
   if encoder.dim != gen.spec.text_dim:
     raise ValueError(f"text encoder {encoder.name} gives {encoder.dim}-d embeddings, the net "
                      f"takes {gen.spec.text_dim}-d")
-  times = bench.time_calls(lambda: api.generate(gen, text, rng=key), repeats=repeats)
-  out.update(generate_seconds=times, generate_seconds_median=bench.median(times))
+  times = harness.time_calls(lambda: api.generate(gen, text, rng=key), repeats=repeats)
+  out.update(generate_seconds=times, generate_seconds_median=harness.median(times))
   return out
 
 
@@ -367,9 +367,9 @@ def measure_cifar(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: st
     dict with size, matmul, train, denoise, model_flops_per_example,
     achieved_gflops_per_s, mfu and mfu_peak (see ``format_report``).
   """
-  matmul = {"float32": bench.matmul_peak(matmul_size, "float32", repeats)}
+  matmul = {"float32": harness.matmul_peak(matmul_size, "float32", repeats)}
   if jax.default_backend() != "cpu" or dtype == "bfloat16":
-    matmul["bfloat16"] = bench.matmul_peak(matmul_size, "bfloat16", repeats)
+    matmul["bfloat16"] = harness.matmul_peak(matmul_size, "bfloat16", repeats)
   result = measure_train(size, config, dtype=dtype, repeats=repeats, train_steps=train_steps,
                          matmul=matmul[dtype], seed=seed, keep_params=True)
   params = result["train"].pop("_params")
@@ -385,7 +385,7 @@ def measure_train(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: st
 
   Args:
     size, config, dtype, repeats, train_steps, seed: as ``measure_cifar``.
-    matmul: ``bench.matmul_peak``'s result in ``dtype``, measured in the same run.
+    matmul: ``harness.matmul_peak``'s result in ``dtype``, measured in the same run.
     keep_params: leave the trained parameters in ``train["_params"]`` (for timing the
       denoising call on them).
 
@@ -439,7 +439,7 @@ def run(config: ml_collections.ConfigDict, *, quick: bool = False, repeats: int 
   dtype = resolve_dtype(dtype)
   repeats = repeats or (1 if quick else 3)
   size = QUICK_SIZE if quick else CIFAR_SIZE
-  matmul_size = matmul_size or (256 if quick else bench.default_matmul_size())
+  matmul_size = matmul_size or (256 if quick else harness.default_matmul_size())
   train_steps = train_steps or (1 if quick else 2 if on_cpu else 20)
   cifar = measure_cifar(size, config, dtype=dtype, repeats=repeats, train_steps=train_steps,
                         matmul_size=matmul_size, seed=seed,
@@ -455,7 +455,7 @@ def run(config: ml_collections.ConfigDict, *, quick: bool = False, repeats: int 
 
   lat = cifar["denoise"]["seconds_median"]
   return dict(
-      cifar, benchmark="dit", quick=quick, machine=bench.machine_info(),
+      cifar, benchmark="dit", quick=quick, machine=harness.machine_info(),
       generate=generate, generate_config="tiny" if quick else "small",
       generate_default=default,
       derived={"ddpm1000_minutes_per_net": 1000 * lat / 60.0,
@@ -512,10 +512,10 @@ def format_report(r: dict) -> str:
   t, dn, g, d = r["train"], r["denoise"], r["generate"], r["derived"]
   lines = [
       "DiT benchmark" + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
-      f"machine: {bench.describe_machine(r['machine'])}",
+      f"machine: {harness.describe_machine(r['machine'])}",
       describe_cifar_step(r),
       "",
-      bench.format_table(
+      harness.format_table(
           ["figure", "t2w_jax"],
           [["train samples/s", t["samples_per_s"]],
            ["one denoising call, batch 1 (s)", dn["seconds_median"]],
@@ -532,7 +532,7 @@ def format_report(r: dict) -> str:
       f"generation at the {r['generate_config']} config: DDIM-{g['steps']}, guidance "
       f"{g['guidance']:g}, {g['num_tokens']} tokens x {g['block_size']} (D={g['D']}), "
       f"{g['params'] / 1e6:.2f} M params, random weights and class embeddings",
-      bench.format_table(["nets", "seconds", "nets/s", "first call incl. compile (s)"],
+      harness.format_table(["nets", "seconds", "nets/s", "first call incl. compile (s)"],
                          [[x["nets"], x["seconds_median"], x["nets_per_s"],
                            x["first_call_seconds"]] for x in g["runs"]]),
   ]

@@ -39,12 +39,12 @@ import tempfile
 import jax
 import ml_collections
 
-from t2w_jax import bench
-from t2w_jax.bench import dit_bench
+from benchmarks import dit_bench
+from benchmarks import harness
 from t2w_jax.errors import ConfigError, MissingError
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_driver.py")
-ROOT = bench.ROOT
+ROOT = harness.ROOT
 # Files the driver imports from; their absence means the path is not a T2W checkout.
 REQUIRED_FILES = ("T2W/models/transformer.py", "T2W/diffusion/__init__.py",
                   "T2W/diffusion/timestep_sampler.py")
@@ -231,20 +231,20 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
   on_cpu = jax.default_backend() == "cpu"
   repeats = repeats or (1 if quick else 3)
   train_steps = train_steps or (1 if quick else 2 if on_cpu else 20)
-  matmul_size = matmul_size or (256 if quick else bench.default_matmul_size())
+  matmul_size = matmul_size or (256 if quick else harness.default_matmul_size())
   denoise_repeats = max(repeats, 1 if quick else 10)
   threads = threads or os.cpu_count() or 1
   cfg = PYTORCH_QUICK if quick else PYTORCH_CIFAR
-  date = bench.utc_now()
+  date = harness.utc_now()
   theirs = run_torch_side(repo, python, cfg, repeats=repeats, train_steps=train_steps,
                           denoise_repeats=denoise_repeats, threads=threads,
                           matmul_size=matmul_size, seed=seed, timeout=timeout, dtype=dtype)
-  theirs.update(checkout=repo, checkout_commit=bench.git_commit(repo), config=cfg)
+  theirs.update(checkout=repo, checkout_commit=harness.git_commit(repo), config=cfg)
   ours = measure_ours(dit_config, quick=quick, repeats=repeats, train_steps=train_steps,
                       matmul_size=matmul_size, denoise_repeats=denoise_repeats,
                       default_cnn=default_cnn, default_image_size=default_image_size,
                       seed=seed, dtype=dtype)
-  ours.update(commit=bench.git_commit(ROOT), machine=bench.machine_info())
+  ours.update(commit=harness.git_commit(ROOT), machine=harness.machine_info())
   return {"benchmark": "pytorch", "date": date, "quick": quick, "ours": ours,
           "theirs": theirs,
           "comparison": compare(ours, theirs) if theirs["status"] == "ok" else None}
@@ -302,8 +302,8 @@ def format_report(r: dict) -> str:
   lines = [
       "Side by side: t2w_jax and the PyTorch T2W, same machine, same run"
       + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
-      f"date: {r['date']}; machine: {bench.describe_machine(o['machine'])}",
-      f"t2w_jax: {bench.describe_commit(o['commit'])}",
+      f"date: {r['date']}; machine: {harness.describe_machine(o['machine'])}",
+      f"t2w_jax: {harness.describe_commit(o['commit'])}",
   ]
   if t["status"] != "ok":
     lines += [
@@ -312,7 +312,7 @@ def format_report(r: dict) -> str:
         f"tests) or pass --torch_python; t2w_jax's figures only.",
         dit_bench.describe_cifar_step(o),
         "",
-        bench.format_table(
+        harness.format_table(
             [f"figure ({dtype})", "t2w_jax"],
             [["train samples/s", o["train"]["samples_per_s"]]]
             + ([["train samples/s, token-concat (their conditioning)",
@@ -326,12 +326,12 @@ def format_report(r: dict) -> str:
     their_flops = tt["flops_per_example"]
     ot = o["train"]
     lines += [
-        f"PyTorch T2W: {t['checkout']}, {bench.describe_commit(t['checkout_commit'])}"
+        f"PyTorch T2W: {t['checkout']}, {harness.describe_commit(t['checkout_commit'])}"
         + (f"; patched: {'; '.join(t['patched'])}" if t["patched"] else ""),
         f"t2w_jax {dit_bench.describe_cifar_step(o)}",
         _describe_theirs(t),
         "",
-        bench.format_table(
+        harness.format_table(
             [f"figure ({dtype})", "t2w_jax", "PyTorch T2W", "t2w_jax vs PyTorch"],
             [["train samples/s", ot["samples_per_s"], tt["samples_per_s"],
               f"{q['train_samples_per_s']:.3g}x"]]

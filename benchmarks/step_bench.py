@@ -17,7 +17,7 @@ import time
 import jax
 import ml_collections
 
-from t2w_jax import bench
+from benchmarks import harness
 from t2w_jax.train import loop
 from t2w_jax.train import mesh as mesh_lib
 
@@ -59,7 +59,7 @@ def time_setting(config, corpus, workdir: str, *, steps: int, repeats: int) -> d
         state, m = step_fn(state, b, data)
       jax.block_until_ready(m)
       times.append((time.perf_counter() - t0) / steps)
-  return {"seconds_per_step": bench.median(times), "seconds": times,
+  return {"seconds_per_step": harness.median(times), "seconds": times,
           "batch_size": config.batch_size, "task_images": config.task_images,
           "fresh_tasks": int(config.fresh_tasks) if config.task_loss_weight > 0 else 0}
 
@@ -70,7 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10,
   corpus = loop.open_training_corpus(config, workdir)
   scratch = os.path.join(workdir, "bench_step")
   os.makedirs(scratch, exist_ok=True)
-  out = {"machine": bench.machine_info(), "steps": steps, "repeats": repeats,
+  out = {"machine": harness.machine_info(), "steps": steps, "repeats": repeats,
          "corpus": corpus.path, "settings": {}}
   for name, c in settings(config).items():
     logging.info("step bench: %s", name)
@@ -86,6 +86,6 @@ def format_report(r: dict) -> str:
   rows = [[name, f"{1e3 * s['seconds_per_step']:.1f}", f"{1 / s['seconds_per_step']:.2f}",
            f"{s['cost_vs_diffusion_only']:.2f}x"] for name, s in r["settings"].items()]
   return "\n".join([
-      f"Generator train step on {bench.describe_machine(r['machine'])}",
+      f"Generator train step on {harness.describe_machine(r['machine'])}",
       f"(median of {r['repeats']} repeats of {r['steps']} steps; corpus {r['corpus']})", "",
-      bench.format_table(["setting", "ms/step", "steps/s", "cost vs diffusion only"], rows)])
+      harness.format_table(["setting", "ms/step", "steps/s", "cost vs diffusion only"], rows)])

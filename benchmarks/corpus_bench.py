@@ -10,7 +10,7 @@ steps per net and image size:
 (b) a plain per-net loop: one net at a time, one jitted train step per Python iteration,
     ``lax.conv``, default XLA threading on one device. The host-device flags change XLA's
     threading, so this runs in a subprocess started without them
-    (``python -m t2w_jax.bench.corpus_bench --baseline``), which writes its results as JSON;
+    (``python -m benchmarks.corpus_bench --baseline``), which writes its results as JSON;
 (c) the FLOP rates of both against an n x n x n float32 matmul measured in each process's
     own device set-up (and in bfloat16 too on accelerators).
 
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t2w_jax import bench
+from benchmarks import harness
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.data.types import ImageDataset
 from t2w_jax.zoo import masstrain
@@ -297,7 +297,7 @@ def embed_flops(model: SubtaskCNN, params, num_images: int, example) -> float:
   """
   x = jax.ShapeDtypeStruct((num_images,) + tuple(example.shape[1:]), example.dtype)
   fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method="embed"))
-  return bench.xla_flops(fn.lower(params, x).compile())
+  return harness.xla_flops(fn.lower(params, x).compile())
 
 
 def per_net_flops(model: SubtaskCNN, spec: masstrain.TrainerSpec, data, base_params,
@@ -310,7 +310,7 @@ def per_net_flops(model: SubtaskCNN, spec: masstrain.TrainerSpec, data, base_par
   tx, step = make_step(model, spec)
   key = jax.random.PRNGKey(0)
   args = (data, base_params, tx.init(base_params), tasks.classes[0], tasks.mask[0], key)
-  step_flops = bench.xla_flops(jax.jit(step).lower(*args).compile())
+  step_flops = harness.xla_flops(jax.jit(step).lower(*args).compile())
   k, per = tasks.classes.shape[1], data.test_index.shape[1]
   return step_flops, embed_flops(model, base_params, k * per, data.test_images)
 
@@ -367,16 +367,16 @@ def run_baseline(s: Settings) -> dict:
     trains.append(train_s)
   step_flops, eval_flops = per_net_flops(model, spec, data, base, tasks)
   net_steps = s.baseline_nets * s.steps
-  total = bench.median(totals)
+  total = harness.median(totals)
   flops = s.baseline_nets * (s.steps * step_flops + 2 * eval_flops)
   return {
-      "machine": bench.machine_info(), "data": source, "conv_impl": "lax",
+      "machine": harness.machine_info(), "data": source, "conv_impl": "lax",
       "nets": s.baseline_nets, "steps": s.steps, "seconds": totals, "train_seconds": trains,
       "seconds_median": total, "net_steps_per_s": net_steps / total,
-      "train_only_net_steps_per_s": net_steps / bench.median(trains),
+      "train_only_net_steps_per_s": net_steps / harness.median(trains),
       "flops_per_net_step": step_flops, "eval_flops_per_net": eval_flops,
       "gflops_per_s": flops / total / 1e9,
-      "matmul": {"float32": bench.matmul_peak(s.matmul_size or bench.default_matmul_size(),
+      "matmul": {"float32": harness.matmul_peak(s.matmul_size or harness.default_matmul_size(),
                                               "float32", s.repeats,
                                               devices=jax.local_devices()[:1])},
   }
@@ -396,8 +396,7 @@ def baseline_env(environ=None) -> dict:
   else:
     env.pop("XLA_FLAGS", None)
   env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (harness.ROOT, env.get("PYTHONPATH")) if p)
   return env
 
 
@@ -409,7 +408,7 @@ def spawn_baseline(s: Settings, timeout: float | None = None) -> dict:
   """
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "baseline.json")
-    cmd = [sys.executable, "-m", "t2w_jax.bench.corpus_bench", "--baseline",
+    cmd = [sys.executable, "-m", "benchmarks.corpus_bench", "--baseline",
            "--settings", json.dumps(s.to_json()), "--json", out]
     logging.info("per-net baseline: %s", " ".join(cmd[:4]))
     proc = subprocess.run(cmd, env=baseline_env(), capture_output=True, text=True,
@@ -455,7 +454,7 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   compile_s = time.perf_counter() - start
   # No warm-up run beyond compilation: one call trains every net (tens of seconds), and
   # the median of the repeats absorbs any first-call cost.
-  times = bench.time_calls(compiled, data, base, tasks_d, repeats=s.repeats, warmup=0)
+  times = harness.time_calls(compiled, data, base, tasks_d, repeats=s.repeats, warmup=0)
   # FLOPs of one step of one net, on one device with the trainer's conv_impl.
   data1 = masstrain.put_data(dataset, class_emb, spec.eval_per_class)
   step_flops, eval_flops = per_net_flops(model, spec, data1, base1, tasks)
@@ -465,7 +464,7 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   # The trainer measures the shared base net once per device and call, not once per net.
   base_flops = mesh.size * _base_eval_flops(model, data1, base1)
   base_model = mesh.size * _base_eval_flops(make_model(s, "lax"), data1, base1)
-  sec = bench.median(times)
+  sec = harness.median(times)
   flops = nets * (s.steps * step_flops + eval_flops) + base_flops
   model_flops = nets * (s.steps * model_step + model_eval) + base_model
   return {
@@ -509,20 +508,20 @@ def run(s: Settings, baseline_timeout: float | None = None) -> dict:
                else None)
   # Resolved only now: asking for the backend earlier would open the accelerator in this
   # process while the baseline runs.
-  s = dataclasses.replace(s, matmul_size=s.matmul_size or bench.default_matmul_size())
+  s = dataclasses.replace(s, matmul_size=s.matmul_size or harness.default_matmul_size())
   devices = jax.local_devices()[:trainer["devices"]]
-  matmul = {"float32": bench.matmul_peak(s.matmul_size, "float32", s.repeats, devices)}
+  matmul = {"float32": harness.matmul_peak(s.matmul_size, "float32", s.repeats, devices)}
   if jax.default_backend() != "cpu":
-    matmul["bfloat16"] = bench.matmul_peak(s.matmul_size, "bfloat16", s.repeats, devices)
+    matmul["bfloat16"] = harness.matmul_peak(s.matmul_size, "bfloat16", s.repeats, devices)
   out = {}
   if no_checks is not None:
     out = {"trainer_without_checks": no_checks,
            "ratio_checks_vs_none": trainer["net_steps_per_s"] / no_checks["net_steps_per_s"]}
   return {
       **out,
-      "benchmark": "corpus", "date": bench.utc_now(), "commit": bench.git_commit(bench.ROOT),
+      "benchmark": "corpus", "date": harness.utc_now(), "commit": harness.git_commit(harness.ROOT),
       "settings": s.to_json(), "data": source,
-      "machine": bench.machine_info(), "trainer": trainer, "baseline": baseline,
+      "machine": harness.machine_info(), "trainer": trainer, "baseline": baseline,
       "matmul": matmul, "flops_method": FLOPS_METHOD,
       "ratio": trainer["net_steps_per_s"] / baseline["net_steps_per_s"],
       "ratio_vs_train_only": (trainer["net_steps_per_s"]
@@ -557,15 +556,15 @@ def format_report(r: dict) -> str:
                     n["gflops_per_s"], "", ""])
   lines = [
       "corpus trainer benchmark"
-      + (f", {r['date']}, t2w_jax {bench.describe_commit(r['commit'])}" if "date" in r else ""),
-      f"machine: {bench.describe_machine(m)}",
-      f"baseline process: {bench.describe_machine(bm)}",
+      + (f", {r['date']}, t2w_jax {harness.describe_commit(r['commit'])}" if "date" in r else ""),
+      f"machine: {harness.describe_machine(m)}",
+      f"baseline process: {harness.describe_machine(bm)}",
       f"work: {s['steps']} steps/net at batch {s['batch_size']}, {s['image_size']}px "
       f"{r['data']} images, tasks of {s['min_classes']}-{s['max_classes']} classes, "
       f"accuracy of base and trained net on <= {s['eval_per_class']} test images/class; "
       f"median of {s['repeats']} repeat(s); trainer compile {t['compile_seconds']:.1f} s",
       "",
-      bench.format_table(["run", "devices", "conv", "net-steps/s", "GFLOP/s",
+      harness.format_table(["run", "devices", "conv", "net-steps/s", "GFLOP/s",
                           f"matmul {s['matmul_size']}^3 f32 GFLOP/s", "of matmul"], rows),
       "",
       f"ratio trainer / per-net loop: {r['ratio']:.2f}x "
@@ -584,7 +583,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-  """``python -m t2w_jax.bench.corpus_bench --baseline --settings JSON --json PATH``."""
+  """``python -m benchmarks.corpus_bench --baseline --settings JSON --json PATH``."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--baseline", action="store_true", required=True,
                       help="run the per-net loop baseline (the only mode of this entry point)")
@@ -593,7 +592,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   result = run_baseline(Settings.from_json(json.loads(args.settings)))
-  bench.write_json(args.json, result)
+  harness.write_json(args.json, result)
   return 0
 
 
