@@ -3,8 +3,8 @@
   python launch/generate.py --workdir=runs/default --text="red circle, blue star and green heart" \
       --out=/tmp/net.npz
 
-Read it back with ``t2w_jax.api.load_net(path)`` -> (params, net, class names, class_emb);
-net is the SubtaskCNN, or for an adapter-family corpus the trunk + adapter TrunkedNet.
+Read it back with ``t2w_jax.load_net(path)``: the same ``Net`` (``net.predict(images)``,
+``net(images)``, ``net.params``).
 """
 import os
 import sys
@@ -32,10 +32,11 @@ def main(argv):
   cli.check_output_file(_OUT.value)  # before the minutes of loading and sampling
   api.class_names(_TEXT.value)  # likewise: an empty description fails now
   gen = api.load(_WORKDIR.value)
-  params = api.generate(gen, _TEXT.value, rng=jax.random.PRNGKey(_SEED.value),
-                        steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
-  api.save_net(_OUT.value, gen, api.take(params, 0), _TEXT.value)
-  logging.info("wrote %s (%d classes)", _OUT.value, len(api.class_names(_TEXT.value)))
+  net = api.generate(gen, _TEXT.value, rng=jax.random.PRNGKey(_SEED.value),
+                     steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
+  net.save(_OUT.value)
+  logging.info("wrote %s (%d classes: %s)", _OUT.value, net.num_classes,
+               ", ".join(net.class_names))
 
 
 if __name__ == "__main__":

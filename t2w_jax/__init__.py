@@ -1,26 +1,31 @@
 """t2w_jax: Text2Weight in JAX/Flax.
 
-The public API, as the model card names it::
+The public API, three calls from a trained run to predictions::
 
   import jax
-  from t2w_jax import load, generate
-  params = load("runs/default")                       # a trained generator
-  nets = generate(params, "tulip, rose and bus", rng=jax.random.PRNGKey(0))
+  from t2w_jax import load, generate, load_net
+  gen = load("runs/default")                                  # a trained generator
+  net = generate(gen, "tulip, rose and bus", rng=jax.random.PRNGKey(0))
+  net.predict(images)                                         # one class name per image
+  net.save("net.npz"); load_net("net.npz")
 
-``load`` and ``generate`` (and the rest of ``t2w_jax.api``) are imported on first use, so
-that ``import t2w_jax`` does not import JAX: the launch scripts set up the host's devices
-(``t2w_jax.platform``) before JAX is first imported.
+and the applications ``few_shot``, ``enhance`` and ``fuse`` (``t2w_jax.api``). These names
+are imported on first use, so that ``import t2w_jax`` does not import JAX: the launch scripts
+set up the host's devices (``t2w_jax.platform``) before JAX is first imported.
 """
 
-_API = ("load", "generate", "fuse", "save_net", "load_net", "subtask_net", "class_embeddings",
-        "take")
+# name -> the module that defines it.
+_API = {name: "t2w_jax.api" for name in (
+    "load", "generate", "few_shot", "enhance", "fuse", "save_net", "subtask_net",
+    "class_embeddings", "class_names", "take")}
+_API.update({name: "t2w_jax.net" for name in ("Net", "NetBatch", "load_net")})
 __all__ = list(_API)
 
 
 def __getattr__(name):
   if name in _API:
-    from t2w_jax import api  # pylint: disable=import-outside-toplevel
-    return getattr(api, name)
+    import importlib  # pylint: disable=import-outside-toplevel
+    return getattr(importlib.import_module(_API[name]), name)
   raise AttributeError(f"module 't2w_jax' has no attribute {name!r}")
 
 
