@@ -26,7 +26,6 @@ text)`` (the module and embeddings a ``Net`` holds), ``take(nets, i)`` (the i-th
 params), ``save_net(path, gen, params, text)`` (``Net.save``).
 """
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -320,8 +319,8 @@ def enhance(gen: Generator, params, text: str | Sequence[str] | None = None, *, 
 
   It helps where the generator's estimate for the text is better than the net (an
   under-trained or few-shot net) and costs accuracy where the net is better than that
-  estimate (a converged specialist); t = 0 returns the net unchanged. The README's
-  enhancement study gives the measured default level per kind of net.
+  estimate (a converged specialist); t = 0 returns the net unchanged. The enhancement
+  study (docs/results.md, "Applications") gives the measured level per kind of net.
 
   Args:
     gen: from ``load``.
@@ -465,10 +464,10 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
     sampler: "ddim" or "ddpm".
     temperature: scale of the starting noise (default: the config's ``sample_temperature``,
       1.0). Lower gives nets nearer the conditional mode and less diverse; DDIM at 0 is
-      deterministic (the README's sampler ablation measures the trade-off).
+      deterministic (docs/results.md, "Sampler study", measures the trade-off).
     average: return ONE net, the weight average of the ``num_samples`` samples. Corpus
       nets share their base net's basin, so this cancels part of each sample's noise
-      (measured in the README's evaluation table).
+      (measured in docs/results.md).
 
   Returns:
     A ``Net`` when ``num_samples`` is 1 or ``average`` is set: ``net(images)`` gives logits,

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +147,11 @@ class Net:
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  def __repr__(self) -> str:
+    size = sum(int(np.size(a)) for a in jax.tree.leaves(self.params))
+    return (f"Net(classes={list(self.class_names)}, image_size={self.image_size}, "
+            f"parameters={size:,})")
+
   def __call__(self, images, *, strict: bool = False) -> np.ndarray:
     """Logits of the images against the net's classes.
 
@@ -261,6 +266,10 @@ class NetBatch:
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))
+
+  def __repr__(self) -> str:
+    return (f"NetBatch({len(self)} nets, classes={list(self.class_names)}, "
+            f"image_size={self.image_size})")
 
   def block_until_ready(self) -> "NetBatch":
     """Waits for the parameters to be computed (``jax.block_until_ready(nets)`` calls it)."""

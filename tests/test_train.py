@@ -220,8 +220,8 @@ def test_load_reads_only_the_ema_params_and_the_public_api(trained):
   assert gen.step == int(full.step) == 60
   _leaves_close(gen.params, full.ema_params, atol=0)
   assert jax.tree.structure(gen.params) == jax.tree.structure(full.ema_params)
-  nets = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
-  assert nets["head"]["kernel"].shape[0] == 1
+  net = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
+  assert api.ParamLayout.from_params(net.params) == gen.layout  # one net: no batch axis
 
 
 def test_seen_limit_learns_from_the_first_seen_rows_only(corpus_dir, tmp_path):
