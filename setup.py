@@ -13,6 +13,7 @@ setuptools.setup(
     name="t2w_jax",
     version="0.1.0",
     description="Text2Weight in JAX/Flax: generate network weights from a text description.",
+    license="Apache-2.0",
     packages=setuptools.find_packages(include=["t2w_jax", "t2w_jax.*"]),
     python_requires=">=3.10",
     install_requires=_REQS,

@@ -3,9 +3,9 @@
   python launch/enhance.py --workdir=runs/default --net=/tmp/net.npz --t=400 --steps=5 \
       --out=/tmp/enhanced.npz
 
-``--net`` is a file written by ``launch/generate.py`` or ``api.save_net`` (its class names
-are the text unless ``--text`` is given); t = 0 writes the net unchanged. When to use it
-and at which t: README, "Applications".
+``--net`` is a file written by ``launch/generate.py`` or ``Net.save`` (its class names are
+the text unless ``--text`` is given); t = 0 writes the net unchanged. When to use it and at
+which t: docs/results.md, "Applications".
 """
 import os
 import sys
@@ -17,7 +17,7 @@ from absl import app, flags, logging  # noqa: E402
 from t2w_jax import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "training run directory")
-_NET = flags.DEFINE_string("net", None, "the net to enhance (.npz from generate/save_net)")
+_NET = flags.DEFINE_string("net", None, "the net to enhance (.npz from generate/Net.save)")
 _T = flags.DEFINE_integer("t", None, "noise level, 0 (unchanged) to the generator's T")
 _TEXT = flags.DEFINE_string("text", None, "class names (default: the net file's)")
 _OUT = flags.DEFINE_string("out", None, "output .npz")
@@ -31,13 +31,13 @@ def main(argv):
   import jax
   from t2w_jax import api
   cli.check_output_file(_OUT.value)
-  params, _, names, _ = api.load_net(_NET.value)
-  text = _TEXT.value if _TEXT.value is not None else names
+  net = api.load_net(_NET.value)
+  text = _TEXT.value if _TEXT.value is not None else list(net.class_names)
   api.class_names(text)  # an empty description fails before the generator loads
   gen = api.load(_WORKDIR.value)
-  out = api.enhance(gen, params, text, t=_T.value, rng=jax.random.PRNGKey(_SEED.value),
+  out = api.enhance(gen, net, text, t=_T.value, rng=jax.random.PRNGKey(_SEED.value),
                     steps=_STEPS.value)
-  api.save_net(_OUT.value, gen, out, text)
+  out.save(_OUT.value)
   logging.info("wrote %s (t=%d)", _OUT.value, _T.value)
 
 

@@ -41,9 +41,9 @@ def main(argv):
                         "'labels'")
     images, labels = z["images"], z["labels"]
   gen = api.load(_WORKDIR.value)
-  params, info = api.few_shot(gen, _TEXT.value, images, labels,
-                              rng=jax.random.PRNGKey(_SEED.value), max_steps=_MAX_STEPS.value)
-  api.save_net(_OUT.value, gen, params, _TEXT.value)
+  net, info = api.few_shot(gen, _TEXT.value, images, labels,
+                           rng=jax.random.PRNGKey(_SEED.value), max_steps=_MAX_STEPS.value)
+  net.save(_OUT.value)
   logging.info("wrote %s: %s", _OUT.value, info)
 
 

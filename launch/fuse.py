@@ -4,8 +4,7 @@
       --text_b="green heart, yellow cross" --out=/tmp/fused.npz
 
 The net classifies the union of the two class lists (A's classes, then B's that A lacks:
-``t2w_jax.api.fuse``). Read it back with ``t2w_jax.api.load_net(path)`` -> (params, net,
-class names, class_emb).
+``t2w_jax.api.fuse``). Read it back with ``t2w_jax.load_net(path)``: a ``Net``.
 """
 import os
 import sys
@@ -34,9 +33,9 @@ def main(argv):
   cli.check_output_file(_OUT.value)  # before the minutes of loading and sampling
   union = api.union_classes(_TEXT_A.value, _TEXT_B.value)  # likewise for bad descriptions
   gen = api.load(_WORKDIR.value)
-  params = api.fuse(gen, _TEXT_A.value, _TEXT_B.value, rng=jax.random.PRNGKey(_SEED.value),
-                    steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
-  api.save_net(_OUT.value, gen, api.take(params, 0), union)
+  net = api.fuse(gen, _TEXT_A.value, _TEXT_B.value, rng=jax.random.PRNGKey(_SEED.value),
+                 steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
+  net.save(_OUT.value)
   logging.info("wrote %s (%d classes: %s)", _OUT.value, len(union), ", ".join(union))
 
 

@@ -7,8 +7,8 @@ The text is read as ``t2w_jax.parse_description`` reads it ("A, B and C", "A vs 
 "tell A from B", "a classifier for A, B and C", one class per line ...), preferring the class
 names of the generator's corpus; the class list it was read as is printed before sampling.
 
-Read it back with ``t2w_jax.api.load_net(path)`` -> (params, net, class names, class_emb);
-net is the SubtaskCNN, or for an adapter-family corpus the trunk + adapter TrunkedNet.
+Read it back with ``t2w_jax.load_net(path)``: the same ``Net`` (``net.predict(images)``,
+``net(images)``, ``net.params``).
 """
 import os
 import sys
@@ -40,10 +40,11 @@ def main(argv):
   gen = api.load(_WORKDIR.value)
   names = text_lib.parse_description(_TEXT.value, known=cli.corpus_class_names(gen))
   print(f"classes ({len(names)}): {names}", flush=True)
-  params = api.generate(gen, names, rng=jax.random.PRNGKey(_SEED.value),
-                        steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
-  api.save_net(_OUT.value, gen, api.take(params, 0), names)
-  logging.info("wrote %s (%d classes)", _OUT.value, len(names))
+  net = api.generate(gen, names, rng=jax.random.PRNGKey(_SEED.value),
+                     steps=_STEPS.value, guidance=_GUIDANCE.value, sampler=_SAMPLER.value)
+  net.save(_OUT.value)
+  logging.info("wrote %s (%d classes: %s)", _OUT.value, net.num_classes,
+               ", ".join(net.class_names))
 
 
 if __name__ == "__main__":

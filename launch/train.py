@@ -8,8 +8,8 @@ The corpus is read from WORKDIR/corpus (or --config.corpus_dir). Rerunning with 
 
 Several processes or hosts: the same command in each, with --coordinator_address,
 --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-JAX_PROCESS_ID; none on TPU pods, SLURM, Open MPI) and a shared --workdir (README,
-"Scaling out").
+JAX_PROCESS_ID; none on TPU pods, SLURM, Open MPI) and a shared --workdir
+(docs/scaling_out.md).
 """
 import os
 import sys

@@ -1,26 +1,31 @@
-"""The public functional API: ``load(workdir)``, ``generate(generator, text, ...)``, and
-the applications ``few_shot`` (the generated net fine-tuned on a few labelled images),
+"""The public API: ``load(workdir)``, ``generate(generator, text, ...)``, and the
+applications ``few_shot`` (the generated net fine-tuned on a few labelled images),
 ``enhance`` (noise a net and denoise it with its text) and ``fuse(generator, text_a,
 text_b, ...)`` (one net for two tasks together).
 
     import jax
-    from t2w_jax import api          # or: from t2w_jax import load, generate
-    gen = api.load("runs/default")
-    params = api.generate(gen, "red circle, blue star and green heart",
-                          rng=jax.random.PRNGKey(0), num_samples=4)
-    net, emb = api.subtask_net(gen), api.class_embeddings(gen, "red circle, blue star ...")
-    logits = net.apply({"params": api.take(params, 0)}, images, emb)
+    from t2w_jax import load, generate, load_net
+    gen = load("runs/default")
+    net = generate(gen, "red circle, blue star and green heart", rng=jax.random.PRNGKey(0))
+    net.predict(images)             # one class name per image (any size: resized)
+    net(images)                     # (N, 3) logits
+    net.save("net.npz")             # load_net("net.npz") reads it back
 
-``generate`` is a pure function of (generator, text, rng, settings): no state is kept
-between calls except compiled functions. The whole reverse chain runs in one ``lax.scan``
-under ``jit``.
+Every function that makes nets returns ``t2w_jax.net.Net`` objects (``generate`` with
+``num_samples > 1``: a ``NetBatch``, indexable and iterable); ``net.params`` is the Flax
+params pytree and ``net.module`` what runs it. ``generate`` is a pure function of
+(generator, text, rng, settings): no state is kept between calls except compiled
+functions. The whole reverse chain runs in one ``lax.scan`` under ``jit``.
 
 The same lines serve both subtask families (``t2w_jax.zoo.family``): for an adapter-family
-corpus the generated params are the adapter's, and ``subtask_net(gen)`` returns the frozen
-trunk composed with the adapter (a ``TrunkedNet``), so ``net.apply`` still takes images.
+corpus the generated params are the adapter's, and the net's module is the frozen trunk
+composed with the adapter (a ``TrunkedNet``), so the net still takes images.
+
+Earlier names kept as thin aliases: ``subtask_net(gen)`` and ``class_embeddings(gen,
+text)`` (the module and embeddings a ``Net`` holds), ``take(nets, i)`` (the i-th net's
+params), ``save_net(path, gen, params, text)`` (``Net.save``).
 """
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -29,10 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2w_jax import generator as generator_lib
+from t2w_jax import net as net_lib
 from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.generator import check_sample_args  # noqa: F401  (part of the public API)
+from t2w_jax.net import Net, NetBatch, load_net  # noqa: F401  (part of the public API)
 from t2w_jax.weights import ParamLayout
 from t2w_jax.zoo import family as family_lib
 
@@ -124,13 +131,15 @@ def class_names(text: str | Sequence[str]) -> list[str]:
 
 
 def class_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray:
-  """(K, d) embeddings of the described classes, with the generator's prompt template."""
+  """(K, d) embeddings of the described classes, with the generator's prompt template
+  (what a generated ``Net`` holds as ``class_emb``)."""
   names = class_names(text)
   return gen.encoder.encode(text_lib.apply_template(names, gen.spec.template))
 
 
 def subtask_net(gen: Generator, conv_impl: str = "lax", *, trunk_params=None):
-  """The net whose ``apply({"params": generated}, images, class_emb)`` gives logits.
+  """The module whose ``apply({"params": generated}, images, class_emb)`` gives logits
+  (what a generated ``Net`` holds as ``module``; a ``Net`` is the simpler way in).
 
   Args:
     gen: from ``load``.
@@ -188,6 +197,35 @@ def pad_classes(class_emb: np.ndarray, max_classes: int) -> tuple[np.ndarray, np
   out = np.zeros((kp, class_emb.shape[1]), np.float32)
   out[:k] = class_emb
   return out, np.arange(kp) < k
+
+
+def _net_module(gen: Generator):
+  """(module, jitted apply) of the generator's nets, built once per generator so that every
+  net it makes shares one compiled program per image shape."""
+  if "net_module" not in gen._cache:
+    module = subtask_net(gen)
+    gen._cache["net_module"] = (module, net_lib.jit_apply(module))
+  return gen._cache["net_module"]
+
+
+def as_nets(gen: Generator, params, names: Sequence[str], class_emb: np.ndarray, *,
+            batch: bool):
+  """Wraps generated params of this generator as a ``Net`` (one) or ``NetBatch`` (a
+  leading axis).
+
+  Args:
+    gen: from ``load``.
+    params: one net's params, or (``batch``) several with a leading axis.
+    names: the task's cleaned class names; class_emb: their (K, d) embeddings.
+    batch: whether params carry a leading axis.
+
+  Returns:
+    The ``Net`` or ``NetBatch``.
+  """
+  module, apply_fn = _net_module(gen)
+  info = {"cnn": gen.spec.cnn, "encoder": gen.spec.encoder, "template": gen.spec.template}
+  cls = net_lib.NetBatch if batch else net_lib.Net
+  return cls(params, module, names, class_emb, int(gen.spec.image_size), info, apply_fn)
 
 
 def _sample_fn(gen: Generator, sampling: generator_lib.Sampling, start_t: int | None = None):
@@ -260,8 +298,11 @@ def enhance_flat(gen: Generator, flat, class_emb, class_mask, *, t: int, rng,
 
 
 def _nets_as_flat(gen: Generator, params, what: str = "params") -> tuple[jax.Array, bool]:
-  """(B, D) flat weights of one net or a batch of nets of the generator's layout, and
-  whether a batch (a leading axis on every leaf) was given."""
+  """(B, D) flat weights of one net or a batch of nets of the generator's layout (a
+  ``Net``, a ``NetBatch``, or their params), and whether a batch (a leading axis on every
+  leaf) was given."""
+  if isinstance(params, (net_lib.Net, net_lib.NetBatch)):
+    params = params.params
   got = ParamLayout.from_params(params)
   want = gen.layout
   if got == want:
@@ -274,39 +315,50 @@ def _nets_as_flat(gen: Generator, params, what: str = "params") -> tuple[jax.Arr
                     f"got {got.describe()}")
 
 
-def enhance(gen: Generator, params, text: str | Sequence[str], *, t: int, rng,
+def enhance(gen: Generator, params, text: str | Sequence[str] | None = None, *, t: int, rng,
             steps: int | None = None, guidance: float | None = None):
   """Weight enhancement of an existing net: noise it to level ``t``, denoise it with the text.
 
   It helps where the generator's estimate for the text is better than the net (an
   under-trained or few-shot net) and costs accuracy where the net is better than that
-  estimate (a converged specialist); t = 0 returns the net unchanged. The README's
-  enhancement study gives the measured default level per kind of net.
+  estimate (a converged specialist); t = 0 returns the net unchanged. The enhancement
+  study (docs/results.md, "Applications") gives the measured level per kind of net.
 
   Args:
     gen: from ``load``.
-    params: one net (as ``take(generate(...), 0)``) or a batch with a leading axis, of
-      the generator's layout.
-    text: the net's task: class names, or one string split on commas and "and".
+    params: a ``Net`` or ``NetBatch`` of this generator's layout, or params: one net's, or a
+      batch with a leading axis.
+    text: the net's task: class names, or one string split on commas and "and"; None (a
+      ``Net`` or ``NetBatch`` only): its own class names.
     t: the noise level, 0 <= t <= the generator's ``num_timesteps``.
     rng: PRNG key for the noise.
     steps: DDIM steps from t (default: the config's); guidance: likewise.
 
   Returns:
-    The enhanced net(s), in the form given (one net, or a batch).
+    The enhanced net(s), in the form given: a ``Net`` or ``NetBatch`` (for ``text``'s
+    classes) for one, params (one net, or a batch) for params.
 
   Raises:
-    ConfigError (a ValueError): a net of another layout, an empty description, more classes
-      than the generator's ``max_classes``, or a t outside [0, T].
+    ConfigError (a ValueError): a net of another layout, an empty description (or none,
+      for bare params), more classes than the generator's ``max_classes``, or a t outside
+      [0, T].
   """
   check_sample_args(steps=steps, guidance=guidance)
+  is_net = isinstance(params, (net_lib.Net, net_lib.NetBatch))
+  if text is None:
+    if not is_net:
+      raise ConfigError("text is needed to enhance bare params (a Net knows its classes)")
+    text = list(params.class_names)
   flat, batched = _nets_as_flat(gen, params)
-  padded, mask = pad_classes(_checked_embeddings(gen, text), gen.spec.config["max_classes"])
+  emb = _checked_embeddings(gen, text)
+  padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
   b = flat.shape[0]
   out, _ = enhance_flat(gen, flat, np.repeat(padded[None], b, 0), np.repeat(mask[None], b, 0),
                         t=t, rng=rng, steps=steps, guidance=guidance)
   out = gen.layout.unflatten(out)
-  return out if batched else take(out, 0)
+  if not batched:
+    out = jax.tree.map(lambda a: a[0], out)
+  return as_nets(gen, out, class_names(text), emb, batch=batched) if is_net else out
 
 
 def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
@@ -322,17 +374,19 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
   Args:
     gen: from ``load``.
     text: the task's class names (label i is the i-th class).
-    images: (N, H, W, 3) uint8 or float in [0, 1], at the generator's image size.
+    images: (N, H, W, 3) uint8 or float in [0, 1], at the generator's image size
+      (``Net``'s image rules, without resizing: ``net.prepare_images``, ``strict``).
     labels: (N,) ints in [0, number of classes); every class needs an image.
     rng: PRNG key (the generated start, which images validate, the batches).
-    init: a net to start from instead of the generated one (e.g. to compare starts).
+    init: a net (a ``Net``, or its params) to start from instead of the generated one
+      (e.g. to compare starts).
     max_steps: the step cap (a multiple of ``eval_every``).
     eval_every, patience: checks between validation measurements; checks without gain
       before stopping.
     batch_size, learning_rate: the recipe.
 
   Returns:
-    (params, info): the kept net, and {"kept_step", "steps_run", "train_images",
+    (net, info): the kept net (a ``Net``), and {"kept_step", "steps_run", "train_images",
     "val_images"}.
 
   Raises:
@@ -348,6 +402,7 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
   if images.ndim != 4 or images.shape[1:] != (size, size, 3):
     raise ConfigError(f"images must be (N, {size}, {size}, 3) (this generator's image size), "
                       f"got {images.shape}")
+  images, _ = net_lib.prepare_images(images, size, strict=True)  # dtype and value range
   if (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
       or labels.min(initial=0) < 0 or labels.max(initial=0) >= k):
     raise ConfigError(f"labels must be ({images.shape[0]},) ints in [0, {k}) (one per image, "
@@ -392,14 +447,14 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
                                                         data, gen.layout.unflatten(start), seed)
   info = {"kept_step": int(fit.steps), "steps_run": int(fit.steps_run),
           "train_images": int(np.sum(cc)), "val_images": int(np.sum(vc))}
-  return fit.params, info
+  return as_nets(gen, fit.params, class_names(text), emb, batch=False), info
 
 
 def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int = 1,
              steps: int | None = None, guidance: float | None = None,
              sampler: str | None = None, temperature: float | None = None,
-             average: bool = False) -> dict:
-  """Generates subtask-CNN parameters for the described task.
+             average: bool = False) -> net_lib.Net | net_lib.NetBatch:
+  """Generates the net (or nets) for the described task.
 
   Args:
     gen: from ``load``.
@@ -411,15 +466,15 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
     sampler: "ddim" or "ddpm".
     temperature: scale of the starting noise (default: the config's ``sample_temperature``,
       1.0). Lower gives nets nearer the conditional mode and less diverse; DDIM at 0 is
-      deterministic (the README's sampler ablation measures the trade-off).
+      deterministic (docs/results.md, "Sampler study", measures the trade-off).
     average: return ONE net, the weight average of the ``num_samples`` samples. Corpus
       nets share their base net's basin, so this cancels part of each sample's noise
-      (measured in the README's evaluation table).
+      (measured in docs/results.md).
 
   Returns:
-    A params pytree with a leading ``num_samples`` axis (1 if ``average``);
-    ``take(params, i)`` is the i-th net, ready for
-    ``subtask_net(gen).apply({"params": ...}, images, class_emb)``.
+    A ``Net`` when ``num_samples`` is 1 or ``average`` is set: ``net(images)`` gives logits,
+    ``net.predict(images)`` class names, ``net.save(path)`` writes it. Otherwise a
+    ``NetBatch`` of ``num_samples`` nets: ``nets[i]``, ``len(nets)``, ``for net in nets``.
 
   Raises:
     ConfigError (a ValueError): an argument that cannot work, named: text that is not a
@@ -436,7 +491,9 @@ def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int
                      guidance=guidance, sampler=sampler, temperature=temperature)
   if average:
     flat = flat.mean(0, keepdims=True)
-  return gen.layout.unflatten(flat)
+  if flat.shape[0] == 1:
+    return as_nets(gen, gen.layout.unflatten(flat[0]), class_names(text), emb, batch=False)
+  return as_nets(gen, gen.layout.unflatten(flat), class_names(text), emb, batch=True)
 
 
 def union_classes(text_a: str | Sequence[str], text_b: str | Sequence[str]) -> list[str]:
@@ -471,7 +528,7 @@ def union_classes(text_a: str | Sequence[str], text_b: str | Sequence[str]) -> l
 def fuse(gen: Generator, text_a: str | Sequence[str], text_b: str | Sequence[str], *, rng,
          num_samples: int = 1, steps: int | None = None, guidance: float | None = None,
          sampler: str | None = None, temperature: float | None = None,
-         average: bool = False) -> dict:
+         average: bool = False) -> net_lib.Net | net_lib.NetBatch:
   """Text-guided fusion: one net for task A and task B together, from their descriptions.
 
   The generator is asked for the union of the two class lists (``union_classes``: A's
@@ -486,7 +543,7 @@ def fuse(gen: Generator, text_a: str | Sequence[str], text_b: str | Sequence[str
     rng, num_samples, steps, guidance, sampler, temperature, average: as ``generate``.
 
   Returns:
-    As ``generate``: params with a leading ``num_samples`` axis (1 if ``average``).
+    As ``generate``: a ``Net`` for the union's classes (a ``NetBatch`` for several samples).
 
   Raises:
     ConfigError (a ValueError): an empty or malformed description, a task that adds no
@@ -504,44 +561,35 @@ def fuse(gen: Generator, text_a: str | Sequence[str], text_b: str | Sequence[str
 
 
 def take(params, i: int):
-  """The i-th net of a batched params pytree."""
+  """The i-th net's params: of a ``NetBatch``, of a ``Net`` (i = 0), or of a params pytree
+  with a leading axis. Kept for code written against the earlier API, where ``generate``
+  returned such a pytree; ``nets[i]`` is the net itself."""
+  if isinstance(params, net_lib.NetBatch):
+    return params[i].params
+  if isinstance(params, net_lib.Net):
+    if i not in (0, -1):
+      raise IndexError(f"net {i} of a single Net")
+    return params.params
   return jax.tree.map(lambda a: a[i], params)
 
 
 def save_net(path: str, gen: Generator, params, text: str | Sequence[str]) -> None:
-  """Writes one generated net as a standalone .npz (weights, layout, net settings, class
-  texts; for the adapter family also the frozen trunk, as ``trunk/<param path>`` arrays)."""
-  from t2w_jax.io import atomic_save_npz  # local: writing a net is rare
-  from flax import traverse_util
-  names = class_names(text)
-  flat = np.asarray(gen.layout.flatten(params))
-  meta = {"layout": gen.layout.to_json(), "cnn": gen.spec.cnn, "classes": names,
-          "encoder": gen.spec.encoder, "template": gen.spec.template,
-          "image_size": gen.spec.image_size}
-  trunk = {}
-  if family_lib.family_of(gen.spec.cnn) == "adapter":
-    trunk = {f"trunk/{k}": np.asarray(v) for k, v in
-             traverse_util.flatten_dict(jax.device_get(trunk_of(gen)), sep="/").items()}
-  atomic_save_npz(path, weights=flat, class_emb=class_embeddings(gen, names),
-                  meta=np.array(json.dumps(meta)), **trunk)
+  """``Net.save`` for bare params of this generator (kept for code written against the
+  earlier API): writes one net with ``text``'s classes as a standalone .npz that
+  ``load_net`` reads back as a ``Net``.
 
+  Args:
+    path: the file to write.
+    gen: from ``load``.
+    params: one net's params (or a ``Net``) of the generator's layout.
+    text: the net's task.
 
-def load_net(path: str):
-  """Reads a net written by ``save_net``: (params, net, class names, class_emb).
-
-  ``net.apply({"params": params}, images, class_emb)`` gives logits: ``net`` is the
-  SubtaskCNN, or for the adapter family the trunk + adapter ``TrunkedNet``.
+  Raises:
+    ConfigError, MissingError: as ``Net.save``; a net of another layout or a batch.
   """
-  from flax import traverse_util
-  with np.load(path) as z:
-    meta = json.loads(str(z["meta"]))
-    layout = ParamLayout.from_json(meta["layout"])
-    params = layout.unflatten(jnp.asarray(z["weights"]))
-    c = meta["cnn"]
-    net = family_lib.build_subtask_net(c, int(c["embed_dim"]))
-    if family_lib.family_of(c) == "adapter":
-      trunk = traverse_util.unflatten_dict(
-          {k[len("trunk/"):]: jnp.asarray(z[k]) for k in z.files if k.startswith("trunk/")},
-          sep="/")
-      net = family_lib.TrunkedNet(family_lib.build_trunk(c, int(c["embed_dim"])), trunk, net)
-    return params, net, meta["classes"], z["class_emb"]
+  flat, batched = _nets_as_flat(gen, params)
+  if batched:
+    raise ConfigError("save_net writes one net; pick one: nets[i] (or take(params, i))")
+  names = class_names(text)
+  as_nets(gen, gen.layout.unflatten(flat[0]), names, class_embeddings(gen, names),
+          batch=False).save(path)

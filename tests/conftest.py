@@ -164,3 +164,34 @@ def wait_for_children(procs, log_paths=(), *, quiet: float, cpu_budget: float,
       return f"not done in {wall_cap:.0f} s"
     time.sleep(0.2)
   return None
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tiny_corpus_dir, tmp_path_factory):
+  """A generator workdir on the tiny corpus: the tiny DiT (perturbed init), written as
+  ``loop.train`` would (generator.json and a checkpoint), so ``api.load`` reads it like a
+  trained run. Its users only read it; they test contracts, not quality."""
+  import jax
+  from configs import dit as dit_config
+  from t2w_jax import generator as generator_lib
+  from t2w_jax import checkpoints as ckpt_lib
+  from t2w_jax.train import state as state_lib
+  from t2w_jax.zoo import corpus as corpus_lib
+  d = str(tmp_path_factory.mktemp("tiny_generator"))
+  config = dit_config.get_config("tiny")
+  config.corpus_dir = tiny_corpus_dir
+  spec = generator_lib.spec_from_corpus(config, corpus_lib.open_corpus(tiny_corpus_dir))
+  spec.save(d)
+  state = jax.jit(lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)))(
+      jax.random.PRNGKey(0))
+  # At init the DiT's zeroed output layers (adaLN-Zero) give the same net for every text;
+  # perturbed, the net depends on the class list, so the tests can tell lists apart.
+  leaves, tree = jax.tree.flatten(state.ema_params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  state = state.replace(ema_params=jax.tree.unflatten(tree, [
+      x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(d, generator_lib.CHECKPOINT_DIR),
+                               spec.identity(), save_every=1)
+  ckpt.save(0, state, force=True)
+  ckpt.close()
+  return d

@@ -33,6 +33,8 @@ def ctx(tiny_corpus_dir):
 
 
 def _leaves_close(a, b, atol):
+  """The parameters of two nets (``Net``, ``NetBatch`` or params) agree within atol."""
+  a, b = getattr(a, "params", a), getattr(b, "params", b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
@@ -62,7 +64,8 @@ def test_enhance_at_zero_is_the_identity_and_matches_enhance_flat(ctx):
   zero = api.enhance(gen, batch, TEXT, t=0, rng=jax.random.PRNGKey(5))
   _leaves_close(zero, batch, atol=0)
   out = api.enhance(gen, batch, TEXT, t=2, rng=jax.random.PRNGKey(5))
-  assert all(a.shape[0] == 3 for a in jax.tree.leaves(out))
+  assert isinstance(out, api.NetBatch) and len(out) == 3
+  assert all(a.shape[0] == 3 for a in jax.tree.leaves(out.params))
 
 
 def test_enhance_refuses_bad_input(ctx):
@@ -105,7 +108,7 @@ def test_few_shot_trains_on_the_shots_and_keeps_its_best_check(ctx):
   assert tasks_lib.shot_split(6) == (5, 1)
   assert info["train_images"] == 15 and info["val_images"] == 3
   assert 0 <= info["kept_step"] <= info["steps_run"] <= 40 and info["kept_step"] % 10 == 0
-  assert api.ParamLayout.from_params(net) == gen.layout
+  assert api.ParamLayout.from_params(net.params) == gen.layout
   # From a given start with no step budget to speak of, training keeps a check of its own;
   # with the start kept (kept_step 0) the net is the start itself.
   start = api.take(api.generate(gen, names, rng=jax.random.PRNGKey(3)), 0)
@@ -114,7 +117,7 @@ def test_few_shot_trains_on_the_shots_and_keeps_its_best_check(ctx):
   if info0["kept_step"] == 0:
     _leaves_close(again, start, atol=0)
   else:
-    assert not np.allclose(np.asarray(gen.layout.flatten(again)),
+    assert not np.allclose(np.asarray(gen.layout.flatten(again.params)),
                            np.asarray(gen.layout.flatten(start)))
   # One image per class: nothing to hold out, the shot validates itself.
   one_img, one_lab = _shots(ctx, names, 1)

@@ -76,7 +76,8 @@ def test_generate(workdir):
               f"--out={out}", "--steps=2", "--seed=3")
   assert "classes (2): ['red circle', 'blue star']" in proc.stdout
   from t2w_jax import api
-  params, net, names, emb = api.load_net(out)
+  net = api.load_net(out)
+  params, names, emb = net.params, list(net.class_names), net.class_emb
   assert names == ["red circle", "blue star"] and emb.shape[0] == 2
   # The same net as generate() in this process with the same seed and settings.
   import jax
@@ -97,13 +98,15 @@ def test_enhance_and_few_shot(workdir):
   if not os.path.exists(net):
     _run("generate.py", f"--workdir={workdir}", "--text=red circle and blue star",
          f"--out={net}", "--seed=3")
-  params, _, names, _ = api.load_net(net)
+  saved = api.load_net(net)
+  params, names = saved.params, list(saved.class_names)
   gen = api.load(workdir)
   for t in (0, 7):
     out = os.path.join(workdir, f"enhanced_{t}.npz")
     _run("enhance.py", f"--workdir={workdir}", f"--net={net}", f"--t={t}", f"--out={out}",
          "--seed=1")
-    got, _, got_names, _ = api.load_net(out)
+    got_net = api.load_net(out)
+    got, got_names = got_net.params, list(got_net.class_names)
     want = params if t == 0 else api.enhance(gen, params, names, t=t, rng=jax.random.PRNGKey(1))
     assert got_names == names
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
@@ -116,7 +119,8 @@ def test_enhance_and_few_shot(workdir):
   out = os.path.join(workdir, "few_shot.npz")
   _run("few_shot.py", f"--workdir={workdir}", "--text=red circle and blue star",
        f"--shots={shots}", f"--out={out}", "--max_steps=50")
-  got, _, got_names, _ = api.load_net(out)
+  got_net = api.load_net(out)
+  got, got_names = got_net.params, list(got_net.class_names)
   assert got_names == ["red circle", "blue star"]
   assert api.ParamLayout.from_params(got) == gen.layout
   np.savez(shots, images=np.zeros((2, size, size, 3), np.uint8))

@@ -236,6 +236,8 @@ def test_generator_on_adapter_corpus_and_api_net(adapter_corpus, tmp_path):
   # save_net / load_net carry the trunk: the loaded net needs no corpus.
   path = str(tmp_path / "net.npz")
   api.save_net(path, gen, one, rec["classes"])
-  p2, net2, names, emb2 = api.load_net(path)
+  loaded = api.load_net(path)
+  p2, net2, names, emb2 = (loaded.params, loaded.module, list(loaded.class_names),
+                           loaded.class_emb)
   assert isinstance(net2, family_lib.TrunkedNet) and names == rec["classes"]
   np.testing.assert_allclose(net2.apply({"params": p2}, images, emb2), logits, atol=1e-4)

@@ -1,8 +1,8 @@
 """``api.fuse`` and ``launch/fuse.py``: one net for "A and B", its errors, and the command line.
 
 A tiny generator with random parameters, saved as a training run would save it
-(generator.json and a checkpoint), stands in for a trained one: fusing needs a generator's
-spec and parameters, not good ones.
+(``tiny_generator_dir`` in conftest.py), stands in for a trained one: fusing needs a
+generator's spec and parameters, not good ones.
 """
 import os
 import subprocess
@@ -12,13 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import dit as dit_config
 from t2w_jax import api
-from t2w_jax import generator as generator_lib
 from t2w_jax.errors import ConfigError
-from t2w_jax import checkpoints as ckpt_lib
-from t2w_jax.train import state as state_lib
-from t2w_jax.zoo import corpus as corpus_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_A, TEXT_B = "red circle and blue star", "blue star, green heart"
@@ -26,26 +21,8 @@ UNION = ["red circle", "blue star", "green heart"]
 
 
 @pytest.fixture(scope="module")
-def workdir(tiny_corpus_dir, tmp_path_factory):
-  """A generator workdir: the tiny DiT (perturbed init), written as ``loop.train`` would."""
-  d = str(tmp_path_factory.mktemp("fuse_run"))
-  config = dit_config.get_config("tiny")
-  config.corpus_dir = tiny_corpus_dir
-  spec = generator_lib.spec_from_corpus(config, corpus_lib.open_corpus(tiny_corpus_dir))
-  spec.save(d)
-  state = jax.jit(lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)))(
-      jax.random.PRNGKey(0))
-  # At init the DiT's zeroed output layers (adaLN-Zero) give the same net for every text;
-  # perturbed, the net depends on the class list, so the tests can tell lists apart.
-  leaves, tree = jax.tree.flatten(state.ema_params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  state = state.replace(ema_params=jax.tree.unflatten(tree, [
-      x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(d, generator_lib.CHECKPOINT_DIR),
-                               spec.identity(), save_every=1)
-  ckpt.save(0, state, force=True)
-  ckpt.close()
-  return d
+def workdir(tiny_generator_dir):
+  return tiny_generator_dir
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +31,7 @@ def gen(workdir):
 
 
 def _assert_same(a, b):
+  a, b = getattr(a, "params", a), getattr(b, "params", b)  # a Net or NetBatch: its params
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -65,14 +43,16 @@ def test_fuse_is_generate_on_the_union(gen):
   fused = api.fuse(gen, TEXT_A, TEXT_B, rng=rng, num_samples=2, steps=2)
   _assert_same(fused, api.generate(gen, "red circle, blue star and green heart", rng=rng,
                                    num_samples=2, steps=2))
-  assert jax.tree.leaves(fused)[0].shape[0] == 2
+  assert isinstance(fused, api.NetBatch) and len(fused) == 2
+  assert fused.class_names == tuple(UNION)
   one = api.fuse(gen, TEXT_A, TEXT_B, rng=rng, num_samples=2, steps=2, average=True)
   _assert_same(one, api.generate(gen, UNION, rng=rng, num_samples=2, steps=2, average=True))
   assert api.union_classes(TEXT_B, TEXT_A) == ["blue star", "green heart", "red circle"]
   # The union's net is not task A's (the comparison above can tell class lists apart).
   alone = api.generate(gen, TEXT_A, rng=rng, num_samples=2, steps=2)
   assert max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-             for x, y in zip(jax.tree.leaves(alone), jax.tree.leaves(fused))) > 1e-4
+             for x, y in zip(jax.tree.leaves(alone.params),
+                             jax.tree.leaves(fused.params))) > 1e-4
 
 
 def test_fuse_errors(gen):
@@ -110,7 +90,8 @@ def test_fuse_command_line(workdir, gen, tmp_path, slowness):
   proc = _run_fuse(f"--workdir={workdir}", f"--text_a={TEXT_A}", f"--text_b={TEXT_B}",
                    f"--out={out}", "--steps=2", "--seed=3", timeout=600 * slowness)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  params, _, names, emb = api.load_net(out)
+  net = api.load_net(out)
+  params, names, emb = net.params, list(net.class_names), net.class_emb
   assert names == UNION and emb.shape[0] == len(UNION)
   again = api.take(api.fuse(gen, TEXT_A, TEXT_B, rng=jax.random.PRNGKey(3), steps=2), 0)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):

@@ -103,24 +103,24 @@ def test_generate_plugs_into_apply(trained):
   workdir, _ = trained
   gen = api.load(workdir)
   text = "red circle, blue star and green heart"
-  params = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5)
+  params = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5).params
   net, emb = api.subtask_net(gen), api.class_embeddings(gen, text)
   images = jnp.zeros((4, gen.spec.image_size, gen.spec.image_size, 3), jnp.uint8)
   logits = net.apply({"params": api.take(params, 1)}, images, emb)
   assert logits.shape == (4, 3) and np.all(np.isfinite(logits))
   again = api.generate(gen, ["red circle", "blue star", "green heart"],
-                       rng=jax.random.PRNGKey(0), num_samples=3, steps=5)
+                       rng=jax.random.PRNGKey(0), num_samples=3, steps=5).params
   _leaves_close(params, again, atol=0)  # same rng, same nets
   avg = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5,
-                     average=True)
-  _leaves_close(avg, jax.tree.map(lambda a: a.mean(0, keepdims=True), params), atol=1e-6)
+                     average=True).params  # one net: no leading axis
+  _leaves_close(avg, jax.tree.map(lambda a: a.mean(0), params), atol=1e-6)
   # DDIM from x_T = 0: the same net whatever the key.
-  cold = [api.generate(gen, text, rng=jax.random.PRNGKey(i), steps=5, temperature=0.0)
+  cold = [api.generate(gen, text, rng=jax.random.PRNGKey(i), steps=5, temperature=0.0).params
           for i in (0, 1)]
   _leaves_close(cold[0], cold[1], atol=0)
-  other = api.generate(gen, text, rng=jax.random.PRNGKey(1), num_samples=3, steps=5)
+  other = api.generate(gen, text, rng=jax.random.PRNGKey(1), num_samples=3, steps=5).params
   assert not np.allclose(params["head"]["kernel"], other["head"]["kernel"])
-  guided = api.generate(gen, text, rng=jax.random.PRNGKey(0), steps=5, guidance=3.0)
+  guided = api.generate(gen, text, rng=jax.random.PRNGKey(0), steps=5, guidance=3.0).params
   assert np.all(np.isfinite(guided["head"]["kernel"]))
 
 
@@ -131,7 +131,9 @@ def test_saved_net_round_trip(trained, tmp_path):
                                  steps=3), 0)
   path = str(tmp_path / "net.npz")
   api.save_net(path, gen, params, "red circle and blue star")
-  back, net, names, emb = api.load_net(path)
+  loaded = api.load_net(path)
+  back, net, names, emb = (loaded.params, loaded.module, list(loaded.class_names),
+                           loaded.class_emb)
   assert names == ["red circle", "blue star"]
   _leaves_close(params, back, atol=0)
   x = jnp.ones((2, gen.spec.image_size, gen.spec.image_size, 3))
@@ -221,8 +223,8 @@ def test_load_reads_only_the_ema_params_and_the_public_api(trained):
   assert gen.step == int(full.step) == 60
   _leaves_close(gen.params, full.ema_params, atol=0)
   assert jax.tree.structure(gen.params) == jax.tree.structure(full.ema_params)
-  nets = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
-  assert nets["head"]["kernel"].shape[0] == 1
+  net = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
+  assert api.ParamLayout.from_params(net.params) == gen.layout  # one net: no batch axis
 
 
 def test_seen_limit_learns_from_the_first_seen_rows_only(corpus_dir, tmp_path):

@@ -14,42 +14,52 @@ from PIL import Image
 
 
 def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
-  """Resizes a batch of uint8 images to (image_size, image_size).
+  """Resizes a batch of images to (image_size, image_size).
 
   Integer downsampling factors use exact box (area) averaging, which is fast and
-  alias-free; any other size goes through PIL's antialiased bilinear filter.
+  alias-free; any other size goes through PIL's antialiased bilinear filter. The same rule
+  serves uint8 images (the datasets) and float32 ones (a user's [0, 1] images given to a
+  generated net), so both are resized alike.
 
   Args:
-    images: uint8 array (N, H, W, C).
+    images: uint8 or float32 array (N, H, W, C).
     image_size: the new height and width (> 0).
 
   Returns:
-    uint8 array (N, image_size, image_size, C); `images` itself if the size
-    already matches.
+    An array of the input's dtype, (N, image_size, image_size, C); `images` itself if the
+    size already matches.
   """
   if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
     raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-  if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError("images must be uint8 (N, H, W, C), got "
+  if images.ndim != 4 or images.dtype not in (np.uint8, np.float32):
+    raise ValueError("images must be uint8 or float32 (N, H, W, C), got "
                      f"{images.dtype} {images.shape}")
   n, h, w, c = images.shape
   if (h, w) == (image_size, image_size):
     return images
+  is_float = images.dtype == np.float32
   if h % image_size == 0 and w % image_size == 0:
     fh, fw = h // image_size, w // image_size
     # Exact area averaging, summing one strided slice per offset in the block:
     # several times faster than a mean over reshaped block axes.
-    acc = np.zeros((n, image_size, image_size, c), np.uint32)
+    acc = np.zeros((n, image_size, image_size, c), np.float64 if is_float else np.uint32)
     for i in range(fh):
       for j in range(fw):
         acc += images[:, i::fh, j::fw]
     count = fh * fw
+    if is_float:
+      return (acc / count).astype(np.float32)
     return ((2 * acc + count) // (2 * count)).astype(np.uint8)  # Round half up.
-  out = np.empty((n, image_size, image_size, c), np.uint8)
+  out = np.empty((n, image_size, image_size, c), images.dtype)
   for i in range(n):
-    img = Image.fromarray(images[i].squeeze(-1) if c == 1 else images[i])
-    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    out[i] = np.asarray(img).reshape(image_size, image_size, c)
+    # PIL holds float images one channel at a time (mode "F"), uint8 ones as L or RGB.
+    planes = ([images[i, ..., k] for k in range(c)] if is_float
+              else [images[i].squeeze(-1) if c == 1 else images[i]])
+    resized = [np.asarray(Image.fromarray(p).resize((image_size, image_size),
+                                                    Image.Resampling.BILINEAR))
+               for p in planes]
+    out[i] = (np.stack(resized, -1) if is_float else resized[0]).reshape(
+        image_size, image_size, c)
   return out
 
 
