@@ -1,8 +1,11 @@
-"""Few-shot initialisation: generate the net for a task, fine-tune it on a few labelled
-images, save it.
+"""A net for a task from its text and a few labelled images, saved.
 
   python launch/few_shot.py --workdir=runs/default --text="red circle and blue star" \
-      --shots=/tmp/shots.npz --out=/tmp/net.npz
+      --shots=/tmp/shots.npz --out=/tmp/net.npz [--method=generator|finetune]
+
+``--method=generator`` (the default): the generator's net conditioned on the images
+(``t2w_jax.generate_with_shots``: the zero-shot net refined on them with the generator as
+the prior); ``--method=finetune``: the generated net fine-tuned on them (``few_shot``).
 
 ``--shots`` is an .npz with ``images`` (N, H, W, 3) uint8 at the generator's image size and
 ``labels`` (N,) ints, label i being the i-th class of ``--text``. A fifth of each class's
@@ -22,7 +25,9 @@ _TEXT = flags.DEFINE_string("text", None, "class names, e.g. 'tulip, rose and bu
 _SHOTS = flags.DEFINE_string("shots", None, ".npz with images and labels")
 _OUT = flags.DEFINE_string("out", None, "output .npz")
 _SEED = flags.DEFINE_integer("seed", 0, "seed (the generated start, the split, the batches)")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "step cap")
+_METHOD = flags.DEFINE_enum("method", "generator", ["generator", "finetune"],
+                            "generator: generate_with_shots; finetune: few_shot")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "step cap (--method=finetune)")
 flags.mark_flags_as_required(["workdir", "text", "shots", "out"])
 
 
@@ -41,8 +46,13 @@ def main(argv):
                         "'labels'")
     images, labels = z["images"], z["labels"]
   gen = api.load(_WORKDIR.value)
-  net, info = api.few_shot(gen, _TEXT.value, images, labels,
-                           rng=jax.random.PRNGKey(_SEED.value), max_steps=_MAX_STEPS.value)
+  rng = jax.random.PRNGKey(_SEED.value)
+  if _METHOD.value == "generator":
+    from t2w_jax import shots
+    net, info = shots.generate_with_shots(gen, _TEXT.value, images, labels, rng=rng)
+  else:
+    net, info = api.few_shot(gen, _TEXT.value, images, labels, rng=rng,
+                             max_steps=_MAX_STEPS.value)
   net.save(_OUT.value)
   logging.info("wrote %s: %s", _OUT.value, info)
 

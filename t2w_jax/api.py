@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2w_jax import generator as generator_lib
+from t2w_jax import shots as shots_lib
 from t2w_jax import net as net_lib
 from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
@@ -361,6 +362,40 @@ def enhance(gen: Generator, params, text: str | Sequence[str] | None = None, *, 
   return as_nets(gen, out, class_names(text), emb, batch=batched) if is_net else out
 
 
+def check_shots(gen: Generator, text: str | Sequence[str], images, labels):
+  """A task's labelled images, checked: ((K, d) class embeddings, images, labels).
+
+  Args:
+    gen: from ``load``.
+    text: the task's class names (label i is the i-th class), or one description.
+    images: (N, S, S, 3) uint8 or float in [0, 1], at the generator's image size S
+      (``Net``'s image rules, without resizing: ``net.prepare_images``, ``strict``).
+    labels: (N,) ints in [0, number of classes); every class needs an image.
+
+  Raises:
+    ConfigError (a ValueError): an empty description, more classes than the generator
+      takes, images of another shape, size, channel count or value range, labels that are
+      not one int in [0, K) per image, or a class without images.
+  """
+  emb = _checked_embeddings(gen, text)
+  k = emb.shape[0]
+  images, labels = np.asarray(images), np.asarray(labels)
+  size = int(gen.spec.image_size)
+  if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+    raise ConfigError(f"images must be (N, {size}, {size}, 3) (this generator's image size), "
+                      f"got {images.shape}")
+  images, _ = net_lib.prepare_images(images, size, strict=True)  # dtype and value range
+  if (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
+      or labels.min(initial=0) < 0 or labels.max(initial=0) >= k):
+    raise ConfigError(f"labels must be ({images.shape[0]},) ints in [0, {k}) (one per image, "
+                      f"{k} classes named), got {labels.dtype} {labels.shape}")
+  counts = np.bincount(labels, minlength=k)
+  if (counts == 0).any():
+    raise ConfigError(f"class {int(np.argmin(counts))} "
+                      f"({class_names(text)[int(np.argmin(counts))]!r}) has no images")
+  return emb, images, labels.astype(np.int32)
+
+
 def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
              init=None, max_steps: int = 500, eval_every: int = 25, patience: int = 5,
              batch_size: int = 64, learning_rate: float = 3e-3):
@@ -395,22 +430,9 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
       cap that ``eval_every`` does not divide.
   """
   from t2w_jax.zoo import masstrain  # local: only this function trains
-  emb = _checked_embeddings(gen, text)
+  emb, images, labels = check_shots(gen, text, images, labels)
   k = emb.shape[0]
-  images, labels = np.asarray(images), np.asarray(labels)
-  size = int(gen.spec.image_size)
-  if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-    raise ConfigError(f"images must be (N, {size}, {size}, 3) (this generator's image size), "
-                      f"got {images.shape}")
-  images, _ = net_lib.prepare_images(images, size, strict=True)  # dtype and value range
-  if (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
-      or labels.min(initial=0) < 0 or labels.max(initial=0) >= k):
-    raise ConfigError(f"labels must be ({images.shape[0]},) ints in [0, {k}) (one per image, "
-                      f"{k} classes named), got {labels.dtype} {labels.shape}")
   counts = np.bincount(labels, minlength=k)
-  if (counts == 0).any():
-    raise ConfigError(f"class {int(np.argmin(counts))} "
-                      f"({class_names(text)[int(np.argmin(counts))]!r}) has no images")
   if max_steps < 1 or eval_every < 1 or max_steps % eval_every or patience < 1:
     raise ConfigError(f"need max_steps a multiple of eval_every, both >= 1, and patience >= "
                       f"1; got {max_steps}, {eval_every}, {patience}")
@@ -424,15 +446,10 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
       raise ConfigError("init must be one net, not a batch")
     start = start[0]
   split_seed = int(jax.random.randint(k_split, (), 0, np.iinfo(np.int32).max))
-  is_val = np.zeros(len(labels), bool)
-  rng_split = np.random.default_rng(split_seed)
-  for c in range(k):
-    rows = rng_split.permutation(np.flatnonzero(labels == c))
-    n_train, _ = tasks_lib.shot_split(len(rows))
-    is_val[rows[n_train:]] = True
-  ci, cc = masstrain.index_by_class(labels, k, keep=~is_val)
   # A class with one image has nothing to hold out: it validates on its training image.
-  vi, vc = masstrain.index_by_class(labels, k, keep=is_val | (counts[labels] == 1))
+  train, val = shots_lib.split_shots(labels, split_seed)
+  ci, cc = masstrain.index_by_class(labels, k, keep=train)
+  vi, vc = masstrain.index_by_class(labels, k, keep=val)
   ci, cc, vi, vc = (jnp.asarray(a) for a in (ci, cc, vi, vc))
   data = masstrain.DeviceData(jnp.asarray(images), ci, cc, jnp.asarray(images[:1]),
                               jnp.zeros((k, 1), jnp.int32), jnp.zeros((k,), jnp.int32),

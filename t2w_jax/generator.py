@@ -46,6 +46,8 @@ SAMPLERS = ("ddim", "ddpm")
 # ``GeneratorSpec.from_json`` fills them into an older spec's config, so that everything
 # else reads the config's keys directly and every other default lives in configs/dit.py.
 PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temperature": 1.0}
+# Likewise for keys of the config's ``model``: those runs' DiTs had no text head.
+PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,7 @@ class GeneratorSpec:
   def from_json(cls, d: dict) -> "GeneratorSpec":
     tok = BlockTokenizer.from_json(d["tokenizer"])
     config = {**PRE_KEY_VALUES, **d["config"]}
+    config["model"] = {**PRE_KEY_MODEL_VALUES, **config["model"]}
     return cls(config, tok, LayerNorms.from_json(d["norms"], tokenizer=tok), d["encoder"],
                d["template"], d["cnn"], int(d["image_size"]), d["corpus_fingerprint"])
 
@@ -94,9 +97,15 @@ class GeneratorSpec:
       return cls.from_json(json.load(f))
 
   def identity(self) -> dict:
-    """What a checkpoint must match to be restored into this spec's models."""
+    """What a checkpoint must match to be restored into this spec's models.
+
+    A model setting still at the value older runs had (``PRE_KEY_MODEL_VALUES``) is left
+    out, so their checkpoints, written before the setting existed, still match.
+    """
     c = self.config
-    return {"model": c["model"], "disc": c["disc"], "block_size": c["block_size"],
+    model = {k: v for k, v in c["model"].items()
+             if k not in PRE_KEY_MODEL_VALUES or v != PRE_KEY_MODEL_VALUES[k]}
+    return {"model": model, "disc": c["disc"], "block_size": c["block_size"],
             "token_group": c["token_group"], "max_classes": c["max_classes"],
             "norm_center": c["norm_center"], "parameterization": c["parameterization"],
             "layout": self.corpus_fingerprint, "encoder": self.encoder}
@@ -141,8 +150,7 @@ def build_dit(spec: GeneratorSpec) -> DiT:
              max_blocks=int(tok.block_ids.max()) + 1, text_dim=spec.text_dim,
              cond_adaln=m["cond_adaln"], cross_attention=m["cross_attention"],
              prior_bias=m["prior_bias"], text_as_token=m["text_as_token"],
-             # Generators trained before the text head existed have none.
-             text_head=m.get("text_head", 0), text_head_depth=m.get("text_head_depth", 2),
+             text_head=m["text_head"], text_head_depth=m["text_head_depth"],
              dtype=jnp.dtype(m["dtype"]))
 
 

@@ -224,33 +224,6 @@ def from_tokens(spec: generator_lib.GeneratorSpec, z) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- the user's call
-def check_shots(gen, text, images, labels):
-  """The user's task and shots, checked: ((K, d) class embeddings, images, labels).
-
-  Raises:
-    ConfigError (a ValueError): an empty description, more classes than the generator
-      takes, images not (N, S, S, 3) at the generator's image size S, labels that are not
-      one int in [0, K) per image, or a class without images.
-  """
-  from t2w_jax import api  # local: api is the user's layer above this module
-  emb = api._checked_embeddings(gen, text)
-  k = emb.shape[0]
-  images, labels = np.asarray(images), np.asarray(labels)
-  size = int(gen.spec.image_size)
-  if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-    raise ConfigError(f"images must be (N, {size}, {size}, 3) (this generator's image size), "
-                      f"got {images.shape}")
-  if (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
-      or labels.min(initial=0) < 0 or labels.max(initial=0) >= k):
-    raise ConfigError(f"labels must be ({images.shape[0]},) ints in [0, {k}) (one per image, "
-                      f"{k} classes named), got {labels.dtype} {labels.shape}")
-  counts = np.bincount(labels, minlength=k)
-  if (counts == 0).any():
-    raise ConfigError(f"class {int(np.argmin(counts))} "
-                      f"({api.class_names(text)[int(np.argmin(counts))]!r}) has no images")
-  return emb, images, labels.astype(np.int32)
-
-
 def generate_with_shots(gen, text, images, labels, *, rng, prior: str = DEFAULTS.prior,
                         prior_weight: float = DEFAULTS.prior_weight,
                         steps: int = DEFAULTS.steps, check_every: int = DEFAULTS.check_every,
@@ -266,24 +239,25 @@ def generate_with_shots(gen, text, images, labels, *, rng, prior: str = DEFAULTS
   Args:
     gen: from ``api.load``.
     text: the task's class names (label i is the i-th class), or one description.
-    images: (N, S, S, 3) uint8 or float in [0, 1], at the generator's image size S.
-    labels: (N,) ints in [0, number of classes); every class needs an image.
+    images, labels: the labelled images (``api.check_shots``): (N, S, S, 3) uint8 or float
+      in [0, 1] at the generator's image size S, and (N,) ints in [0, number of classes),
+      every class with an image.
     rng: PRNG key (the zero-shot net, the validation split, the prior's noise).
     prior: "diffusion" (default), "l2" or "none" (``PRIORS``).
     prior_weight, steps, check_every, learning_rate, t_range: ``ShotConfig``.
 
   Returns:
-    (params, info): the net, and {"kept_step" (0: the zero-shot net), "val_loss",
+    (net, info): the net (an ``api.Net``), and {"kept_step" (0: the zero-shot net), "val_loss",
     "zero_shot_val_loss", "train_images", "val_images", "refined"}. With one image of
     some class there is nothing to validate on, and the zero-shot net is returned
     ("refined": False).
 
   Raises:
-    ConfigError (a ValueError): bad text, images or labels (``check_shots``), or settings
-      that cannot work.
+    ConfigError (a ValueError): bad text, images or labels (``api.check_shots``), or
+      settings that cannot work.
   """
   from t2w_jax import api  # local: api is the user's layer above this module
-  emb, images, labels = check_shots(gen, text, images, labels)
+  emb, images, labels = api.check_shots(gen, text, images, labels)
   cfg = ShotConfig(prior, float(prior_weight), int(steps), int(check_every),
                    float(learning_rate), tuple(float(t) for t in t_range))
   try:
@@ -305,7 +279,8 @@ def generate_with_shots(gen, text, images, labels, *, rng, prior: str = DEFAULTS
   z, info = gen._cache[key](gen.params, z0, jnp.asarray(padded[None]), jnp.asarray(mask[None]),
                             shots, k_ref)
   params = gen.layout.unflatten(from_tokens(gen.spec, z)[0])
-  return params, {"kept_step": int(info["kept_check"][0]) * cfg.check_every,
+  net = api.as_nets(gen, params, api.class_names(text), emb, batch=False)
+  return net, {"kept_step": int(info["kept_check"][0]) * cfg.check_every,
                   "val_loss": float(info["val_loss"][0]),
                   "zero_shot_val_loss": float(info["start_val_loss"][0]),
                   "train_images": int(train.sum()), "val_images": int(val.sum()),

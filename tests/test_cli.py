@@ -91,7 +91,8 @@ def test_generate(workdir):
 @pytest.mark.slow
 def test_enhance_and_few_shot(workdir):
   """launch/enhance.py at t = 0 writes the net unchanged and at t > 0 the net api.enhance
-  gives; launch/few_shot.py fine-tunes on the shots it is given and refuses a bad file."""
+  gives; launch/few_shot.py conditions the generator on the shots it is given (or fine-tunes on
+  them) and refuses a bad file."""
   import jax
   from t2w_jax import api
   net = os.path.join(workdir, "net.npz")
@@ -118,11 +119,21 @@ def test_enhance_and_few_shot(workdir):
            labels=np.array([0, 0, 0, 1, 1, 1]))
   out = os.path.join(workdir, "few_shot.npz")
   _run("few_shot.py", f"--workdir={workdir}", "--text=red circle and blue star",
-       f"--shots={shots}", f"--out={out}", "--max_steps=50")
+       f"--shots={shots}", f"--out={out}", "--max_steps=50", "--method=finetune")
   got_net = api.load_net(out)
   got, got_names = got_net.params, list(got_net.class_names)
   assert got_names == ["red circle", "blue star"]
   assert api.ParamLayout.from_params(got) == gen.layout
+  # The default method is the generator's shot-conditioned net: what the API call gives.
+  from t2w_jax import shots as shots_lib
+  _run("few_shot.py", f"--workdir={workdir}", "--text=red circle and blue star",
+       f"--shots={shots}", f"--out={out}")
+  with np.load(shots) as z:
+    want, _ = shots_lib.generate_with_shots(gen, "red circle and blue star", z["images"],
+                                            z["labels"], rng=jax.random.PRNGKey(0))
+  for a, b in zip(jax.tree.leaves(api.load_net(out).params), jax.tree.leaves(want.params),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   np.savez(shots, images=np.zeros((2, size, size, 3), np.uint8))
   env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "few_shot.py"),

@@ -121,10 +121,12 @@ def test_generate_with_shots_contract_and_errors(ctx):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8)
   labels = np.array([0, 0, 0, 1, 1, 1])
-  params, info = shots_lib.generate_with_shots(gen, TEXT, images, labels,
-                                               rng=jax.random.PRNGKey(0), steps=20,
-                                               check_every=10)
-  assert generator_lib.ParamLayout.from_params(params) == gen.layout
+  net, info = shots_lib.generate_with_shots(gen, TEXT, images, labels,
+                                            rng=jax.random.PRNGKey(0), steps=20,
+                                            check_every=10)
+  assert generator_lib.ParamLayout.from_params(net.params) == gen.layout
+  assert list(net.class_names) == ["red circle", "blue star"]
+  assert len(net.predict(images)) == 6
   assert info["train_images"] + info["val_images"] == 6 and info["val_images"] == 2
   assert info["val_loss"] <= info["zero_shot_val_loss"] and info["refined"]
   _, one = shots_lib.generate_with_shots(gen, TEXT, images[[0, 3]], labels[[0, 3]],
