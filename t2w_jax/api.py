@@ -192,12 +192,10 @@ def _checked_embeddings(gen: Generator, text: str | Sequence[str]) -> np.ndarray
 
 
 def pad_classes(class_emb: np.ndarray, max_classes: int) -> tuple[np.ndarray, np.ndarray]:
-  """(K, d) -> (K', d) zero-padded to at least max_classes, and the (K',) mask."""
-  k = class_emb.shape[0]
-  kp = max(k, max_classes)
-  out = np.zeros((kp, class_emb.shape[1]), np.float32)
-  out[:k] = class_emb
-  return out, np.arange(kp) < k
+  """(K, d) -> (K', d) zero-padded to at least max_classes, and the (K',) mask: one task's
+  list through ``data.tasks.pad_classes``, the one padding of class lists."""
+  padded, mask = tasks_lib.pad_classes([np.asarray(class_emb, np.float32)], max_classes)
+  return padded[0], mask[0]
 
 
 def _net_module(gen: Generator):

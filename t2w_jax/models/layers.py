@@ -117,7 +117,7 @@ def einsum(spec: str, a: Array, b: Array, dtype: Dtype) -> Array:
   precision. This is also what reaches the CPU's bfloat16 matrix units (AMX): XLA's CPU
   backend gives a bfloat16 product with a bfloat16 result to a slow generic kernel, and
   JAX's own transpose of a float32-result product multiplies a float32 cotangent by a
-  bfloat16 operand (t2w_jax/bench measures both).
+  bfloat16 operand (benchmarks/ measures both).
 
   Args:
     spec: "A,B->C" without repeated indices within an operand; every index of A appears
