@@ -25,7 +25,6 @@ without ``format.json``) were written before checkpoints carried digests: they r
 with a warning, unverified.
 """
 import concurrent.futures
-import hashlib
 import json
 import logging
 import os
@@ -66,19 +65,11 @@ def check_meta(stored: dict, expected: dict, where: str) -> None:
 
 
 # --------------------------------------------------------------------------- digests
-def _file_digest(path: str) -> dict:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 23), b""):
-      h.update(block)
-  return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
-
-
 def _digest_files(root: str, names: list[str]) -> dict:
   # hashlib releases the GIL on large blocks: threads hash several data files at once.
   workers = max(1, min(8, os.cpu_count() or 1, len(names)))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    digests = pool.map(lambda n: _file_digest(os.path.join(root, n)), names)
+    digests = pool.map(lambda n: io_lib.file_digest(os.path.join(root, n)), names)
     return dict(zip(names, digests))
 
 

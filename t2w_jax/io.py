@@ -8,12 +8,23 @@ evaluation reports and generated nets all go through these.
 ``quiet_orbax_logs`` keeps orbax's several INFO lines per checkpoint read or write out of
 the log.
 """
+import hashlib
 import json
 import logging
 import os
 from typing import Any, Callable
 
 import numpy as np
+
+
+def file_digest(path: str) -> dict:
+  """{"bytes": size, "sha256": hex digest} of a file, read in 8 MiB pieces (the corpus's
+  checksums and the checkpoints' digests)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 23), b""):
+      h.update(block)
+  return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
 def _save_then_rename(tmp: str, path: str, save: Callable[[str], None]) -> None:

@@ -29,7 +29,6 @@ checksums.json and that its records line up with its weight rows (task ids 0..N-
 records as rows), naming the damaged file and how to rebuild it.
 """
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from t2w_jax.errors import ConfigError, CorruptError, MissingError
-from t2w_jax.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from t2w_jax.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, file_digest
 from t2w_jax.weights.layout import ParamLayout
 
 CHECKSUMS_FILE = "checksums.json"
@@ -46,13 +45,6 @@ CHECKSUMS_FILE = "checksums.json"
 FORMAT_VERSION = 1
 
 
-def file_digest(path: str) -> dict:
-  """{"bytes": size, "sha256": hex digest} of a file, read in 8 MiB pieces."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 23), b""):
-      h.update(block)
-  return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
