@@ -43,7 +43,7 @@ VARIANTS = {
     "steps_3000": {"num_steps": 3000, "checkpoint_every": 3000},
     "lr_2e-3": {"learning_rate": 2e-3},
     "dit_128x4_chain": {"model.width": 128, "model.depth": 4},
-    # The scaling curve (README): fewer corpus nets, and a wider, deeper DiT.
+    # The scaling curve (docs/results.md, "Scaling"): fewer corpus nets, and a wider, deeper DiT.
     "corpus_126": {"seen_limit": 126},
     "corpus_252": {"seen_limit": 252},
     "corpus_504": {"seen_limit": 504},

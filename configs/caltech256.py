@@ -1,4 +1,4 @@
-"""Corpus config for caltech256 (see configs/real_data.py and the README's section on caltech256).
+"""Corpus config for caltech256 (see configs/real_data.py and docs/datasets.md).
 
   python launch/make_corpus.py --config=configs/caltech256.py:gpu --workdir=runs/caltech256
   python launch/train.py --config=configs/dit.py:base --workdir=runs/caltech256

@@ -1,4 +1,4 @@
-"""Corpus config for cifar100 (see configs/real_data.py and the README's section on cifar100).
+"""Corpus config for cifar100 (see configs/real_data.py and docs/datasets.md).
 
   python launch/make_corpus.py --config=configs/cifar100.py:gpu --workdir=runs/cifar100
   python launch/train.py --config=configs/dit.py:base --workdir=runs/cifar100

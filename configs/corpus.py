@@ -10,7 +10,7 @@ Run (from the repository root):
 
 * "" : the default; "tiny": a few nets, for tests and smoke runs;
 * "full": the corpus size of the best result found at any size (FULL_NUM_SEEN seen nets;
-  the scaling curve in the README), beyond the main job's 20 minutes;
+  the scaling curve in docs/results.md), beyond the main job's 20 minutes;
 * "adapter": the T2W paper's subtask family (a frozen feature trunk trained on the seen
   classes, and a generated bottleneck adapter into the text space; t2w_jax/zoo/family.py);
   "adapter_tiny" = "adapter,tiny";
@@ -36,7 +36,7 @@ NETS = {
 
 
 # Seen nets of the "full" variant: the size of the scaling curve's best generated nets
-# (README, "Scaling"; docs/results/scaling.json), 10,000 nets with the unseen and held-out.
+# (docs/results.md, "Scaling"; docs/results/scaling.json), 10,000 nets with the unseen and held-out.
 FULL_NUM_SEEN = 9904
 
 
@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.template = "a photo of a {}"
   # The subtask net: the "cnn2k" CNN (2,328 parameters with MiniLM's 384-d text space), the
   # setting of the room sweep with the largest room whose specialists are worth deploying
-  # and whose main job fits 20 minutes here (docs/results/room_sweep.md; README). ``family``
+  # and whose main job fits 20 minutes here (docs/results/room_sweep.md). ``family``
   # picks the generated net (t2w_jax/zoo/family.py): "cnn", or "adapter" (a bottleneck
   # adapter on a frozen trunk; the "adapter" variant below).
   c.model = ml_collections.ConfigDict(dict(NETS["cnn2k"], logit_scale=10.0))

@@ -12,7 +12,7 @@ Launch (from the repository root; the corpus must exist in WORKDIR/corpus or at
 ``get_config(arg)``: "small" (default; minutes on a 2-core CPU), "tiny", "base" (the
 PyTorch T2W's size: width 1024, 6 layers, 8 heads, 576-value tokens), "large".
 On several hosts, launch the same command on every host, with a --workdir they share and
-the multi-process settings where the cluster does not give them (README, "Scaling out");
+the multi-process settings where the cluster does not give them (docs/scaling_out.md);
 ``batch_size`` is the global batch.
 """
 import ml_collections
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.disc = ml_collections.ConfigDict(dict(width=64, depth=1, num_heads=4, mlp_ratio=2.0,
                                           text_conditioned=True, learning_rate=1e-4))
   # Off by default: with the task loss on, the adversarial term changed nothing the
-  # ablation could measure (README, "Ablations"); it stays available and ablated (the
+  # ablation could measure (docs/results.md, "Ablations"); it stays available and ablated (the
   # discriminator is updated only when adv_weight > 0).
   c.adv_weight = 0.0
   c.adv_start = 200  # steps of pure diffusion before the adversarial term joins
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # noised again to a random t and predicted once more, and that prediction is scored on
   # the task as well (one more DiT pass on the fresh tasks): the denoiser is then trained
   # at every t on the nets its own sampler visits, which multi-step sampling and
-  # enhancement start from. On by the ablation "fresh_chain" (README, "Ablations").
+  # enhancement start from. On by the ablation "fresh_chain" (docs/results.md, "Ablations").
   c.fresh_chain = True
   c.diffusion_weight = 1.0
   # Diffusion. "x0": the DiT predicts x0 directly, as G.pt and the PyTorch T2W do; "v":
@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler = "ddim"
   c.sample_steps = 1
   c.guidance = 1.0
-  c.sample_temperature = 1.0  # scale of the starting noise (README: sampler ablation)
+  c.sample_temperature = 1.0  # scale of the starting noise (docs/results.md: the sampler study)
 
   if arg == "tiny":
     c.block_size = 64

@@ -10,7 +10,7 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
       --config.evals.finetune.num_tasks=2
 
 ``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs),
-"applications" (the few-shot, enhancement and fusion studies only, at the sizes the README
+"applications" (the few-shot, enhancement and fusion studies only, at the sizes docs/results.md
 reports), "fusion" (the fusion study alone), "shots" (few labelled images: the shot-conditioned net
 against zero-shot nets and fine-tuning), "profile" (which parameters of the generated nets
 cost accuracy) or "hypernet" (the plain hypernetwork alone).
@@ -84,8 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # fusion.choose_pairs), K=4 generated samples per pair.
   fusion_study = dict(num_pairs=48, num_samples=4)
   if arg == "applications":
-    # The three studies of the README's "Applications": few-shot initialisation, weight
-    # enhancement and text-guided fusion, at the sizes the README reports.
+    # The three studies of docs/results.md's "Applications": few-shot initialisation, weight
+    # enhancement and text-guided fusion, at the sizes docs/results.md reports.
     fusion = c.evals.fusion
     fusion.update(**fusion_study)
     c.evals = ml_collections.ConfigDict({"fusion": fusion})

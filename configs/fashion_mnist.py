@@ -1,4 +1,4 @@
-"""Corpus config for fashion_mnist (see configs/real_data.py and the README's section on fashion_mnist).
+"""Corpus config for fashion_mnist (see configs/real_data.py and docs/datasets.md).
 
   python launch/make_corpus.py --config=configs/fashion_mnist.py:gpu --workdir=runs/fashion_mnist
   python launch/train.py --config=configs/dit.py:base --workdir=runs/fashion_mnist
@@ -6,7 +6,7 @@
 
 Variants: gpu (default), pod, cpu, tiny, and "main": the embedded default's main job
 (configs/corpus.py: MiniLM text, 16x16 images, the cnn2k net, tasks of 2-4 classes) on
-Fashion-MNIST, the setting of the README's Fashion-MNIST table:
+Fashion-MNIST, the setting of the Fashion-MNIST table of docs/results.md:
 
   python launch/make_corpus.py --config=configs/fashion_mnist.py:main --workdir=runs/fmnist
   python launch/train.py --config=configs/dit.py --workdir=runs/fmnist

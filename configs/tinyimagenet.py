@@ -1,4 +1,4 @@
-"""Corpus config for tinyimagenet (see configs/real_data.py and the README's section on tinyimagenet).
+"""Corpus config for tinyimagenet (see configs/real_data.py and docs/datasets.md).
 
   python launch/make_corpus.py --config=configs/tinyimagenet.py:gpu --workdir=runs/tinyimagenet
   python launch/train.py --config=configs/dit.py:base --workdir=runs/tinyimagenet

@@ -2,8 +2,8 @@
 
 A run over several hosts (a Cloud TPU pod slice, a GPU cluster), or over several processes
 on one host, is the same command started once per process, with the same code, config and
-``--workdir`` (on storage every process reads and writes: a shared filesystem; README,
-"Scaling out"). Each process needs three settings, as flags of the launch scripts or as
+``--workdir`` (on storage every process reads and writes: a shared filesystem;
+docs/scaling_out.md). Each process needs three settings, as flags of the launch scripts or as
 environment variables (a flag and a variable that disagree are refused):
 
   ``--coordinator_address``  ``JAX_COORDINATOR_ADDRESS``  host:port of process 0, reachable

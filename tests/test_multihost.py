@@ -1,7 +1,7 @@
 """Two processes on one machine (two CPU devices each, gloo collectives) work as one.
 
 The launch scripts run as a user would run them on two hosts: the same command twice, with
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (README, "Scaling out").
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (docs/scaling_out.md).
 Checked: the tiny corpus is byte for byte the corpus of one process with two devices; the
 generator trained by the two processes (including through a kill -9 of one of them and a
 rerun) has the parameters of one process on four devices.

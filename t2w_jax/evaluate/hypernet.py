@@ -146,7 +146,7 @@ def evaluate_hypernet(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout")
       ``eval_every`` steps and the best-validating parameters are kept. By default
       (``patience=None``) the whole cosine schedule runs: stopping after ``patience``
       checks without improvement stopped it in its noisy high-learning-rate phase, a
-      weaker baseline than the full schedule gives (README, "Results", with longer caps).
+      weaker baseline than the full schedule gives (docs/results.md, "How long the hypernetwork trains").
       The step cap is the longest the main job's 20 minutes allow.
     val_tasks: fixed seen-class tasks whose validation rows decide the stop.
     min_denominator: gap closure is None where |specialist - generalist| is below it.

@@ -4,7 +4,7 @@
 task plan, the base net and every finished shard are read back instead of recomputed, and
 the result equals an uninterrupted run's (same shards, same seeds, same compiled programs).
 
-What a resume refuses (README, "Resume"): a config that differs from the stored one in any
+What a resume refuses (docs/resume.md): a config that differs from the stored one in any
 key but ``RESUMABLE_KEYS`` (the whole corpus config is part of the corpus's identity), and a
 stored plan.json other than the one the config draws. The config is validated before any
 file is written, and one run at a time may write a workdir (``workdir_lock``).

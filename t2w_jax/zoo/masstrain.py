@@ -10,7 +10,7 @@ How the nets are spread is a config choice per backend (``TrainerSpec``):
   (hundreds); on XLA:CPU a vmapped ``lax.conv`` becomes a slow grouped convolution, so use
   ``conv_impl="im2col"`` (batched matmuls) there, and one net per chunk: with wider chunks
   the second core adds nothing (measured; we read it as the chunk's im2col patches
-  overflowing the caches the cores share; README, "Benchmarks").
+  overflowing the caches the cores share; docs/benchmarks.md).
 * the nets axis is sharded over all local devices (a 1-D mesh named ``nets``): on a GPU box
   or a TPU host each chip trains its own slice of nets; on a 2-core CPU, running with
   ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
