@@ -193,8 +193,12 @@ def test_resize_images_is_area_average():
   const = np.full((2, 10, 10, 3), 77, np.uint8)
   assert (resize_images(const, 4) == 77).all()  # Through PIL.
   assert resize_images(const, 10) is const
-  with pytest.raises(ValueError, match="uint8"):
-    resize_images(const.astype(np.float32), 5)
+  # Float images in [0, 1] follow the same rule (within one uint8 step).
+  as_float = resize_images(img.astype(np.float32) / 255, 2)
+  assert as_float.dtype == np.float32
+  np.testing.assert_allclose(as_float * 255, out, atol=1.0)
+  with pytest.raises(ValueError, match="uint8 or float32"):
+    resize_images(const.astype(np.float64), 5)
 
 
 def test_unknown_dataset_name():
