@@ -37,7 +37,6 @@ VARIANTS = {
     "fresh_64": {"fresh_tasks": 64},
     # The residual parameterisation: x0 = text head(text) + DiT (models/text_head.py).
     "text_head": {"model.text_head": 512},
-    "text_head_task_only": {"model.text_head": 512, "diffusion_weight": 0.0},
     # Training compute: twice the steps (the plain hypernetwork trains 8,000 cheaper ones),
     # and twice the learning rate (the hypernetwork's).
     "steps_3000": {"num_steps": 3000, "checkpoint_every": 3000},
