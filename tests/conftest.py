@@ -195,3 +195,22 @@ def tiny_generator_dir(tiny_corpus_dir, tmp_path_factory):
   ckpt.save(0, state, force=True)
   ckpt.close()
   return d
+
+
+def full_state(workdir, step=None):
+  """The whole TrainState of a training run's checkpoint (the latest, or ``step``)."""
+  import jax
+  import ml_collections
+  from t2w_jax import checkpoints as ckpt_lib
+  from t2w_jax import generator as generator_lib
+  from t2w_jax.train import state as state_lib
+  spec = generator_lib.GeneratorSpec.load(workdir)
+  config = ml_collections.ConfigDict(spec.config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
+                               save_every=0)
+  try:
+    return ckpt.restore(jax.eval_shape(
+        lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)),
+        jax.random.PRNGKey(0)), step)
+  finally:
+    ckpt.close()

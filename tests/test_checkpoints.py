@@ -25,6 +25,8 @@ from t2w_jax.errors import CorruptError
 from t2w_jax.train import loop
 from t2w_jax.train import state as state_lib
 
+from conftest import full_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -67,19 +69,6 @@ def _flip(path: str, at: float = 0.5) -> None:
     data[i] ^= 0xFF
     f.seek(0)
     f.write(bytes(data))
-
-
-def _full_state(workdir, step=None):
-  spec = generator_lib.GeneratorSpec.load(workdir)
-  config = ml_collections.ConfigDict(spec.config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
-                               save_every=0)
-  try:
-    return ckpt.restore(jax.eval_shape(
-        lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)),
-        jax.random.PRNGKey(0)), step)
-  finally:
-    ckpt.close()
 
 
 def _assert_same(a, b):
@@ -216,20 +205,20 @@ def test_resume_falls_back_to_the_newest_intact_step(trained, tiny_corpus_dir, t
   rel = _data_files(workdir, 20)[0]
   _flip(os.path.join(workdir, "checkpoints", "20", rel))
   with pytest.raises(CorruptError, match="step 20 .*is damaged"):
-    _full_state(workdir, step=20)  # a step asked for by number is refused
+    full_state(workdir, step=20)  # a step asked for by number is refused
   with caplog.at_level(logging.WARNING):
     loop.train(tiny(tiny_corpus_dir), workdir)
   logs = " ".join(r.getMessage() for r in caplog.records)
   assert f"checkpoint step 20 in {os.path.join(workdir, 'checkpoints')} is damaged" in logs
   assert "resuming from step 10, the newest intact step" in logs, logs
   assert ckpt_lib.step_problem(os.path.join(workdir, "checkpoints"), 20) is None
-  _assert_same(_full_state(workdir), _full_state(trained))
+  _assert_same(full_state(workdir), full_state(trained))
 
 
 def test_load_refuses_non_finite_parameters(trained, tmp_path):
   """A step whose files are intact but whose EMA parameters hold a NaN (a diverged run)."""
   workdir = _copy(trained, tmp_path)
-  state = _full_state(workdir)
+  state = full_state(workdir)
   leaves, treedef = jax.tree.flatten(state.ema_params)
   leaves[0] = np.asarray(leaves[0]).copy()
   leaves[0].flat[0] = np.nan

@@ -7,7 +7,6 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -15,12 +14,12 @@ from configs import corpus as corpus_config
 from configs import dit as dit_config
 from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax import cli
-from t2w_jax import generator as generator_lib
 from t2w_jax import preempt
 from t2w_jax.train import loop
-from t2w_jax.train import state as state_lib
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
+
+from conftest import full_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
@@ -71,19 +70,6 @@ def _run_until(cmd, ready, timeout=600):
   return proc.returncode, "".join(lines) + rest
 
 
-def _full_state(workdir):
-  spec = generator_lib.GeneratorSpec.load(workdir)
-  config = ml_collections.ConfigDict(spec.config)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
-                               save_every=0)
-  try:
-    return ckpt.restore(jax.eval_shape(
-        lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)),
-        jax.random.PRNGKey(0)))
-  finally:
-    ckpt.close()
-
-
 @pytest.mark.slow  # a child process: its start-up and compile
 def test_sigterm_during_training_saves_and_the_rerun_is_exact(tiny_corpus_dir, tmp_path):
   """SIGTERM as the training starts: the step in progress is finished and saved (no
@@ -113,7 +99,7 @@ def test_sigterm_during_training_saves_and_the_rerun_is_exact(tiny_corpus_dir, t
   loop.train(config, workdir)  # the rerun
   reference = str(tmp_path / "uninterrupted")
   loop.train(config, reference)
-  a, b = _full_state(workdir), _full_state(reference)
+  a, b = full_state(workdir), full_state(reference)
   assert int(a.step) == int(b.step) == NUM_STEPS
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
