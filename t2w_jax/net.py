@@ -112,20 +112,10 @@ def jit_apply(module):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Net:
-  """One generated net: its parameters, the module that runs them, and its task.
-
-  Attributes:
-    params: the net's parameters (a Flax ``params`` pytree).
-    module: what runs them: ``module.apply({"params": params}, images, class_emb)``; a
-      ``SubtaskCNN``, or for the adapter family a ``zoo.family.TrunkedNet`` (the frozen
-      trunk composed with the generated adapter).
-    class_names: the task's classes; logit i and ``predict``'s answers refer to them.
-    class_emb: (K, d) their text embeddings, as the net's head compares them.
-    image_size: the height and width the net was trained at.
-    info: what ``save`` needs to rebuild the module elsewhere: ``cnn`` (the subtask net's
-      settings), ``encoder`` and ``template`` (how the class embeddings were made).
-  """
+class _TaskNets:
+  """What a net and a batch of nets for one task hold (``Net`` documents the fields); the
+  class names become a tuple, the embeddings float32 with one row per name, and the
+  module's apply is compiled once unless given."""
   params: Any
   module: Any
   class_names: tuple[str, ...]
@@ -143,6 +133,22 @@ class Net:
     if self.apply_fn is None:
       object.__setattr__(self, "apply_fn", jit_apply(self.module))
 
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Net(_TaskNets):
+  """One generated net: its parameters, the module that runs them, and its task.
+
+  Attributes:
+    params: the net's parameters (a Flax ``params`` pytree).
+    module: what runs them: ``module.apply({"params": params}, images, class_emb)``; a
+      ``SubtaskCNN``, or for the adapter family a ``zoo.family.TrunkedNet`` (the frozen
+      trunk composed with the generated adapter).
+    class_names: the task's classes; logit i and ``predict``'s answers refer to them.
+    class_emb: (K, d) their text embeddings, as the net's head compares them.
+    image_size: the height and width the net was trained at.
+    info: what ``save`` needs to rebuild the module elsewhere: ``cnn`` (the subtask net's
+      settings), ``encoder`` and ``template`` (how the class embeddings were made).
+  """
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
@@ -230,27 +236,13 @@ class Net:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class NetBatch:
+class NetBatch(_TaskNets):
   """Several nets for one task (``generate(..., num_samples=n)``): index, iterate, count.
 
   ``nets[i]`` is the i-th ``Net`` (negative indices count from the end), ``len(nets)`` their
   number, ``for net in nets`` each in turn. The nets share their module, class names and
   embeddings; ``params`` holds all of them with a leading axis.
   """
-  params: Any
-  module: Any
-  class_names: tuple[str, ...]
-  class_emb: np.ndarray
-  image_size: int
-  info: dict = dataclasses.field(default_factory=dict, repr=False)
-  apply_fn: Any = dataclasses.field(default=None, repr=False)
-
-  def __post_init__(self):
-    object.__setattr__(self, "class_names", tuple(self.class_names))
-    object.__setattr__(self, "class_emb", np.asarray(self.class_emb, np.float32))
-    if self.apply_fn is None:
-      object.__setattr__(self, "apply_fn", jit_apply(self.module))
-
   def __len__(self) -> int:
     return int(jax.tree.leaves(self.params)[0].shape[0])
 
