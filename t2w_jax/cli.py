@@ -22,7 +22,8 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from t2w_jax.errors import ConfigError, MissingError, UserError
+from t2w_jax import io as io_lib
+from t2w_jax.errors import UserError
 from t2w_jax.preempt import PREEMPTED_EXIT, Preempted
 
 USER_ERROR_EXIT = 2
@@ -109,16 +110,7 @@ def check_output_file(path: str, flag: str = "--out") -> None:
     ConfigError: the path is a directory (or empty).
     MissingError: its directory does not exist.
   """
-  if not path:
-    raise ConfigError(f"{flag} is empty; give a file path")
-  if os.path.isdir(path):
-    raise ConfigError(f"{flag}={path} is a directory; give a file path such as "
-                      f"{os.path.join(path, 'net.npz')}")
-  parent = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(parent):
-    raise MissingError(f"{flag}={path}: directory {parent} does not exist; create it first")
-  if not os.access(parent, os.W_OK):
-    raise ConfigError(f"{flag}={path}: directory {parent} is not writable")
+  io_lib.check_output_path(path, flag)
 
 
 def corpus_class_names(gen) -> list[str] | None:

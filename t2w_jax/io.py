@@ -16,6 +16,32 @@ from typing import Any, Callable
 
 import numpy as np
 
+from t2w_jax.errors import ConfigError, MissingError
+
+
+def check_output_path(path: str, flag: str | None = None) -> None:
+  """Refuses an output file path that cannot be written, before any work is done.
+
+  Args:
+    path: the file to be written.
+    flag: the command-line flag that gave it, for the message (None: the path alone).
+
+  Raises:
+    ConfigError: the path is empty, a directory, or in a directory that is not writable.
+    MissingError: its directory does not exist.
+  """
+  label = path if flag is None else f"{flag}={path}"
+  if not path:
+    raise ConfigError(f"{flag or 'the output path'} is empty; give a file path")
+  if os.path.isdir(path):
+    raise ConfigError(f"{label} is a directory; give a file path such as "
+                      f"{os.path.join(path, 'net.npz')}")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise MissingError(f"{label}: directory {parent} does not exist; create it first")
+  if not os.access(parent, os.W_OK):
+    raise ConfigError(f"{label}: directory {parent} is not writable")
+
 
 def file_digest(path: str) -> dict:
   """{"bytes": size, "sha256": hex digest} of a file, read in 8 MiB pieces (the corpus's

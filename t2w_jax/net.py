@@ -213,12 +213,7 @@ class Net(_TaskNets):
     from flax import traverse_util  # local: saving is rare
     from t2w_jax import io as io_lib
     from t2w_jax.weights import ParamLayout
-    if os.path.isdir(path):
-      raise ConfigError(f"{path} is a directory; give a file path such as "
-                        f"{os.path.join(path, 'net.npz')}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-      raise MissingError(f"cannot save the net to {path}: directory {parent} does not exist")
+    io_lib.check_output_path(path)
     if "cnn" not in self.info:
       raise ConfigError("this net's info has no 'cnn' (the subtask net settings), so a file "
                         "could not be read back; build nets with generate() or load_net()")
