@@ -37,6 +37,8 @@ VARIANTS = {
     "fresh_64": {"fresh_tasks": 64},
     # The residual parameterisation: x0 = text head(text) + DiT (models/text_head.py).
     "text_head": {"model.text_head": 512},
+    # One shared adaLN modulation with per-block offsets (PixArt-alpha's adaLN-single).
+    "adaln_single": {"model.adaln": "single"},
     # Training compute: twice the steps (the plain hypernetwork trains 8,000 cheaper ones),
     # and twice the learning rate (the hypernetwork's).
     "steps_3000": {"num_steps": 3000, "checkpoint_every": 3000},

@@ -39,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # A deterministic text head added to the output (models/text_head.py): x0 =
       # head(text) + transformer(x_t, t, text). Hidden width; 0: none.
       text_head=0, text_head_depth=2,
+      # How the blocks get their adaLN shifts, scales and gates: "block" (a Dense per
+      # block, as in DiT) or "single" (one shared Dense plus per-block offsets, as in
+      # PixArt-alpha: depth-fold fewer modulation parameters).
+      adaln="block",
       dtype="float32"))
   # Discriminator on predicted x0 (the adversarial loss, when adv_weight > 0).
   c.disc = ml_collections.ConfigDict(dict(width=64, depth=1, num_heads=4, mlp_ratio=2.0,

@@ -5,6 +5,7 @@
   python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON] [--json PATH] ...
   python launch/bench.py step --workdir runs/default [--json PATH]
   python launch/bench.py families [--quick] [--json PATH] [--nets N] [--steps N] ...
+  python launch/bench.py profile [--quick] [--json PATH] [--conditioning token] ...
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
@@ -16,6 +17,8 @@ ratios, in one run. ``step``: the generator's train step on an existing corpus, 
 loss alone against diffusion + task loss (with and without fresh tasks), in one run.
 ``families``: the corpus trainer's nets per hour for the default CNN family against the
 adapter family (features of a frozen trunk computed once), same work, in one run.
+``profile``: where the CIFAR-size DiT's train step and batch-1 denoising call spend their
+time, per part of the model, from a ``jax.profiler`` trace, against the same-run matmul.
 ``--quick`` runs tiny sizes once (smoke test). See benchmarks/ for
 what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
@@ -78,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--train_steps", type=int, help="train steps per timed repeat")
   t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="both sides' compute dtype (theirs: torch.autocast for bfloat16)")
+  pr = sub.add_parser("profile", parents=[common],
+                      help="per-op profile of the DiT train step and denoising call")
+  pr.add_argument("--conditioning", choices=["prior", "token"], default="prior",
+                  help="our default (prior) or the PyTorch T2W's conditioning (token)")
+  pr.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                  help="the DiT's compute dtype")
+  pr.add_argument("--calls", type=int, help="traced calls (the breakdown is per call)")
   st = sub.add_parser("step", parents=[common],
                       help="generator train step: diffusion only vs + task loss")
   st.add_argument("--workdir", required=True, help="run directory holding corpus/")
@@ -149,6 +159,14 @@ def _main(argv=None) -> int:
                            default_cnn=None if args.quick else cnn,
                            default_image_size=image_size)
     report = dit_bench.format_report(result)
+  elif args.which == "profile":
+    from configs import dit as dit_config  # noqa: PLC0415
+    from benchmarks import profile_bench  # noqa: PLC0415
+    result = profile_bench.run(dit_config.get_config("tiny" if args.quick else "small"),
+                               quick=args.quick, conditioning=args.conditioning,
+                               dtype=args.dtype, repeats=args.repeats, calls=args.calls,
+                               matmul_size=args.matmul_size)
+    report = profile_bench.format_report(result)
   elif args.which == "step":
     from configs import dit as dit_config  # noqa: PLC0415
     from benchmarks import step_bench  # noqa: PLC0415

@@ -46,8 +46,9 @@ SAMPLERS = ("ddim", "ddpm")
 # ``GeneratorSpec.from_json`` fills them into an older spec's config, so that everything
 # else reads the config's keys directly and every other default lives in configs/dit.py.
 PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temperature": 1.0}
-# Likewise for keys of the config's ``model``: those runs' DiTs had no text head.
-PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2}
+# Likewise for keys of the config's ``model``: those runs' DiTs had no text head and one
+# adaLN modulation per block.
+PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2, "adaln": "block"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,7 @@ def build_dit(spec: GeneratorSpec) -> DiT:
              cond_adaln=m["cond_adaln"], cross_attention=m["cross_attention"],
              prior_bias=m["prior_bias"], text_as_token=m["text_as_token"],
              text_head=m["text_head"], text_head_depth=m["text_head_depth"],
-             dtype=jnp.dtype(m["dtype"]))
+             adaln=m["adaln"], dtype=jnp.dtype(m["dtype"]))
 
 
 def dummy_inputs(spec: GeneratorSpec, batch: int = 1):

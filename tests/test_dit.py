@@ -62,11 +62,12 @@ def init_apply(model, x_t, t, text, variables=None):
 VALID_SWITCHES = [
     dict(cond_adaln=a, cross_attention=c, prior_bias=p, text_as_token=tt)
     for a, c, p, tt in itertools.product([False, True], repeat=4) if not (p and not c)
-]
+] + [dict(cond_adaln=True, cross_attention=c, prior_bias=c, adaln="single")
+     for c in (False, True)]
 
 
 @pytest.mark.parametrize("switches", VALID_SWITCHES, ids=lambda s: "-".join(
-    k for k, v in s.items() if v) or "none")
+    k if v is True else str(v) for k, v in s.items() if v) or "none")
 def test_shapes_and_zero_at_init(switches):
   model = make_model(**switches)
   x_t, t, text = make_inputs(drop=[False, True, False, True])
@@ -79,6 +80,32 @@ def test_shapes_and_zero_at_init(switches):
   chex.assert_shape(out_p, (B, L, P))
   chex.assert_tree_all_finite(out_p)
   assert float(jnp.abs(out_p).max()) > 1e-3
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_adaln_single_shares_one_modulation(cross):
+  """adaLN-single: one modulation Dense plus per-block offsets, (depth - 1) Dense fewer."""
+  depth, width = 3, 32
+  switches = dict(cond_adaln=True, cross_attention=cross, prior_bias=cross, depth=depth)
+  x_t, t, text = make_inputs()
+  block, _ = init_apply(make_model(**switches), x_t, t, text)
+  single_model = make_model(adaln="single", **switches)
+  single, _ = init_apply(single_model, x_t, t, text)
+  mods = 3 * (3 if cross else 2) * width
+  assert models.param_count(block) - models.param_count(single) == (
+      depth * (width * mods + mods) - (width * mods + mods) - depth * mods)
+  params = models.unbox(single)["params"]
+  assert "adaLN_modulation" not in params["block_0"]
+  chex.assert_shape(params["block_1"]["adaLN_offsets"], (mods,))
+  # The offsets are the blocks' own: moving the last block's moves the output.
+  p = perturb(single)
+  out = single_model.apply(p, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  p2 = jax.tree_util.tree_map(lambda x: x, p)
+  p2["params"]["block_2"]["adaLN_offsets"] += 0.5
+  out2 = single_model.apply(p2, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  assert float(jnp.abs(out - out2).max()) > 1e-4
+  with pytest.raises(ValueError, match="adaln"):
+    make_model(adaln="per_layer").init(jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS, text)
 
 
 def test_prior_bias_without_cross_attention_rejected():
@@ -295,7 +322,10 @@ def test_param_count_and_flops_estimate():
              dict(cond_adaln=False, cross_attention=False, prior_bias=False),
              dict(cond_adaln=True, cross_attention=False, prior_bias=False),
              dict(text_as_token=True, cond_adaln=False, cross_attention=False,
-                  prior_bias=False)):
+                  prior_bias=False),
+             dict(cond_adaln=True, cross_attention=True, prior_bias=True, adaln="single"),
+             dict(cond_adaln=False, cross_attention=False, prior_bias=False, adaln="single",
+                  depth=3)):
     m = make_model(**kw)
     v, _ = init_apply(m, x_t, t, text)
     traced = jax.make_jaxpr(m.apply)(v, x_t, t, LAYER_IDS, BLOCK_IDS, text)

@@ -39,22 +39,30 @@ from t2w_jax.models.text_head import TextHead
 Array = jax.Array
 
 
+# How the blocks get their adaLN modulation (see ``DiT.adaln``).
+ADALN_KINDS = ("block", "single")
+
+
 class DiTBlock(nn.Module):
   """adaLN-Zero transformer block with optional gated cross-attention to class tokens.
 
   x += g1 * SelfAttn(mod(LN(x))); [x += g2 * CrossAttn(mod(LN(x)), class tokens)];
   x += g3 * MLP(mod(LN(x))); shifts, scales and gates come from a zero-initialised
-  Dense on SiLU(c), so the block is the identity at init.
+  Dense on SiLU(c) ("block" adaLN, as in DiT), or, with ``adaln="single"`` (as in
+  PixArt-alpha), from one modulation that every block shares plus this block's own
+  zero-initialised offsets; either way the block is the identity at init.
 
   Attributes:
     num_heads: attention heads.
     mlp_ratio: MLP hidden = mlp_ratio * width.
     cross_attention: add the cross-attention branch.
+    adaln: "block" (a modulation Dense per block) or "single" (shared, see above).
     dtype: compute dtype.
   """
   num_heads: int
   mlp_ratio: float
   cross_attention: bool
+  adaln: str = "block"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -63,7 +71,8 @@ class DiTBlock(nn.Module):
                ) -> Array:
     """Args:
       x: (B, S, width) tokens.
-      c: (B, width) conditioning vector.
+      c: (B, width) conditioning vector; with ``adaln="single"`` the shared modulation,
+        (B, 3 * branches * width).
       kv: (B, K', width) class tokens (cross_attention only).
       kv_bias: (B, 1, 1, K') additive attention bias, or None.
       kv_mask: (B, 1, 1, K') boolean key mask.
@@ -73,8 +82,14 @@ class DiTBlock(nn.Module):
     """
     width = x.shape[-1]
     n_branches = 3 if self.cross_attention else 2
-    mod = layers.dense(3 * n_branches * width, ("embed", "mlp"), dtype=self.dtype,
-                       zero_init=True, name="adaLN_modulation")(nn.silu(c))
+    if self.adaln == "single":
+      offsets = self.param("adaLN_offsets", layers.partitioned(nn.initializers.zeros_init(),
+                                                               ("mlp",)),
+                           (3 * n_branches * width,), jnp.float32)
+      mod = c + offsets.astype(self.dtype)
+    else:
+      mod = layers.dense(3 * n_branches * width, ("embed", "mlp"), dtype=self.dtype,
+                         zero_init=True, name="adaLN_modulation")(nn.silu(c))
     chunks = jnp.split(mod, 3 * n_branches, axis=-1)
 
     shift, scale, gate = chunks[0:3]
@@ -155,6 +170,10 @@ class DiT(nn.Module):
     text_head: hidden width of the deterministic text head added to the output
       (``models/text_head.py``: x0 = head(text) + transformer); 0: none.
     text_head_depth: its hidden layers.
+    adaln: "block": each block's shifts, scales and gates come from its own Dense on the
+      conditioning vector (DiT's adaLN-Zero); "single": one Dense for all blocks plus
+      per-block learned offsets (PixArt-alpha's adaLN-single), depth-fold fewer
+      modulation parameters. The final layer keeps its own modulation either way.
     frequency_dim: size of the sinusoidal timestep features.
     dtype: compute dtype (params are float32; the output is float32).
   """
@@ -172,6 +191,7 @@ class DiT(nn.Module):
   text_as_token: bool = False
   text_head: int = 0
   text_head_depth: int = 2
+  adaln: str = "block"
   frequency_dim: int = 256
   dtype: Any = jnp.float32
 
@@ -199,6 +219,8 @@ class DiT(nn.Module):
     """
     if self.prior_bias and not self.cross_attention:
       raise ValueError("prior_bias=True needs cross_attention=True")
+    if self.adaln not in ADALN_KINDS:
+      raise ValueError(f"adaln must be one of {ADALN_KINDS}, got {self.adaln!r}")
     if jnp.ndim(x_t) != 3 or x_t.shape[-1] != self.block_size:
       raise ValueError(f"x_t must have shape (B, L, {self.block_size}), "
                        f"got {jnp.shape(x_t)}")
@@ -239,9 +261,15 @@ class DiT(nn.Module):
     if self.cross_attention:
       kv, kv_bias, kv_mask = self._class_tokens(text, drop, batch)
 
+    block_cond = c
+    if self.adaln == "single":
+      n_branches = 3 if self.cross_attention else 2
+      block_cond = layers.dense(3 * n_branches * self.width, ("embed", "mlp"),
+                                dtype=self.dtype, zero_init=True,
+                                name="adaLN_single")(nn.silu(c))
     for i in range(self.depth):
-      h = DiTBlock(self.num_heads, self.mlp_ratio, self.cross_attention,
-                   dtype=self.dtype, name=f"block_{i}")(h, c, kv, kv_bias, kv_mask)
+      h = DiTBlock(self.num_heads, self.mlp_ratio, self.cross_attention, adaln=self.adaln,
+                   dtype=self.dtype, name=f"block_{i}")(h, block_cond, kv, kv_bias, kv_mask)
     if self.text_as_token:
       h = h[:, 1:]
     out = FinalLayer(self.block_size, dtype=self.dtype, name="final")(h, c)
@@ -325,7 +353,8 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
     per-token:   L*P*w (in) + L*w*P (out)
                  + depth * S * (4 w^2 + 2 r w^2 + [cross] 2 w^2)
     attention:   depth * (2 S^2 w + [cross] 2 S K' w)        (QK^T and AV)
-    per-example: depth * n*branches*w^2 + 2 w^2 (adaLN) + (f w + w^2) (timestep MLP, f = frequency_dim)
+    per-example: depth * n*branches*w^2 ([adaln "single"]: n*branches*w^2 once)
+                 + 2 w^2 (final adaLN) + (f w + w^2) (timestep MLP, f = frequency_dim)
                  + [cond_adaln] (d w + w^2) + [text_as_token] d w
                  + [cross] K' (d w + depth * 2 w^2)           (class tokens, their K/V)
 
@@ -336,7 +365,7 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   Args:
     config: Mapping, ConfigDict or object (a ``DiT`` works) with width, depth, mlp_ratio,
       block_size, and optionally num_tokens, max_classes, text_dim (384), cond_adaln,
-      cross_attention, text_as_token (defaults as in ``DiT``), frequency_dim (256).
+      cross_attention, text_as_token, adaln (defaults as in ``DiT``), frequency_dim (256).
     num_tokens: L; overrides config.num_tokens.
     max_classes: K; overrides config.max_classes (default 0 when absent).
     training: count forward + backward (x3) instead of forward only.
@@ -355,6 +384,7 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   cond_adaln = bool(_cfg(config, "cond_adaln", True))
   cross = bool(_cfg(config, "cross_attention", True))
   as_token = bool(_cfg(config, "text_as_token", False))
+  adaln_blocks = 1 if _cfg(config, "adaln", "block") == "single" else depth
 
   s = num_l + int(as_token)
   kk = k + 1
@@ -362,7 +392,7 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   macs = 2 * num_l * p * w + depth * s * per_token_block
   macs += depth * (2 * s * s * w + (2 * s * kk * w if cross else 0))
   branches = 3 if cross else 2
-  macs += depth * 3 * branches * w * w + 2 * w * w + freq * w + w * w
+  macs += adaln_blocks * 3 * branches * w * w + 2 * w * w + freq * w + w * w
   if cond_adaln:
     macs += d * w + w * w
   if as_token:
