@@ -127,7 +127,7 @@ def classify(op: HloOp) -> tuple[str, str]:
     return "adaLN modulation", phase
   if "/attn/" in name or "/cross_attn/" in name:
     core = any(s in name for s in _ATTENTION_CORE) or not op.matmul and "_kernel" not in name
-    if "bld,dhk" in name or "bqhd,hdo" in name:
+    if "ni,io->no" in name:  # layers.project: Q, K, V and out
       core = False
     return ("attention core" if core else "attention projections"), phase
   if "/mlp/" in name:
@@ -214,11 +214,16 @@ def profile_train(size: dit_bench.DiTSize, config, dtype: str, calls: int, repea
       "x0": rng.standard_normal((size.batch_size, size.num_tokens, size.block_size),
                                 dtype=np.float32),
       "class_emb": emb, "class_mask": mask})
-  # Not donated: the same params are fed to every call, so every call does the same work.
-  step = jax.jit(step_fn)
+  # Donated, as in training: every call consumes the last call's params and optimiser state.
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
   key = jax.random.PRNGKey(seed)
   compiled = step.lower(params, opt_state, batch, key).compile()
-  fn = lambda: compiled(params, opt_state, batch, key)  # noqa: E731
+  state = [params, opt_state]
+
+  def fn():
+    state[0], state[1], loss = compiled(state[0], state[1], batch, key)
+    return loss
+
   wall = _wall(fn, repeats)
   out = breakdown(fn, compiled, calls, wall)
   out["flops"] = model_flops_per_example(size.flops_config()) * size.batch_size
@@ -272,7 +277,7 @@ def run(config, *, quick: bool = False, conditioning: str = "prior", dtype: str 
   matmul = harness.matmul_peak(n, "bfloat16" if dtype == "bfloat16" else "float32",
                                repeats=repeats, devices=jax.local_devices()[:1])
   return {"benchmark": "profile", "date": harness.utc_now(), "machine": harness.machine_info(),
-          "commit": harness.git_commit(harness.__file__), "quick": quick,
+          "commit": harness.git_commit(harness.ROOT), "quick": quick,
           "size": dataclasses.asdict(size), "dtype": dtype, "matmul": matmul,
           "train": profile_train(size, config, dtype, calls, repeats),
           "denoise": profile_denoise(size, dtype, calls, repeats)}

@@ -36,7 +36,7 @@ def test_hlo_ops_finds_fused_matmuls_and_their_name_stacks():
 @pytest.mark.parametrize("op_name,part,phase", [
     ("jit(s)/transpose(jvp(DiT))/block_3/adaLN_modulation/...i,io->...o/dot_general",
      "adaLN modulation", "backward"),
-    ("jit(s)/jvp(DiT)/block_0/attn/bld,dhk->blhk/dot_general", "attention projections",
+    ("jit(s)/jvp(DiT)/block_0/attn/ni,io->no/dot_general", "attention projections",
      "forward"),
     ("jit(s)/jvp(DiT)/block_0/cross_attn/bhqk,bkhd->bqhd/dot_general", "attention core",
      "forward"),

@@ -132,6 +132,33 @@ def einsum(spec: str, a: Array, b: Array, dtype: Dtype) -> Array:
   return _low_precision_einsum(spec, a, b, jnp.dtype(dtype))
 
 
+def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
+  """``x`` (..., *in) times ``kernel`` (*in, *out) -> (..., *out), as ONE 2-D matrix product.
+
+  Every projection goes through here: XLA's CPU backend runs a product whose left operand
+  has several free dimensions (and, above all, its kernel gradient, which contracts over
+  them) markedly slower than the same product flattened to (N, in) x (in, out)
+  (``python launch/bench.py profile`` shows the projections' share). The reshapes are
+  free, and the parameters keep their shapes and logical axes.
+
+  Args:
+    x: (..., *in) activations.
+    kernel: (*in, *out) with ``num_in`` input dimensions.
+    num_in: how many leading kernel dimensions are contracted with x's trailing ones.
+    dtype: compute dtype (``einsum``'s mixed precision).
+
+  Returns:
+    (..., *out) in ``dtype``.
+  """
+  in_shape, out_shape = kernel.shape[:num_in], kernel.shape[num_in:]
+  if tuple(x.shape[x.ndim - num_in:]) != tuple(in_shape):
+    raise ValueError(f"project: x {x.shape} does not end in the kernel's input dims {in_shape}")
+  lead = x.shape[:x.ndim - num_in]
+  n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+  y = einsum("ni,io->no", x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype)
+  return y.reshape(*lead, *out_shape)
+
+
 class Dense(nn.Module):
   """``nn.Dense`` (same parameter names and shapes) whose product is ``einsum``'s.
 
@@ -153,7 +180,7 @@ class Dense(nn.Module):
     kinit = nn.initializers.zeros_init() if self.zero_init else default_kernel_init
     kernel = self.param("kernel", partitioned(kinit, self.axes),
                         (x.shape[-1], self.features), jnp.float32)
-    y = einsum("...i,io->...o", x, kernel, self.dtype)
+    y = project(x, kernel, 1, self.dtype)
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axes[1],)),
                         (self.features,), jnp.float32)
@@ -330,7 +357,7 @@ class Attention(nn.Module):
       bias = self.param(f"{name}_bias",
                         partitioned(nn.initializers.zeros_init(), ("heads", "kv")),
                         (self.num_heads, head_dim), jnp.float32)
-      return einsum("bld,dhk->blhk", src, kernel, self.dtype) + bias.astype(self.dtype)
+      return project(src, kernel, 1, self.dtype) + bias.astype(self.dtype)
 
     q = proj("query", x)
     k = proj("key", kv)
@@ -345,7 +372,7 @@ class Attention(nn.Module):
         (self.num_heads, head_dim, width), jnp.float32)
     out_bias = self.param("out_bias", partitioned(nn.initializers.zeros_init(), ("embed",)),
                           (width,), jnp.float32)
-    return einsum("bqhd,hdo->bqo", out, out_kernel, self.dtype) + out_bias.astype(self.dtype)
+    return project(out, out_kernel, 2, self.dtype) + out_bias.astype(self.dtype)
 
 
 class Mlp(nn.Module):

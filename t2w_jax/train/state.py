@@ -13,6 +13,7 @@ import optax
 
 from t2w_jax.generator import GeneratorSpec, dummy_inputs, init_dit_params
 from t2w_jax.models import WeightDiscriminator
+from t2w_jax.train.adamw import clipped_adamw
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -46,12 +47,16 @@ def build_disc(spec: GeneratorSpec) -> WeightDiscriminator:
 
 
 def build_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """AdamW with linear warmup + cosine decay and global-norm clipping; Adam for the critic."""
+  """AdamW with linear warmup + cosine decay and global-norm clipping; Adam for the critic.
+
+  The generator's AdamW is ``adamw.clipped_adamw``: optax's clip + AdamW chain in one pass
+  per parameter, with the chain's state tree.
+  """
   lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
                                           max(config.num_steps, config.warmup_steps + 1),
                                           end_value=0.05 * config.learning_rate)
-  tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                   optax.adamw(lr, b1=0.9, b2=0.99, weight_decay=config.weight_decay))
+  tx = clipped_adamw(lr, b1=0.9, b2=0.99, weight_decay=config.weight_decay,
+                     max_norm=config.grad_clip)
   disc_tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
                         optax.adam(config.disc.learning_rate, b1=0.5, b2=0.99))
   return tx, disc_tx
