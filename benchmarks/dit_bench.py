@@ -63,19 +63,22 @@ class DiTSize:
   # tokens with the prior bias); "token": the PyTorch T2W's (the fused text as one extra
   # token, adaLN on the timestep only, no cross-attention), for equal-work comparisons.
   conditioning: str = "prior"
+  # How the blocks get their adaLN modulation (``DiT.adaln``): "block" or "single".
+  adaln: str = "block"
 
   def dit_switches(self) -> dict:
-    """The DiT's conditioning switches for ``conditioning``."""
+    """The DiT's conditioning switches for ``conditioning``, and its ``adaln``."""
     if self.conditioning not in ("prior", "token"):
       raise ValueError(f"conditioning must be 'prior' or 'token', got {self.conditioning!r}")
     prior = self.conditioning == "prior"
     return dict(cond_adaln=prior, cross_attention=prior, prior_bias=prior,
-                text_as_token=not prior)
+                text_as_token=not prior, adaln=self.adaln)
 
   def flops_config(self) -> dict:
     """What ``model_flops_per_example`` reads (the conditioning as timed)."""
     fields = dataclasses.asdict(self)
     fields.pop("conditioning")
+    fields.pop("adaln")
     return dict(fields, **self.dit_switches())
 
 
