@@ -78,12 +78,13 @@ class DiTSize:
     """What ``model_flops_per_example`` reads (the conditioning as timed)."""
     fields = dataclasses.asdict(self)
     fields.pop("conditioning")
-    fields.pop("adaln")
     return dict(fields, **self.dit_switches())
 
 
+# Our DiT at that size is configs/dit.py "base", with adaLN-single.
 CIFAR_SIZE = DiTSize(width=1024, depth=6, num_heads=8, mlp_ratio=4.0, block_size=576,
-                     num_tokens=34, batch_size=32, text_dim=512, max_classes=32)
+                     num_tokens=34, batch_size=32, text_dim=512, max_classes=32,
+                     adaln="single")
 QUICK_SIZE = DiTSize(width=32, depth=1, num_heads=2, mlp_ratio=2.0, block_size=16,
                      num_tokens=6, batch_size=4, text_dim=16, max_classes=4)
 # The DDIM-50 figures generate the corpus's SubtaskCNN of before the generalist ("cnn19k",
