@@ -6,6 +6,7 @@
   python launch/bench.py step --workdir runs/default [--json PATH]
   python launch/bench.py families [--quick] [--json PATH] [--nets N] [--steps N] ...
   python launch/bench.py profile [--quick] [--json PATH] [--conditioning token] ...
+  python launch/bench.py kernels [--quick] [--json PATH] [--repeats N]
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
@@ -19,6 +20,8 @@ loss alone against diffusion + task loss (with and without fresh tasks), in one 
 adapter family (features of a frozen trunk computed once), same work, in one run.
 ``profile``: where the CIFAR-size DiT's train step and batch-1 denoising call spend their
 time, per part of the model, from a ``jax.profiler`` trace, against the same-run matmul.
+``kernels``: each speed change of the DiT step (projections, attention, optimiser) against
+the code it replaced, alternating calls in one run.
 ``--quick`` runs tiny sizes once (smoke test). See benchmarks/ for
 what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
@@ -88,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
   pr.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                   help="the DiT's compute dtype")
   pr.add_argument("--calls", type=int, help="traced calls (the breakdown is per call)")
+  sub.add_parser("kernels", parents=[common],
+                 help="the DiT step's speed changes against the code they replaced")
   st = sub.add_parser("step", parents=[common],
                       help="generator train step: diffusion only vs + task loss")
   st.add_argument("--workdir", required=True, help="run directory holding corpus/")
@@ -167,6 +172,12 @@ def _main(argv=None) -> int:
                                dtype=args.dtype, repeats=args.repeats, calls=args.calls,
                                matmul_size=args.matmul_size)
     report = profile_bench.format_report(result)
+  elif args.which == "kernels":
+    from configs import dit as dit_config  # noqa: PLC0415
+    from benchmarks import kernel_bench  # noqa: PLC0415
+    result = kernel_bench.run(dit_config.get_config("small"), quick=args.quick,
+                              repeats=args.repeats)
+    report = kernel_bench.format_report(result)
   elif args.which == "step":
     from configs import dit as dit_config  # noqa: PLC0415
     from benchmarks import step_bench  # noqa: PLC0415

@@ -1,0 +1,188 @@
+"""Each speed change of the DiT's train step against the code it replaced, in one run.
+
+``python launch/bench.py kernels`` times, at the PyTorch T2W's CIFAR size (width 1024,
+8 heads, 34 tokens, batch 32; forward and backward, jitted), pairs of implementations of
+the same computation, a baseline and a candidate, alternating them call by call so that
+both see the same machine:
+
+* **MLP**: the two products as ``einsum("...i,io->...o")`` on (B, L, D) activations (the
+  code before ``layers.project``) against ``layers.project`` (one 2-D product);
+* **attention projections**: Q, K, V as ``einsum("bld,dhk->blhk")`` and the output as
+  ``einsum("bqhd,hdo->bqo")`` against ``layers.project``;
+* **attention core**: ``layers.attention_weights`` + AV (ours, kept) against
+  ``jax.nn.dot_product_attention`` (self-attention and masked, biased cross-attention to 33
+  keys);
+* **optimiser update**: ``optax.chain(clip_by_global_norm, adamw)`` against
+  ``train.adamw.clipped_adamw`` on the default DiT's parameter tree at that size, donated.
+
+Each row reports both medians and the baseline / candidate ratio (above 1: the candidate
+is faster). The first, second and fourth candidates are the code now in use; the third
+is not (ours stays).
+"""
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import dit_bench, harness
+from t2w_jax.models import layers
+from t2w_jax.train.adamw import clipped_adamw
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+  """Seconds of each call, the functions taking turns; one warm-up call each first."""
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def _grad_call(f, *args):
+  g = jax.jit(jax.grad(f, argnums=tuple(range(len(args)))))
+  return lambda: g(*args)
+
+
+def mlp_pair(size, rng):
+  """(old, new) MLP forward + backward."""
+  b, l, d = size.batch_size, size.num_tokens, size.width
+  hidden = int(size.mlp_ratio * d)
+  x = jnp.asarray(rng.standard_normal((b, l, d), np.float32))
+  w1 = jnp.asarray(rng.standard_normal((d, hidden), np.float32) * 0.02)
+  w2 = jnp.asarray(rng.standard_normal((hidden, d), np.float32) * 0.02)
+
+  def old(w1, w2, x):
+    h = jax.nn.gelu(layers.einsum("...i,io->...o", x, w1, jnp.float32))
+    return jnp.sum(layers.einsum("...i,io->...o", h, w2, jnp.float32) ** 2)
+
+  def new(w1, w2, x):
+    h = jax.nn.gelu(layers.project(x, w1, 1, jnp.float32))
+    return jnp.sum(layers.project(h, w2, 1, jnp.float32) ** 2)
+
+  return _grad_call(old, w1, w2, x), _grad_call(new, w1, w2, x)
+
+
+def projection_pair(size, rng):
+  """(old, new) Q, K, V and output projections, forward + backward."""
+  b, l, d, h = size.batch_size, size.num_tokens, size.width, size.num_heads
+  x = jnp.asarray(rng.standard_normal((b, l, d), np.float32))
+  qkv = [jnp.asarray(rng.standard_normal((d, h, d // h), np.float32) * 0.02) for _ in range(3)]
+  wo = jnp.asarray(rng.standard_normal((h, d // h, d), np.float32) * 0.02)
+
+  def old(wq, wk, wv, wo, x):
+    q, k, v = (layers.einsum("bld,dhk->blhk", x, w, jnp.float32) for w in (wq, wk, wv))
+    return jnp.sum(layers.einsum("bqhd,hdo->bqo", q * k * v, wo, jnp.float32) ** 2)
+
+  def new(wq, wk, wv, wo, x):
+    q, k, v = (layers.project(x, w, 1, jnp.float32) for w in (wq, wk, wv))
+    return jnp.sum(layers.project(q * k * v, wo, 2, jnp.float32) ** 2)
+
+  return _grad_call(old, *qkv, wo, x), _grad_call(new, *qkv, wo, x)
+
+
+def attention_pair(size, rng):
+  """(ours, jax.nn.dot_product_attention): self- and cross-attention, forward + backward."""
+  b, l, h, k = size.batch_size, size.num_tokens, size.num_heads, size.max_classes + 1
+  dh = size.width // h
+  q, kk, v = (jnp.asarray(rng.standard_normal((b, l, h, dh), np.float32)) for _ in range(3))
+  kc, vc = (jnp.asarray(rng.standard_normal((b, k, h, dh), np.float32)) for _ in range(2))
+  bias = jnp.asarray(rng.standard_normal((b, 1, 1, k), np.float32))
+  mask = jnp.asarray(rng.random((b, 1, 1, k)) > 0.3)
+
+  def ours(q, kk, v, kc, vc):
+    out = layers.einsum("bhqk,bkhd->bqhd", layers.attention_weights(q, kk, None, None), v,
+                        jnp.float32)
+    cross = layers.einsum("bhqk,bkhd->bqhd", layers.attention_weights(q, kc, bias, mask), vc,
+                          jnp.float32)
+    return jnp.sum(out * cross)
+
+  def fused(q, kk, v, kc, vc):
+    out = jax.nn.dot_product_attention(q, kk, v)
+    cross = jax.nn.dot_product_attention(q, kc, vc, bias=bias, mask=mask)
+    return jnp.sum(out * cross)
+
+  return _grad_call(ours, q, kk, v, kc, vc), _grad_call(fused, q, kk, v, kc, vc)
+
+
+def optimiser_pair(size, config):
+  """(optax chain, clipped_adamw): one donated update of the DiT's parameters."""
+  dit = dit_bench.build_dit(size, "float32")
+  params = dit_bench.init_dit_params(dit, size, 0)
+  grads = jax.tree.map(lambda p: 0.5 * p + 1e-3, params)
+  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                          config.num_steps)
+  kw = dict(b1=0.9, b2=0.99, weight_decay=config.weight_decay)
+  chain = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adamw(lr, **kw))
+  fused = clipped_adamw(lr, max_norm=config.grad_clip, **kw)
+  calls = []
+  for tx in (chain, fused):
+    def update(p, s, tx=tx):
+      u, s = tx.update(grads, s, p)
+      return optax.apply_updates(p, u), s
+    step = jax.jit(update, donate_argnums=(0, 1))
+    state = [jax.tree.map(jnp.copy, params), None]
+    state[1] = tx.init(state[0])
+
+    def call(step=step, state=state):
+      state[0], state[1] = step(state[0], state[1])
+      return state[0]
+    calls.append(call)
+  return calls[0], calls[1], sum(x.size for x in jax.tree.leaves(params))
+
+
+def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict:
+  """Times every pair; see the module docstring.
+
+  Args:
+    config: the DiT config (its optimiser settings drive the update pair).
+    quick: tiny sizes, one repeat (smoke test).
+    repeats: timed calls of each implementation (median reported).
+    seed: data seed.
+
+  Returns:
+    dict with the machine, commit, date, size and one row per pair.
+  """
+  size = dit_bench.QUICK_SIZE if quick else dit_bench.CIFAR_SIZE
+  repeats = repeats or (1 if quick else 7)
+  rng = np.random.default_rng(seed)
+  pairs = [("MLP", "einsum ...i,io->...o", "layers.project", *mlp_pair(size, rng)),
+           ("attention projections", "einsum bld,dhk->blhk / bqhd,hdo->bqo",
+            "layers.project", *projection_pair(size, rng)),
+           ("attention core", "ours (attention_weights + AV)",
+            "jax.nn.dot_product_attention", *attention_pair(size, rng))]
+  old, new, n_params = optimiser_pair(size, config)
+  pairs.append(("optimiser update", "optax clip + adamw chain", "clipped_adamw", old, new))
+  rows = []
+  for what, old_name, new_name, old, new in pairs:
+    times = _interleaved({"old": old, "new": new}, repeats)
+    o, n = harness.median(times["old"]), harness.median(times["new"])
+    rows.append({"what": what, "old": old_name, "new": new_name, "old_seconds": times["old"],
+                 "new_seconds": times["new"], "old_median": o, "new_median": n,
+                 "old_over_new": o / n})
+  return {"benchmark": "kernels", "date": harness.utc_now(), "machine": harness.machine_info(),
+          "commit": harness.git_commit(harness.ROOT), "quick": quick,
+          "size": dataclasses.asdict(size), "optimised_params": n_params, "rows": rows}
+
+
+def format_report(result: dict) -> str:
+  """The printed table with the machine, commit and date."""
+  s = result["size"]
+  head = (f"DiT kernels, baseline against candidate, alternating calls ({result['date']}; "
+          f"{harness.describe_machine(result['machine'])}; t2w_jax "
+          f"{harness.describe_commit(result['commit'])}): width {s['width']}, "
+          f"{s['num_heads']} heads, {s['num_tokens']} tokens, batch {s['batch_size']}, "
+          f"forward + backward; the update on {result['optimised_params'] / 1e6:.1f} M "
+          "parameters")
+  rows = [[r["what"], r["old"], f"{1e3 * r['old_median']:.1f}", r["new"],
+           f"{1e3 * r['new_median']:.1f}", f"{r['old_over_new']:.2f}x"]
+          for r in result["rows"]]
+  return head + "\n" + harness.format_table(
+      ["computation", "baseline", "baseline ms", "candidate", "candidate ms", "baseline / candidate"], rows)

@@ -1,0 +1,33 @@
+"""Tests for benchmarks/kernel_bench.py: each pair computes the same thing (equal work)."""
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import dit_bench, kernel_bench
+from configs import dit as dit_config
+
+
+@pytest.mark.parametrize("pair", [kernel_bench.mlp_pair, kernel_bench.projection_pair,
+                                  kernel_bench.attention_pair])
+def test_pairs_compute_the_same_gradients(pair):
+  old, new = pair(dit_bench.QUICK_SIZE, np.random.default_rng(0))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), old(),
+               new())
+
+
+def test_optimiser_pair_updates_alike():
+  old, new, n = kernel_bench.optimiser_pair(dit_bench.QUICK_SIZE,
+                                            dit_config.get_config("small"))
+  assert n > 0
+  for _ in range(2):
+    a, b = old(), new()
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_pair():
+  result = kernel_bench.run(dit_config.get_config("small"), quick=True)
+  assert [r["what"] for r in result["rows"]] == [
+      "MLP", "attention projections", "attention core", "optimiser update"]
+  assert all(r["old_median"] > 0 and r["new_median"] > 0 for r in result["rows"])
+  assert "baseline / candidate" in kernel_bench.format_report(result)
