@@ -7,6 +7,7 @@
   python launch/bench.py families [--quick] [--json PATH] [--nets N] [--steps N] ...
   python launch/bench.py profile [--quick] [--json PATH] [--conditioning token] ...
   python launch/bench.py kernels [--quick] [--json PATH] [--repeats N]
+  python launch/bench.py xla_flags [--quick] [--json PATH] [--rounds N]
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
@@ -21,7 +22,8 @@ adapter family (features of a frozen trunk computed once), same work, in one run
 ``profile``: where the CIFAR-size DiT's train step and batch-1 denoising call spend their
 time, per part of the model, from a ``jax.profiler`` trace, against the same-run matmul.
 ``kernels``: each speed change of the DiT step (projections, attention, optimiser) against
-the code it replaced, alternating calls in one run.
+the code it replaced, alternating calls in one run. ``xla_flags``: the DiT train step and
+a matmul under each candidate set of XLA:CPU options, each in a fresh process, in turns.
 ``--quick`` runs tiny sizes once (smoke test). See benchmarks/ for
 what exactly is timed. A user error (a bad --t2w_repo, say) is one line, exit status 2.
 """
@@ -93,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
   pr.add_argument("--calls", type=int, help="traced calls (the breakdown is per call)")
   sub.add_parser("kernels", parents=[common],
                  help="the DiT step's speed changes against the code they replaced")
+  xf = sub.add_parser("xla_flags", parents=[common],
+                      help="the DiT train step under candidate XLA:CPU options")
+  xf.add_argument("--rounds", type=int, help="turns of all candidates (median reported)")
   st = sub.add_parser("step", parents=[common],
                       help="generator train step: diffusion only vs + task loss")
   st.add_argument("--workdir", required=True, help="run directory holding corpus/")
@@ -178,6 +183,11 @@ def _main(argv=None) -> int:
     result = kernel_bench.run(dit_config.get_config("small"), quick=args.quick,
                               repeats=args.repeats)
     report = kernel_bench.format_report(result)
+  elif args.which == "xla_flags":
+    from benchmarks import xla_flags_bench  # noqa: PLC0415
+    result = xla_flags_bench.run(quick=args.quick, rounds=args.rounds,
+                                 matmul_size=args.matmul_size)
+    report = xla_flags_bench.format_report(result)
   elif args.which == "step":
     from configs import dit as dit_config  # noqa: PLC0415
     from benchmarks import step_bench  # noqa: PLC0415
