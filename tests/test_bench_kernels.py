@@ -15,6 +15,7 @@ def test_pairs_compute_the_same_gradients(pair):
                new())
 
 
+@pytest.mark.slow
 def test_optimiser_pair_updates_alike():
   old, new, n = kernel_bench.optimiser_pair(dit_bench.QUICK_SIZE,
                                             dit_config.get_config("small"))
