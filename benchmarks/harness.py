@@ -7,7 +7,6 @@ These helpers are shared by every benchmark and know nothing about any of them.
 import datetime
 import json
 import os
-import platform as py_platform
 import statistics
 import subprocess
 import time
@@ -18,17 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-
-def cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.lower().startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return py_platform.processor() or "unknown"
+from t2w_jax.platform import cpu_model
 
 
 def machine_info() -> dict:

@@ -366,23 +366,36 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None,
     return TrainResult(fit.params, base_acc, acc, fit.final_loss, fit.steps, fit.steps_run)
 
   def run(data, base_params, tasks: TaskBatch):
-    n = tasks.seeds.shape[0]
-    c = spec.nets_per_chunk
-
-    def chunked(tree):
-      return jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tree)
-
     if own_starts:
-      chunk_fn = jax.vmap(lambda s, t: per_net(data, s, t.classes, t.mask, t.seeds))
-      out = jax.lax.map(lambda a: chunk_fn(*a), (chunked(base_params), chunked(tasks)))
-    else:
-      # The shared base net is measured once per call, not once per task.
-      base_feats = class_embeddings_of(model, base_params, data)
-      chunk_fn = jax.vmap(lambda t: per_net(data, base_params, t.classes, t.mask, t.seeds,
-                                            base_feats))
-      out = jax.lax.map(chunk_fn, chunked(tasks))
-    return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+      return _over_chunks(
+          lambda s, t: per_net(data, s, t.classes, t.mask, t.seeds), spec.nets_per_chunk,
+          base_params, tasks)
+    # The shared base net is measured once per call, not once per task.
+    base_feats = class_embeddings_of(model, base_params, data)
+    return _over_chunks(
+        lambda t: per_net(data, base_params, t.classes, t.mask, t.seeds, base_feats),
+        spec.nets_per_chunk, tasks)
 
+  return _on_mesh(run, mesh, own_starts)
+
+
+def _over_chunks(per_net, nets_per_chunk: int, *trees):
+  """``per_net`` over the leading (nets) axis of ``trees``: ``vmap`` over the nets of a
+  chunk, ``lax.map`` over chunks; the outputs keep the leading nets axis."""
+  n = jax.tree.leaves(trees)[0].shape[0]
+  c = nets_per_chunk
+
+  def chunked(tree):
+    return jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tree)
+
+  chunk_fn = jax.vmap(per_net)
+  out = jax.lax.map(lambda a: chunk_fn(*a), tuple(chunked(t) for t in trees))
+  return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+
+
+def _on_mesh(run, mesh: Mesh | None, own_starts: bool):
+  """``run(data, starts, tasks)`` jitted, its nets axis sharded over ``mesh`` (None: one
+  device)."""
   if mesh is None:
     return jax.jit(run)
   # shard_map gives each device its own slice of nets and its own lax.map over chunks:
@@ -391,6 +404,26 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None,
   sharded = jax.shard_map(run, mesh=mesh, in_specs=(rep, nets if own_starts else rep, nets),
                           out_specs=nets, check_vma=False)
   return jax.jit(sharded)
+
+
+def make_step_runner(model, spec: TrainerSpec, mesh: Mesh | None = None):
+  """``(data, base_params, tasks) -> (n,) last losses``: every net's ``spec.steps`` train
+  steps from the shared start, shaped as ``make_trainer`` shapes them (sharded over the mesh,
+  chunks of ``nets_per_chunk`` under ``vmap``), without checks or accuracies.
+
+  What the trainer-shape calibration times (``zoo/trainer_shape.py``): the steps are where
+  the trainer's time goes, and the candidates differ only in how the steps are laid out.
+  """
+  def run(data, base_params, tasks: TaskBatch):
+    def per_net(t):
+      step = train_step_fn(model, spec, data, t.classes, t.mask)
+      init = (base_params, optimizer(spec).init(base_params))
+      _, losses = jax.lax.scan(step, init, step_keys(t.seeds, spec.steps))
+      return losses[-1]
+
+    return _over_chunks(per_net, spec.nets_per_chunk, tasks)
+
+  return _on_mesh(run, mesh, own_starts=False)
 
 
 def nets_mesh(devices=None) -> Mesh:
