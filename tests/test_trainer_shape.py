@@ -149,6 +149,7 @@ def test_time_candidate_runs_the_real_program_on_a_fake_clock():
   assert out["net_steps_per_s"] == 4 * out["steps"] / 0.5
 
 
+@pytest.mark.slow
 def test_a_tiny_corpus_builds_with_auto_and_resumes_with_its_recorded_shape(
     tmp_path, monkeypatch):
   monkeypatch.setenv(ts.CACHE_ENV, str(tmp_path / "cache"))

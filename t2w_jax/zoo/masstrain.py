@@ -4,13 +4,14 @@ Every net starts from the shared base net and has its own classes, batches, opti
 and seed. The image data stays on the device; a net's batches are gathered inside the
 compiled loop, so one call trains a whole shard of nets with no host round trips.
 
-How the nets are spread is a config choice per backend (``TrainerSpec``):
+How the nets are spread (``TrainerSpec``):
 
-* ``nets_per_chunk``: nets trained side by side under ``vmap``. On GPU/TPU this is large
-  (hundreds); on XLA:CPU a vmapped ``lax.conv`` becomes a slow grouped convolution, so use
-  ``conv_impl="im2col"`` (batched matmuls) there, and one net per chunk: with wider chunks
-  the second core adds nothing (measured; we read it as the chunk's im2col patches
-  overflowing the caches the cores share; docs/benchmarks.md).
+* ``nets_per_chunk``: nets trained side by side under ``vmap``, and the subtask CNN's
+  ``conv_impl``. The fastest pair depends on the machine (on GPU/TPU hundreds of nets per
+  chunk; on XLA:CPU a vmapped ``lax.conv`` can become a slow grouped convolution, im2col a
+  batched matmul, and wide chunks can stop the second core from adding anything), so the
+  corpus run chooses it by a short timed calibration (``zoo/trainer_shape.py``, which
+  times ``make_step_runner``) unless the config forces it.
 * the nets axis is sharded over all local devices (a 1-D mesh named ``nets``): on a GPU box
   or a TPU host each chip trains its own slice of nets; on a 2-core CPU, running with
   ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
@@ -181,17 +182,23 @@ def train_step_fn(model, spec, data, classes, mask):
 
   def step(carry, key):
     params, opt_state = carry
-    k_cls, k_img = jax.random.split(key)
-    # Balanced over the task's classes: pick a local class, then one of its images.
-    local = jax.random.randint(k_cls, (spec.batch_size,), 0, k)
-    cls = classes[local]
-    j = jax.random.randint(k_img, (spec.batch_size,), 0, data.class_count[cls])
-    x = data.images[data.class_index[cls, j]]
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, local)
+    rows, local = draw_batch(spec.batch_size, data, classes, k, key)
+    loss, grads = jax.value_and_grad(loss_fn)(params, data.images[rows], local)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
   return step
+
+
+def draw_batch(batch_size: int, data, classes, k, key):
+  """One step's batch of a task: (image rows (B,), local labels (B,)), balanced over the
+  task's ``k`` real classes (a local class, then one of its training images). The one
+  definition of a net's batches (the benchmark's PyTorch peers train on them too)."""
+  k_cls, k_img = jax.random.split(key)
+  local = jax.random.randint(k_cls, (batch_size,), 0, k)
+  cls = classes[local]
+  j = jax.random.randint(k_img, (batch_size,), 0, data.class_count[cls])
+  return data.class_index[cls, j], local
 
 
 def step_keys(seed, steps: int):
