@@ -7,6 +7,7 @@ These helpers are shared by every benchmark and know nothing about any of them.
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from t2w_jax.errors import MissingError
 from t2w_jax.platform import cpu_model
 
 
@@ -174,3 +176,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def utc_now() -> str:
   """The current UTC time, ISO 8601 to the second (when a benchmark ran)."""
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_python(python: str) -> str:
+  """``python`` as given if it names an executable (a path, or a name on PATH).
+
+  Raises:
+    MissingError: it names no executable.
+  """
+  found = python if os.sep in python else shutil.which(python)
+  if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+    raise MissingError(f"--torch_python {python!r} is not an executable Python")
+  return found
