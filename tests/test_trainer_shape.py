@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_corpus_config
+from t2w_jax.data.types import ImageDataset
 from t2w_jax.errors import ConfigError
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
@@ -147,6 +148,30 @@ def test_time_candidate_runs_the_real_program_on_a_fake_clock():
   assert out["nets"] == 4 and out["steps"] == ts.NET_STEPS_PER_DEVICE // 2
   assert out["calls"] == 2 and out["compile_seconds"] == 0.5
   assert out["net_steps_per_s"] == 4 * out["steps"] / 0.5
+
+
+def test_the_corpus_run_takes_the_recorded_shape_else_calibrates(tmp_path, monkeypatch):
+  """make_corpus's resolution: meta.json's shape when there is one (nothing timed), else a
+  calibration; the config it goes on with holds the shape, the caller's is untouched."""
+  monkeypatch.setenv(ts.CACHE_ENV, str(tmp_path / "cache"))
+  config = tiny_corpus_config()
+  config.trainer.update(conv_impl="auto", nets_per_chunk=0)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+  labels = np.arange(12, dtype=np.int32) % 6
+  dataset = ImageDataset("d", tuple("abcdef"), images, labels, images, labels)
+  path = tmp_path / "corpus"
+  path.mkdir()
+  monkeypatch.setattr(ts, "time_candidate", FakeTimer())
+  shape, resolved = make_corpus_lib._resolve_shape(config, str(path), 8, dataset, mesh2())
+  assert shape == ts.TrainerShape("lax", 2)
+  assert (resolved.trainer.conv_impl, resolved.trainer.nets_per_chunk) == ("lax", 2)
+  assert (config.trainer.conv_impl, config.trainer.nets_per_chunk) == ("auto", 0)
+  (path / "meta.json").write_text(json.dumps(
+      {"trainer": dict(config.trainer.to_dict(), conv_impl="im2col", nets_per_chunk=4)}))
+  monkeypatch.setattr(ts, "time_candidate", no_timing)
+  shape, _ = make_corpus_lib._resolve_shape(config, str(path), 8, dataset, mesh2())
+  assert shape == ts.TrainerShape("im2col", 4)
 
 
 @pytest.mark.slow
