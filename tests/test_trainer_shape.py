@@ -139,15 +139,30 @@ def test_shard_padding_counts_against_a_chunk(tmp_path):
   assert ts.nets_per_shard(64, 16) == 64 and ts.nets_per_shard(4, 6) == 6
 
 
-def test_time_candidate_runs_the_real_program_on_a_fake_clock():
+ADAPTER = ts.Workload(model={"family": "adapter", "trunk_widths": [8, 16],
+                             "trunk_strides": [1, 2], "bottleneck": 4, "logit_scale": 10.0},
+                      embed_dim=8, example_shape=(16,), example_dtype="float32",
+                      train_rows=64, num_classes=6, batch_size=8, learning_rate=3e-3,
+                      max_classes=3)
+
+
+@pytest.mark.parametrize("workload", [WORKLOAD, ADAPTER], ids=["cnn", "adapter"])
+def test_time_candidate_runs_the_real_program_on_a_fake_clock(workload):
   ticks = iter(np.arange(0.0, 100.0, 0.5))
-  out = ts.time_candidate(WORKLOAD, ts.TrainerShape("im2col", 2), mesh2(), budget_s=1.0,
+  out = ts.time_candidate(workload, ts.TrainerShape("im2col", 2), mesh2(), budget_s=1.0,
                           clock=lambda: float(next(ticks)))
   # Every clock reading is 0.5 s after the last: compile 0.5 s, timed calls 0.5 s each,
   # two of them within the 1 s budget.
   assert out["nets"] == 4 and out["steps"] == ts.NET_STEPS_PER_DEVICE // 2
   assert out["calls"] == 2 and out["compile_seconds"] == 0.5
   assert out["net_steps_per_s"] == 4 * out["steps"] / 0.5
+
+
+def test_a_family_without_a_conv_calibrates_the_chunk_alone(tmp_path):
+  timer = FakeTimer()
+  assert ts.calibrate(ADAPTER, mesh2(), path=str(tmp_path / "c.json"),
+                      timer=timer) == ts.TrainerShape("lax", 2)
+  assert sorted(timer.asked) == ["lax/1", "lax/2", "lax/4", "lax/8"]
 
 
 def test_the_corpus_run_takes_the_recorded_shape_else_calibrates(tmp_path, monkeypatch):
