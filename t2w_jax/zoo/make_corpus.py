@@ -6,7 +6,10 @@ the result equals an uninterrupted run's (same shards, same seeds, same compiled
 
 What a resume refuses (docs/resume.md): a config that differs from the stored one in any
 key but ``RESUMABLE_KEYS`` (the whole corpus config is part of the corpus's identity), and a
-stored plan.json other than the one the config draws. The config is validated before any
+stored plan.json other than the one the config draws. The trainer's shape (``conv_impl``,
+``nets_per_chunk``; "auto" and 0 by default) is resolved once, by calibration on this
+machine (``zoo/trainer_shape.py``), and the resolved values are what the corpus records
+(in its identity too); a resume reuses them, and refuses a forced value other than them. The config is validated before any
 file is written, and one run at a time may write a workdir (``workdir_lock``).
 
 Several processes (``t2w_jax/multihost.py``) build the same corpus as one: process 0 writes
