@@ -45,7 +45,7 @@ BUDGET_SECONDS = 4.0
 # Each timed call trains about this many net-steps per device (at least MIN_STEPS steps).
 NET_STEPS_PER_DEVICE = 64
 MIN_STEPS = 4
-# Timed calls per candidate at most (the fastest is kept), after one warm-up call.
+# Timed calls per candidate at most (the fastest is kept).
 MAX_TIMED_CALLS = 5
 # Bumped when what is timed changes, so that older cached rates are not reused.
 PROTOCOL = 1
@@ -244,8 +244,8 @@ def time_candidate(workload: Workload, shape: TrainerShape, mesh, budget_s: floa
 
   Each device gets one chunk (``nets_per_chunk`` nets) on synthetic data of the workload's
   shape (speed does not depend on the values); the program is compiled ahead (its seconds
-  are reported, not counted), called once to warm up, then timed up to MAX_TIMED_CALLS
-  times within ``budget_s`` (at least once); the fastest call counts.
+  are reported, not counted), then timed up to MAX_TIMED_CALLS times within ``budget_s``
+  (at least once); the fastest call counts.
 
   Args:
     workload: the net and batch.
@@ -292,7 +292,8 @@ def time_candidate(workload: Workload, shape: TrainerShape, mesh, budget_s: floa
   start = clock()
   run = masstrain.make_step_runner(model, spec, mesh).lower(data, base, tasks).compile()
   compile_s = clock() - start
-  jax.block_until_ready(run(data, base, tasks))  # warm-up
+  # No separate warm-up call (compilation is done): the fastest of the calls counts, and a
+  # candidate slow enough to get one call only within its budget is not the winner.
   times, spent = [], 0.0
   while not times or (len(times) < MAX_TIMED_CALLS and spent < budget_s):
     t0 = clock()
@@ -386,7 +387,7 @@ def source_of(trainer: Mapping, recorded: Mapping | None) -> str:
           if trainer[k] == a]
   if not auto:
     return "config"
-  return "corpus" if recorded is not None else "calibrated"
+  return "corpus" if recorded is not None else "calibrated, or read from the cache"
 
 
 def workload_of(model: Mapping, embed_dim: int, dataset: Any, trainer: Mapping,
