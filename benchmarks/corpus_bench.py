@@ -42,8 +42,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from benchmarks import harness
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.data.types import ImageDataset
+from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo import family as family_lib
+from t2w_jax.zoo import trainer_shape
 from t2w_jax.zoo.cnn import SubtaskCNN, init_params
 
 # MiniLM's embedding size: the corpus config's default text space.
@@ -60,7 +62,9 @@ class Settings:
   Attributes:
     steps / batch_size / learning_rate / eval_per_class: per-net training, as in the corpus
       config's trainer.
-    nets_per_chunk / conv_impl: the en-masse trainer's shape (the per-net loop uses lax.conv).
+    nets_per_chunk / conv_impl: the en-masse trainer's shape (the per-net loop uses lax.conv);
+      0 / "auto": resolved as the corpus run resolves them (``zoo/trainer_shape.py``:
+      calibrated on this machine, or read from its cache).
     nets: nets per trainer call (0: max(16, 2 x chunk x devices); rounded up to a multiple
       of nets_per_chunk x devices).
     baseline_nets: nets the per-net loop trains per repeat.
@@ -81,6 +85,8 @@ class Settings:
     eval_every: the trainer's validation checks (early stopping's cost) every this many
       steps, with a patience that never stops a net, so both sides train the same steps;
       0: no checks.
+    torch_nets / torch_loop_nets: nets the PyTorch peers train (``torch.func.vmap`` over all
+      at once / one at a time); 0: the trainer's nets / ``baseline_nets``.
   """
   steps: int = 150
   batch_size: int = 64
@@ -113,18 +119,23 @@ class Settings:
   matmul_size: int = 0
   seed: int = 0
   eval_every: int = 0
+  torch_nets: int = 0
+  torch_loop_nets: int = 0
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "eval_per_class", "nets_per_chunk", "baseline_nets",
-                 "image_size", "repeats"):
+    for name in ("steps", "batch_size", "eval_per_class", "baseline_nets", "image_size",
+                 "repeats"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+    for name in ("nets_per_chunk", "torch_nets", "torch_loop_nets"):
+      if int(getattr(self, name)) < 0:
+        raise ValueError(f"{name} must be >= 0 (0: automatic), got {getattr(self, name)!r}")
     if self.matmul_size < 0:
       raise ValueError(f"matmul_size must be >= 0 (0: automatic), got {self.matmul_size}")
     if self.data not in ("auto", "shapes", "synthetic"):
       raise ValueError(f"data must be 'auto', 'shapes' or 'synthetic', got {self.data!r}")
-    if self.conv_impl not in ("lax", "im2col"):
-      raise ValueError(f"conv_impl must be 'lax' or 'im2col', got {self.conv_impl!r}")
+    if self.conv_impl not in trainer_shape.CONV_IMPLS + (trainer_shape.AUTO_CONV,):
+      raise ValueError(f"conv_impl must be 'auto', 'im2col' or 'lax', got {self.conv_impl!r}")
     if self.family not in family_lib.FAMILIES:
       raise ValueError(f"family must be one of {family_lib.FAMILIES}, got {self.family!r}")
     for name in ("widths", "strides", "trunk_widths", "trunk_strides"):
@@ -172,7 +183,8 @@ def settings_from_config(config, *, quick: bool = False, **overrides) -> Setting
       dataset_kwargs=config.dataset_kwargs.to_dict(), num_devices=config.num_devices,
       seed=config.seed)
   if quick:
-    s.update(steps=4, batch_size=16, eval_per_class=4, nets_per_chunk=2, baseline_nets=1,
+    s.update(steps=4, batch_size=16, eval_per_class=4, nets_per_chunk=2, conv_impl="im2col",
+             baseline_nets=1,
              min_classes=3, max_classes=6, data="synthetic", synthetic_classes=10,
              synthetic_train=16, synthetic_test=8, repeats=1, matmul_size=256)
   s.update({k: v for k, v in overrides.items() if v is not None})
@@ -433,6 +445,7 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   devices = jax.local_devices()
   devices = devices[:s.num_devices] if s.num_devices else devices
   mesh = masstrain.nets_mesh(devices)
+  s = resolve_shape(s, dataset, mesh)
   unit = s.nets_per_chunk * mesh.size
   # At least 16 nets: with one net per chunk, 2 x chunk x devices would be too few to time.
   nets = max(unit, -(-(s.nets or max(2 * unit, 16)) // unit) * unit)
@@ -453,8 +466,13 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
   compiled = train.lower(data, base, tasks_d).compile()
   compile_s = time.perf_counter() - start
   # No warm-up run beyond compilation: one call trains every net (tens of seconds), and
-  # the median of the repeats absorbs any first-call cost.
-  times = harness.time_calls(compiled, data, base, tasks_d, repeats=s.repeats, warmup=0)
+  # the median of the repeats absorbs any first-call cost. The last call's accuracies are
+  # kept (the PyTorch peers are checked against them).
+  times = []
+  for _ in range(s.repeats):
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(data, base, tasks_d))
+    times.append(time.perf_counter() - start)
   # FLOPs of one step of one net, on one device with the trainer's conv_impl.
   data1 = masstrain.put_data(dataset, class_emb, spec.eval_per_class)
   step_flops, eval_flops = per_net_flops(model, spec, data1, base1, tasks)
@@ -475,12 +493,161 @@ def run_trainer(s: Settings, dataset: ImageDataset) -> dict:
       "flops_per_net_step": step_flops, "eval_flops_per_net": eval_flops,
       "total_flops": flops, "gflops_per_s": flops / sec / 1e9,
       "model_flops_per_net_step": model_step, "model_gflops_per_s": model_flops / sec / 1e9,
+      "nets_per_hour": 3600 * nets / sec,
+      "trained_acc": np.asarray(out.trained_acc).tolist(),
+      "base_acc": np.asarray(out.base_acc).tolist(),
+      "steps_run": np.asarray(out.steps_run).tolist(),
   }
+
+
+def model_key(s: Settings) -> dict:
+  """The subtask net as the corpus config's ``model`` holds it (the calibration cache is
+  keyed by it, and shared with the corpus run)."""
+  keys = (("trunk_widths", "trunk_strides", "bottleneck") if s.family == "adapter"
+          else ("widths", "strides"))
+  return dict(family=s.family, logit_scale=s.logit_scale, **{k: getattr(s, k) for k in keys})
+
+
+def resolve_shape(s: Settings, dataset, mesh) -> Settings:
+  """``s`` with its trainer shape resolved as the corpus run resolves it
+  (``trainer_shape.resolve``: forced values kept, auto ones calibrated or cached)."""
+  trainer = {"conv_impl": s.conv_impl, "nets_per_chunk": s.nets_per_chunk,
+             "batch_size": s.batch_size, "learning_rate": s.learning_rate}
+  workload = trainer_shape.workload_of(model_key(s), s.embed_dim, dataset, trainer,
+                                       s.max_classes)
+  shape = trainer_shape.resolve(
+      trainer, calibrate=functools.partial(trainer_shape.calibrate, workload, mesh))
+  return dataclasses.replace(s, conv_impl=shape.conv_impl, nets_per_chunk=shape.nets_per_chunk)
 
 
 def _base_eval_flops(model, data, base_params) -> float:
   """FLOPs of embedding every class's test images with the base net (once per call)."""
   return embed_flops(model, base_params, data.test_index.size, data.test_images)
+
+
+# ----------------------------------------------------------------------------------------
+# (d) The PyTorch peers: the same CNN, batches, steps, optimiser and checks, in torch.
+
+TORCH_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "torch_corpus_driver.py")
+
+
+def write_peer_inputs(path: str, s: Settings, dataset, class_emb, tasks: masstrain.TaskBatch,
+                      nets: int, loop_nets: int) -> None:
+  """Writes what ``torch_corpus_driver.py`` trains from into the directory ``path``.
+
+  Every net's batches are drawn here by ``masstrain.draw_batch`` from the trainer's own
+  per-step keys, so the peers see the same images and labels at every step as our
+  trainer; the start is our base net (``init_base``), the validation and test rows are
+  ``masstrain.eval_set``'s.
+
+  Args:
+    path: an existing directory.
+    s: the settings (resolved).
+    dataset: the image dataset.
+    class_emb: (C, d) class embeddings (the trainer's).
+    tasks: the trainer's tasks; the peers train the first ``max(nets, loop_nets)``.
+    nets / loop_nets: nets of the vmap peer / of the per-net loop peer.
+  """
+  n = max(nets, loop_nets)
+  spec = trainer_spec(s)
+  data = masstrain.put_data(dataset, class_emb, spec.eval_per_class,
+                            val_per_class=s.eval_per_class if s.eval_every else 0)
+  classes, mask = jnp.asarray(tasks.classes[:n]), jnp.asarray(tasks.mask[:n])
+
+  def batches(c, m, seed):
+    keys = masstrain.step_keys(seed, s.steps)
+    return jax.vmap(lambda key: masstrain.draw_batch(s.batch_size, data, c, jnp.sum(m), key))(
+        keys)
+
+  rows, labels = jax.jit(jax.vmap(batches))(classes, mask, jnp.asarray(tasks.seeds[:n]))
+  sets = {split: jax.jit(jax.vmap(lambda c, m: masstrain.eval_set(data, c, m, split)))(
+      classes, mask) for split in ("val", "test")}
+  arrays = {
+      "images": dataset.train_images, "test_images": dataset.test_images,
+      "rows": rows, "labels": labels, "mask": mask,
+      "class_emb": np.asarray(class_emb)[np.asarray(classes)],
+      "val_rows": sets["val"][0], "val_valid": sets["val"][1],
+      "test_rows": sets["test"][0], "test_valid": sets["test"][1]}
+  for name, a in arrays.items():
+    a = np.asarray(a)
+    np.save(os.path.join(path, f"{name}.npy"), a.astype(np.int32) if a.dtype == np.int64 else a)
+  base = init_base(make_model(s, "lax"), s)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
+          for kp, v in jax.tree_util.tree_flatten_with_path(base)[0]}
+  np.savez(os.path.join(path, "base.npz"), **flat)
+  cfg = {"steps": s.steps, "batch_size": s.batch_size, "learning_rate": s.learning_rate,
+         "eval_every": s.eval_every, "patience": trainer_spec(s).patience,
+         "widths": list(s.widths), "strides": list(s.strides), "image_size": s.image_size,
+         "embed_dim": s.embed_dim, "logit_scale": s.logit_scale, "repeats": s.repeats,
+         "vmap_nets": nets, "loop_nets": loop_nets}
+  with open(os.path.join(path, "peer.json"), "w") as f:
+    json.dump(cfg, f)
+
+
+def run_torch_peers(s: Settings, dataset, tasks: masstrain.TaskBatch, trainer_nets: int, *,
+                    python: str, threads: int, timeout: float | None = None) -> dict:
+  """Trains the PyTorch peers in a subprocess run by ``python`` (``torch_corpus_driver``).
+
+  Returns:
+    The driver's result: status "ok" (with "vmap" and "loop"), "no_torch" (``python`` has
+    no torch), or "skipped" (a family the peers do not reproduce: only the CNN's).
+
+  Raises:
+    MissingError: ``python`` cannot be started.
+    RuntimeError: the driver crashed or ran past ``timeout`` seconds.
+  """
+  if s.family != "cnn":
+    return {"status": "skipped", "reason": "the PyTorch peers reproduce the CNN family only"}
+  nets = s.torch_nets or trainer_nets
+  loop_nets = s.torch_loop_nets or s.baseline_nets
+  if max(nets, loop_nets) > trainer_nets:
+    raise ConfigError(f"the PyTorch peers train the trainer's first nets: torch_nets "
+                      f"({nets}) and torch_loop_nets ({loop_nets}) must be <= {trainer_nets}")
+  class_emb = class_embeddings(dataset.num_classes, s.embed_dim, s.seed)
+  with tempfile.TemporaryDirectory(prefix="t2w_torch_corpus_") as tmp:
+    write_peer_inputs(tmp, s, dataset, class_emb, tasks, nets, loop_nets)
+    out = os.path.join(tmp, "result.json")
+    cmd = [python, TORCH_DRIVER, "--inputs", tmp, "--json", out, "--threads", str(threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    try:
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                            check=False)
+    except subprocess.TimeoutExpired as e:
+      raise RuntimeError(f"the PyTorch peers ran past --torch_timeout {timeout:g} s") from e
+    except OSError as e:
+      raise MissingError(f"--torch_python {python!r} could not be started: {e}") from e
+    if proc.returncode != 0 or not os.path.isfile(out):
+      raise RuntimeError(f"the PyTorch peers ({python} {TORCH_DRIVER}) exited with status "
+                         f"{proc.returncode}:\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+      result = json.load(f)
+  if result.get("status") not in ("ok", "no_torch"):
+    raise RuntimeError(f"the PyTorch peers failed ({result.get('status')}): "
+                       f"{result.get('reason')}\n{result.get('traceback', '')}")
+  return result
+
+
+def compare_peers(trainer: dict, peers: dict) -> dict | None:
+  """Ours against the PyTorch peers (None unless they ran).
+
+  Returns:
+    faster_peer ("vmap" or "loop", by nets/hour), ratio_nets_per_hour (ours / the faster
+    peer's), and accuracy: the mean final test accuracy of ours, each peer and the start
+    on the nets each peer trained (the first ones of ours: the same tasks).
+  """
+  if peers.get("status") != "ok":
+    return None
+  faster = max(("vmap", "loop"), key=lambda k: peers[k]["nets_per_hour"])
+  acc = {}
+  for k in ("vmap", "loop"):
+    n = peers[k]["nets"]
+    acc[k] = {"nets": n, "ours": float(np.mean(trainer["trained_acc"][:n])),
+              "torch": float(np.mean(peers[k]["trained_acc"])),
+              "start": float(np.mean(peers[k]["base_acc"]))}
+  return {"faster_peer": faster,
+          "ratio_nets_per_hour": trainer["nets_per_hour"] / peers[faster]["nets_per_hour"],
+          "accuracy": acc}
 
 
 FLOPS_METHOD = ("XLA cost analysis of one net's train step and accuracy evaluation, "
@@ -490,10 +657,20 @@ FLOPS_METHOD = ("XLA cost analysis of one net's train step and accuracy evaluati
                 "body once")
 
 
-def run(s: Settings, baseline_timeout: float | None = None) -> dict:
-  """The whole corpus benchmark: baseline subprocess first, then trainer and matmul here.
+def run(s: Settings, baseline_timeout: float | None = None, *, torch_python: str | None = None,
+        torch_threads: int | None = None, torch_timeout: float | None = None) -> dict:
+  """The whole corpus benchmark: baseline subprocess first, then trainer and matmul here,
+  then the PyTorch peers in a subprocess (``run_torch_peers``).
 
   The baseline runs first, before this process touches an accelerator.
+
+  Args:
+    s: the settings.
+    baseline_timeout: seconds the per-net loop's subprocess may take.
+    torch_python: the Python that runs the PyTorch peers (default: this one; without
+      torch there, the report says so and has ours only).
+    torch_threads: torch's threads (default: the CPU count).
+    torch_timeout: seconds the peers may take.
 
   Returns:
     JSON-ready results (see ``format_report``).
@@ -502,6 +679,12 @@ def run(s: Settings, baseline_timeout: float | None = None) -> dict:
   s = dataclasses.replace(s, data=source)
   baseline = spawn_baseline(s, timeout=baseline_timeout)
   trainer = run_trainer(s, dataset)
+  python = harness.check_python(torch_python or sys.executable)
+  shaped = dataclasses.replace(s, conv_impl=trainer["conv_impl"],
+                               nets_per_chunk=trainer["nets_per_chunk"])
+  peers = run_torch_peers(shaped, dataset, make_tasks(s, dataset.num_classes, trainer["nets"]),
+                          trainer["nets"], python=python,
+                          threads=torch_threads or os.cpu_count() or 1, timeout=torch_timeout)
   # With early-stopping checks, the same trainer without them, in the same run: what the
   # checks cost per net-step.
   no_checks = (run_trainer(dataclasses.replace(s, eval_every=0), dataset) if s.eval_every
@@ -523,6 +706,7 @@ def run(s: Settings, baseline_timeout: float | None = None) -> dict:
       "settings": s.to_json(), "data": source,
       "machine": harness.machine_info(), "trainer": trainer, "baseline": baseline,
       "matmul": matmul, "flops_method": FLOPS_METHOD,
+      "peers": peers, "peer_comparison": compare_peers(trainer, peers),
       "ratio": trainer["net_steps_per_s"] / baseline["net_steps_per_s"],
       "ratio_vs_train_only": (trainer["net_steps_per_s"]
                               / baseline["train_only_net_steps_per_s"]),
@@ -573,6 +757,7 @@ def format_report(r: dict) -> str:
   if "ratio_checks_vs_none" in r:
     lines.append(f"ratio trainer with validation checks every {s['eval_every']} steps / "
                  f"without: {r['ratio_checks_vs_none']:.2f}x (same steps; no net stops)")
+  lines += format_peers(r)
   if "bfloat16" in mm:
     lines.append(f"matmul bf16: {mm['bfloat16']['gflops_per_s']:.4g} GFLOP/s "
                  f"(trainer at {100 * t['gflops_per_s'] / mm['bfloat16']['gflops_per_s']:.1f}%)")
@@ -580,6 +765,32 @@ def format_report(r: dict) -> str:
                f"executed ({t['conv_impl']}), {b['flops_per_net_step']:.4g} (lax.conv); "
                f"trainer at the lax.conv count: {t['model_gflops_per_s']:.4g} GFLOP/s")
   return "\n".join(lines)
+
+
+def format_peers(r: dict) -> list[str]:
+  """The report's lines on the PyTorch peers (or why there are none)."""
+  peers = r.get("peers")
+  if not peers:
+    return []
+  if peers["status"] == "no_torch":
+    return ["", f"PyTorch peers: not run, no torch in {peers['python']} ({peers['reason']}); "
+            "ours only (--torch_python names a Python with torch)"]
+  if peers["status"] != "ok":
+    return ["", f"PyTorch peers: {peers['status']}: {peers['reason']}"]
+  t, c = r["trainer"], r["peer_comparison"]
+  rows = [["ours: en-masse trainer", t["nets"], t["net_steps_per_s"], t["nets_per_hour"],
+           ""]]
+  for k, label in (("vmap", "torch.func vmap over stacked nets"),
+                   ("loop", "torch per-net loop (nn.Module + optim.Adam)")):
+    p, a = peers[k], c["accuracy"][k]
+    rows.append([label, p["nets"], p["net_steps_per_s"], p["nets_per_hour"],
+                 f"{a['torch']:.3f} (ours {a['ours']:.3f}, start {a['start']:.3f})"])
+  return ["", f"PyTorch peers (torch {peers['torch_version']}, {peers['threads']} threads; "
+          "same CNN, start, batches, steps, Adam + cosine decay and checks):",
+          harness.format_table(["run", "nets", "net-steps/s", "nets/hour",
+                                "mean final test accuracy"], rows),
+          f"ratio ours / the faster peer ({c['faster_peer']}), nets per hour: "
+          f"{c['ratio_nets_per_hour']:.2f}x"]
 
 
 def main(argv=None) -> int:

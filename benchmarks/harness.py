@@ -7,7 +7,7 @@ These helpers are shared by every benchmark and know nothing about any of them.
 import datetime
 import json
 import os
-import platform as py_platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -18,17 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-
-def cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.lower().startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return py_platform.processor() or "unknown"
+from t2w_jax.errors import MissingError
+from t2w_jax.platform import cpu_model
 
 
 def machine_info() -> dict:
@@ -185,3 +176,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def utc_now() -> str:
   """The current UTC time, ISO 8601 to the second (when a benchmark ran)."""
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_python(python: str) -> str:
+  """``python`` as given if it names an executable (a path, or a name on PATH).
+
+  Raises:
+    MissingError: it names no executable.
+  """
+  found = python if os.sep in python else shutil.which(python)
+  if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
+    raise MissingError(f"--torch_python {python!r} is not an executable Python")
+  return found

@@ -31,7 +31,6 @@ bench_default_generation``) against its target, ``dit_bench.ONE_NET_TARGET_SECON
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import ml_collections
 
 from benchmarks import dit_bench
 from benchmarks import harness
+from benchmarks.harness import check_python  # noqa: F401  (also this module's API)
 from t2w_jax.errors import ConfigError, MissingError
 
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_driver.py")
@@ -80,18 +80,6 @@ def check_t2w_repo(path: str) -> str:
     raise MissingError(f"--t2w_repo {path!r} is not a checkout of the PyTorch T2W: it has no "
                        f"{', '.join(missing)}")
   return full
-
-
-def check_python(python: str) -> str:
-  """``python`` as given if it names an executable (a path, or a name on PATH).
-
-  Raises:
-    MissingError: it names no executable.
-  """
-  found = python if os.sep in python else shutil.which(python)
-  if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
-    raise MissingError(f"--torch_python {python!r} is not an executable Python")
-  return found
 
 
 def run_torch_side(repo: str, python: str, cfg: dict, *, repeats: int, train_steps: int,

@@ -100,12 +100,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=64, learning_rate=3e-3, eval_per_class=50,
       eval_every=50, patience=5,
-      # Backend-dependent shape (see zoo/masstrain.py): im2col survives vmap and scan on
-      # XLA:CPU. One net per vmap chunk there: wider chunks run faster on one core, but then
-      # the second core adds nothing (our reading: their working set overflows the caches
-      # the two cores share; figures in docs/bench/). On a GPU use conv_impl="lax" and a
-      # chunk of 128 or more.
-      conv_impl="im2col", nets_per_chunk=1))
+      # The trainer's shape: "auto" and 0 (auto) are chosen per machine by a short timed
+      # calibration at start-up, cached per machine (zoo/trainer_shape.py); a value given
+      # here is used as it is. The corpus records the shape it was built with and keeps it
+      # on resume.
+      conv_impl="auto", nets_per_chunk=0))
   c.num_devices = 0  # devices the nets are spread over (0: all local devices)
   c.shard_size = 64  # nets per compiled call and per on-disk shard (rounded to the mesh)
 
@@ -133,7 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.base.update(max_steps=300, eval_every=50, patience=2, lr_drops=1)
     c.trainer.update(steps=60, eval_every=10, patience=3, learning_rate=3e-3)
     c.trainer.eval_per_class = 20
-    c.trainer.nets_per_chunk = 2
+    # Forced, not calibrated: tests and smoke runs build it many times.
+    c.trainer.update(conv_impl="im2col", nets_per_chunk=2)
     c.shard_size = 4
     c.dataset_kwargs = ml_collections.ConfigDict(dict(train_per_class=60, test_per_class=20))
   if "dataset_kwargs" not in c:

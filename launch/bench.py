@@ -1,6 +1,6 @@
 """Benchmarks: the corpus trainer, the DiT, and the DiT beside the PyTorch T2W.
 
-  python launch/bench.py corpus [--quick] [--json PATH] [--repeats N] [--nets N] ...
+  python launch/bench.py corpus [--quick] [--json PATH] [--torch_python PYTHON] [--nets N] ...
   python launch/bench.py dit [--quick] [--json PATH] [--repeats N] [--dtype bfloat16] ...
   python launch/bench.py pytorch --t2w_repo PATH [--torch_python PYTHON] [--json PATH] ...
   python launch/bench.py step --workdir runs/default [--json PATH]
@@ -11,7 +11,9 @@
 
 ``corpus``: the en-masse trainer (configs/corpus.py, one single-threaded XLA device per CPU
 core) against a plain per-net loop in a subprocess with default threading, both in
-net-steps/s and GFLOP/s, against a large matmul. ``dit``: DiT train samples/s and denoising
+net-steps/s and GFLOP/s, against a large matmul, and against two PyTorch peers training
+the same CNN on the same batches (``torch.func`` vmap and a per-net loop; run by
+``--torch_python``). ``dit``: DiT train samples/s and denoising
 latency at the PyTorch T2W's CIFAR-100 size, MFU, one net at the default config, and DDIM-50
 generation time at the small config. ``pytorch``: the same CIFAR-size figures for ours and
 for the PyTorch T2W of a checkout (timed in a subprocess by a Python with torch), with the
@@ -57,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
                       "no net stops, so both sides train the same steps); default 0")
   c.add_argument("--data", choices=["auto", "shapes", "synthetic"],
                  help="dataset (default auto: the embedded shapes, else synthetic)")
+  c.add_argument("--torch_python", default=sys.executable,
+                 help="the Python that runs the PyTorch peers (default: this one; without "
+                      "torch there, ours only)")
+  c.add_argument("--torch_threads", type=int, help="torch's threads (default: CPU count)")
+  c.add_argument("--torch_timeout", type=float, default=7200.0,
+                 help="seconds the PyTorch peers may take")
+  c.add_argument("--torch_nets", type=int,
+                 help="nets of the torch.func vmap peer (default: the trainer's)")
+  c.add_argument("--torch_loop_nets", type=int,
+                 help="nets of the torch per-net loop peer (default: --baseline_nets)")
 
   f = sub.add_parser("families", parents=[common],
                      help="corpus nets per hour: CNN family vs adapter family")
@@ -142,8 +154,10 @@ def _main(argv=None) -> int:
         corpus_config.get_config(args.variant), quick=args.quick, repeats=args.repeats,
         matmul_size=args.matmul_size, nets=args.nets, baseline_nets=args.baseline_nets,
         steps=args.steps, nets_per_chunk=args.nets_per_chunk, conv_impl=args.conv_impl,
-        eval_every=args.eval_every, data=args.data)
-    result = corpus_bench.run(settings)
+        eval_every=args.eval_every, data=args.data, torch_nets=args.torch_nets,
+        torch_loop_nets=args.torch_loop_nets)
+    result = corpus_bench.run(settings, torch_python=args.torch_python,
+                              torch_threads=args.torch_threads, torch_timeout=args.torch_timeout)
     report = corpus_bench.format_report(result)
   elif args.which == "families":
     from configs import corpus as corpus_config  # noqa: PLC0415

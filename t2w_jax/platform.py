@@ -5,6 +5,7 @@ the data-parallel DiT trainer use every core through the same mesh code that spr
 over GPUs or TPU chips; intra-op threading of many tiny ops scales poorly on XLA:CPU.
 """
 import os
+import platform as py_platform
 import sys
 
 
@@ -25,3 +26,15 @@ def setup_host_devices(num_devices: int | None = None) -> None:
     extra += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
   os.environ["XLA_FLAGS"] = f"{flags} {extra}".strip()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return py_platform.processor() or "unknown"

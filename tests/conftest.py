@@ -48,6 +48,14 @@ def _data_dir(tmp_path_factory):
   yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache_dir(tmp_path_factory):
+  """What t2w_jax caches per machine (the trainer shape's calibration) goes to a per-session
+  temporary directory, never to the user's cache."""
+  os.environ["T2W_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("t2w_cache"))
+  yield
+
+
 def tiny_corpus_config():
   """configs/corpus.py:tiny over 2 devices (2 nets per chunk: shards of 4, 16 nets)."""
   from configs import corpus as corpus_config

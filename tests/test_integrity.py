@@ -175,6 +175,8 @@ def test_unfinished_and_legacy_corpora(built, tmp_path, caplog):
     ("num_devices", 99, "num_devices=99"),
     ("trainer.learning_rate", float("nan"), "trainer.learning_rate=nan"),
     ("trainer.steps", -1, "trainer.steps=-1"),
+    ("trainer.conv_impl", "fft", "trainer.conv_impl='fft'.*'auto', 'im2col' or 'lax'"),
+    ("trainer.nets_per_chunk", -1, "trainer.nets_per_chunk=-1"),
 ])
 def test_invalid_config_is_refused_before_writing(tmp_path, key, value, match):
   config = tiny_config()

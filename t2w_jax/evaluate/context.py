@@ -18,6 +18,7 @@ from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
+from t2w_jax.zoo import trainer_shape
 from t2w_jax.zoo.cnn import SubtaskCNN
 
 
@@ -60,8 +61,9 @@ class EvalContext:
     dataset = family_lib.load_task_dataset(corpus_dir, meta)
     if tuple(dataset.class_names) != corpus.class_names:
       raise ValueError(f"dataset {meta['dataset']!r} does not have the corpus's classes")
+    # The conv the corpus was trained with: fine-tuning replays its trainer exactly.
     model = family_lib.build_subtask_net(meta["model"], int(corpus.class_emb.shape[1]),
-                                         conv_impl="im2col")
+                                         trainer_shape.resolve(meta["trainer"]).conv_impl)
     per = eval_per_class or meta["trainer"]["eval_per_class"]
     # The corpus's validation split: fine-tuning draws the same training batches as the
     # corpus trainer did only if the same rows are left out.

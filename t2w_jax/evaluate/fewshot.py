@@ -36,6 +36,7 @@ from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
 from t2w_jax.zoo import masstrain
+from t2w_jax.zoo import trainer_shape
 
 METHODS = ("generated", "generalist", "nearest", "random")
 SHOTS = (1, 5, 20, 0)  # 0: every training image of the class
@@ -196,8 +197,8 @@ def fewshot(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
       batch_size=int(trainer["batch_size"] if batch_size is None else batch_size),
       learning_rate=float(trainer["learning_rate"] if learning_rate is None
                           else learning_rate),
-      nets_per_chunk=int(trainer["nets_per_chunk"] if nets_per_chunk is None
-                         else nets_per_chunk))
+      nets_per_chunk=int(trainer_shape.resolve(trainer).nets_per_chunk
+                         if nets_per_chunk is None else nets_per_chunk))
   patience = int(trainer.get("patience", 5) if patience is None else patience)
   eval_every = int(eval_every)
   inits = initial_nets(ctx, tasks, methods, rng, steps=steps, guidance=guidance,

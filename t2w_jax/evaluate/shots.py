@@ -37,6 +37,7 @@ from t2w_jax.evaluate import hypernet as hypernet_lib
 from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
 from t2w_jax.zoo import masstrain
+from t2w_jax.zoo import trainer_shape
 
 
 def task_shots(data: masstrain.DeviceData, ids: np.ndarray, mask: np.ndarray) -> shots_lib.Shots:
@@ -171,7 +172,7 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
   trainer = ctx.corpus.meta["trainer"]
   ft_spec = masstrain.TrainerSpec(steps=int(train_steps), batch_size=int(trainer["batch_size"]),
                                   learning_rate=float(trainer["learning_rate"]),
-                                  nets_per_chunk=int(trainer["nets_per_chunk"]))
+                                  nets_per_chunk=trainer_shape.resolve(trainer).nets_per_chunk)
   patience = int(trainer.get("patience", 5))
   seeds = np.array([t.seed for t in tasks], np.uint32)
   zero_shot = [m for m in ("generated", "hypernet") if m in nets0]

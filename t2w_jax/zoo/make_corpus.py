@@ -6,7 +6,10 @@ the result equals an uninterrupted run's (same shards, same seeds, same compiled
 
 What a resume refuses (docs/resume.md): a config that differs from the stored one in any
 key but ``RESUMABLE_KEYS`` (the whole corpus config is part of the corpus's identity), and a
-stored plan.json other than the one the config draws. The config is validated before any
+stored plan.json other than the one the config draws. The trainer's shape (``conv_impl``,
+``nets_per_chunk``; "auto" and 0 by default) is resolved once, by calibration on this
+machine (``zoo/trainer_shape.py``), and the resolved values are what the corpus records
+(in its identity too); a resume reuses them, and refuses a forced value other than them. The config is validated before any
 file is written, and one run at a time may write a workdir (``workdir_lock``).
 
 Several processes (``t2w_jax/multihost.py``) build the same corpus as one: process 0 writes
@@ -16,6 +19,8 @@ A shard's size depends only on the devices per process (``nets_per_shard``, part
 identity), so a resume on another number of processes is handled; on another number of
 devices per process it is refused.
 """
+import copy
+import functools
 import json
 import logging
 import math
@@ -42,13 +47,15 @@ from t2w_jax.zoo import base as base_lib
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
+from t2w_jax.zoo import trainer_shape
 from t2w_jax.zoo.cnn import init_params
 
 
 def build_model(config, embed_dim: int, conv_impl: str | None = None):
-  """The subtask net a corpus config describes (``family.build_subtask_net``)."""
-  return family_lib.build_subtask_net(config.model, embed_dim,
-                                      conv_impl or config.trainer.conv_impl)
+  """The subtask net a corpus config describes (``family.build_subtask_net``), with
+  ``conv_impl`` or else the config's (which must then be resolved: not "auto")."""
+  return family_lib.build_subtask_net(
+      config.model, embed_dim, conv_impl or trainer_shape.resolve(config.trainer).conv_impl)
 
 
 def load_data(config):
@@ -101,12 +108,17 @@ def corpus_meta(config, layout: ParamLayout, encoder_name: str, dataset) -> dict
   return meta
 
 
-def trainer_spec(config) -> masstrain.TrainerSpec:
-  """The specialists' trainer settings of a corpus config."""
+def trainer_spec(config, shape: trainer_shape.TrainerShape | None = None
+                 ) -> masstrain.TrainerSpec:
+  """The specialists' trainer settings of a corpus config (or of ``{"trainer": a corpus
+  meta's trainer}``); ``shape``: the resolved trainer shape (None: the config's, which must
+  then be resolved, as a corpus's meta is).
+  """
   t = config.trainer
+  shape = shape or trainer_shape.resolve(t)
   return masstrain.TrainerSpec(
       steps=t.steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-      nets_per_chunk=t.nets_per_chunk, eval_per_class=t.eval_per_class,
+      nets_per_chunk=shape.nets_per_chunk, eval_per_class=t.eval_per_class,
       eval_every=t.eval_every, patience=t.patience)
 
 
@@ -177,11 +189,12 @@ def validate_config(config) -> None:
   # The keys below are checked when present: another model family or trainer may not
   # have them.
   for key in ("image_size", "shard_size", "trainer.steps", "trainer.batch_size",
-              "trainer.eval_per_class", "trainer.nets_per_chunk", "base.batch_size",
+              "trainer.eval_per_class", "base.batch_size",
               "base.max_steps", "base.eval_every", "base.patience", "val_per_class"):
     v = get(key)
     _check(v is None or (_is_int(v) and v >= 1), key, v, "a whole number >= 1")
-  for key in ("base.lr_drops", "trainer.eval_every", "trainer.patience"):
+  for key in ("base.lr_drops", "trainer.eval_every", "trainer.patience",
+              "trainer.nets_per_chunk"):
     v = get(key)
     _check(v is None or (_is_int(v) and v >= 0), key, v, "a whole number >= 0")
   every, steps = get("trainer.eval_every"), get("trainer.steps")
@@ -199,7 +212,8 @@ def validate_config(config) -> None:
     _check(strides is None or len(strides) == len(widths), "model.strides", strides,
            f"one stride per width ({len(widths)})")
   impl = get("trainer.conv_impl")
-  _check(impl is None or impl in ("lax", "im2col"), "trainer.conv_impl", impl, "'lax' or 'im2col'")
+  _check(impl is None or impl in trainer_shape.CONV_IMPLS + (trainer_shape.AUTO_CONV,),
+         "trainer.conv_impl", impl, "'auto', 'im2col' or 'lax'")
   n = get("num_devices", 0)
   have = len(jax.local_devices())
   _check(_is_int(n) and 0 <= n <= have, "num_devices", n,
@@ -388,13 +402,15 @@ def _prepare(config, path: str, dataset, start: float) -> _Setup:
                config.dataset, len(names), len(dataset.train_labels), config.image_size,
                encoder.name, encoder.dim)
 
-  model = build_model(config, encoder.dim)
-  layout = ParamLayout.from_params(init_params(model, jax.random.PRNGKey(0), config.image_size))
   devices = jax.local_devices()
   mesh = masstrain.nets_mesh(devices[:config.num_devices] if config.num_devices else devices)
-  spec = trainer_spec(config)
-  unit = spec.nets_per_chunk * mesh.size
-  shard = max(unit, int(math.ceil(config.shard_size / unit)) * unit)
+  # The trainer's shape: forced by the config, recorded by the corpus being resumed, or
+  # calibrated here; the corpus records it (in its config and trainer) and keeps it.
+  shape, config = _resolve_shape(config, path, encoder.dim, dataset, mesh)
+  model = build_model(config, encoder.dim)
+  layout = ParamLayout.from_params(init_params(model, jax.random.PRNGKey(0), config.image_size))
+  spec = trainer_spec(config, shape)
+  shard = trainer_shape.nets_per_shard(config.shard_size, spec.nets_per_chunk * mesh.size)
   # The shard size depends on the mesh; it is part of the corpus's identity so that a
   # resume on another device count is refused instead of silently re-sharding.
   meta = dict(corpus_meta(config, layout, encoder.name, dataset), nets_per_shard=shard)
@@ -433,6 +449,31 @@ def _prepare(config, path: str, dataset, start: float) -> _Setup:
                mesh.size, jax.process_count(), spec.nets_per_chunk)
   return _Setup(writer, layout, tuple(names), model, mesh, spec, shard, all_tasks, todo,
                 dataset, class_emb, base_params, clock)
+
+
+def _resolve_shape(config, path: str, embed_dim: int, dataset, mesh):
+  """(the TrainerShape, a copy of ``config`` with it in place of auto values).
+
+  Calibration (``trainer_shape.calibrate``) happens only when a value is neither forced nor
+  recorded in ``path``'s meta.json: with several processes only process 0 gets there, the
+  others read back the shape it recorded.
+  """
+  meta_path = os.path.join(path, "meta.json")
+  recorded = None
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      recorded = json.load(f).get("trainer")
+  workload = trainer_shape.workload_of(config.model, embed_dim, dataset, config.trainer,
+                                       config.max_classes)
+  num_nets = config.num_seen + config.num_unseen + config.num_heldout
+  calibrate = functools.partial(trainer_shape.calibrate, workload, mesh, num_nets=num_nets,
+                                shard_size=config.shard_size)
+  shape = trainer_shape.resolve(config.trainer, recorded=recorded, calibrate=calibrate,
+                                where=f"the corpus at {path}")
+  logging.info(trainer_shape.describe(shape, trainer_shape.source_of(config.trainer, recorded)))
+  resolved = copy.deepcopy(config)
+  resolved.trainer.update(conv_impl=shape.conv_impl, nets_per_chunk=shape.nets_per_chunk)
+  return shape, resolved
 
 
 def _write_or_check_plan(plan_path: str, plan: tasks_lib.TaskPlan) -> None:

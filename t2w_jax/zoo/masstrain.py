@@ -4,13 +4,14 @@ Every net starts from the shared base net and has its own classes, batches, opti
 and seed. The image data stays on the device; a net's batches are gathered inside the
 compiled loop, so one call trains a whole shard of nets with no host round trips.
 
-How the nets are spread is a config choice per backend (``TrainerSpec``):
+How the nets are spread (``TrainerSpec``):
 
-* ``nets_per_chunk``: nets trained side by side under ``vmap``. On GPU/TPU this is large
-  (hundreds); on XLA:CPU a vmapped ``lax.conv`` becomes a slow grouped convolution, so use
-  ``conv_impl="im2col"`` (batched matmuls) there, and one net per chunk: with wider chunks
-  the second core adds nothing (measured; we read it as the chunk's im2col patches
-  overflowing the caches the cores share; docs/benchmarks.md).
+* ``nets_per_chunk``: nets trained side by side under ``vmap``, and the subtask CNN's
+  ``conv_impl``. The fastest pair depends on the machine (on GPU/TPU hundreds of nets per
+  chunk; on XLA:CPU a vmapped ``lax.conv`` can become a slow grouped convolution, im2col a
+  batched matmul, and wide chunks can stop the second core from adding anything), so the
+  corpus run chooses it by a short timed calibration (``zoo/trainer_shape.py``, which
+  times ``make_step_runner``) unless the config forces it.
 * the nets axis is sharded over all local devices (a 1-D mesh named ``nets``): on a GPU box
   or a TPU host each chip trains its own slice of nets; on a 2-core CPU, running with
   ``--xla_force_host_platform_device_count=2`` puts one single-threaded device per core.
@@ -181,17 +182,23 @@ def train_step_fn(model, spec, data, classes, mask):
 
   def step(carry, key):
     params, opt_state = carry
-    k_cls, k_img = jax.random.split(key)
-    # Balanced over the task's classes: pick a local class, then one of its images.
-    local = jax.random.randint(k_cls, (spec.batch_size,), 0, k)
-    cls = classes[local]
-    j = jax.random.randint(k_img, (spec.batch_size,), 0, data.class_count[cls])
-    x = data.images[data.class_index[cls, j]]
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, local)
+    rows, local = draw_batch(spec.batch_size, data, classes, k, key)
+    loss, grads = jax.value_and_grad(loss_fn)(params, data.images[rows], local)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
   return step
+
+
+def draw_batch(batch_size: int, data, classes, k, key):
+  """One step's batch of a task: (image rows (B,), local labels (B,)), balanced over the
+  task's ``k`` real classes (a local class, then one of its training images). The one
+  definition of a net's batches (the benchmark's PyTorch peers train on them too)."""
+  k_cls, k_img = jax.random.split(key)
+  local = jax.random.randint(k_cls, (batch_size,), 0, k)
+  cls = classes[local]
+  j = jax.random.randint(k_img, (batch_size,), 0, data.class_count[cls])
+  return data.class_index[cls, j], local
 
 
 def step_keys(seed, steps: int):
@@ -366,23 +373,36 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None,
     return TrainResult(fit.params, base_acc, acc, fit.final_loss, fit.steps, fit.steps_run)
 
   def run(data, base_params, tasks: TaskBatch):
-    n = tasks.seeds.shape[0]
-    c = spec.nets_per_chunk
-
-    def chunked(tree):
-      return jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tree)
-
     if own_starts:
-      chunk_fn = jax.vmap(lambda s, t: per_net(data, s, t.classes, t.mask, t.seeds))
-      out = jax.lax.map(lambda a: chunk_fn(*a), (chunked(base_params), chunked(tasks)))
-    else:
-      # The shared base net is measured once per call, not once per task.
-      base_feats = class_embeddings_of(model, base_params, data)
-      chunk_fn = jax.vmap(lambda t: per_net(data, base_params, t.classes, t.mask, t.seeds,
-                                            base_feats))
-      out = jax.lax.map(chunk_fn, chunked(tasks))
-    return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+      return _over_chunks(
+          lambda s, t: per_net(data, s, t.classes, t.mask, t.seeds), spec.nets_per_chunk,
+          base_params, tasks)
+    # The shared base net is measured once per call, not once per task.
+    base_feats = class_embeddings_of(model, base_params, data)
+    return _over_chunks(
+        lambda t: per_net(data, base_params, t.classes, t.mask, t.seeds, base_feats),
+        spec.nets_per_chunk, tasks)
 
+  return _on_mesh(run, mesh, own_starts)
+
+
+def _over_chunks(per_net, nets_per_chunk: int, *trees):
+  """``per_net`` over the leading (nets) axis of ``trees``: ``vmap`` over the nets of a
+  chunk, ``lax.map`` over chunks; the outputs keep the leading nets axis."""
+  n = jax.tree.leaves(trees)[0].shape[0]
+  c = nets_per_chunk
+
+  def chunked(tree):
+    return jax.tree.map(lambda a: a.reshape((n // c, c) + a.shape[1:]), tree)
+
+  chunk_fn = jax.vmap(per_net)
+  out = jax.lax.map(lambda a: chunk_fn(*a), tuple(chunked(t) for t in trees))
+  return jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), out)
+
+
+def _on_mesh(run, mesh: Mesh | None, own_starts: bool):
+  """``run(data, starts, tasks)`` jitted, its nets axis sharded over ``mesh`` (None: one
+  device)."""
   if mesh is None:
     return jax.jit(run)
   # shard_map gives each device its own slice of nets and its own lax.map over chunks:
@@ -391,6 +411,26 @@ def make_trainer(model: SubtaskCNN, spec: TrainerSpec, mesh: Mesh | None = None,
   sharded = jax.shard_map(run, mesh=mesh, in_specs=(rep, nets if own_starts else rep, nets),
                           out_specs=nets, check_vma=False)
   return jax.jit(sharded)
+
+
+def make_step_runner(model, spec: TrainerSpec, mesh: Mesh | None = None):
+  """``(data, base_params, tasks) -> (n,) last losses``: every net's ``spec.steps`` train
+  steps from the shared start, shaped as ``make_trainer`` shapes them (sharded over the mesh,
+  chunks of ``nets_per_chunk`` under ``vmap``), without checks or accuracies.
+
+  What the trainer-shape calibration times (``zoo/trainer_shape.py``): the steps are where
+  the trainer's time goes, and the candidates differ only in how the steps are laid out.
+  """
+  def run(data, base_params, tasks: TaskBatch):
+    def per_net(t):
+      step = train_step_fn(model, spec, data, t.classes, t.mask)
+      init = (base_params, optimizer(spec).init(base_params))
+      _, losses = jax.lax.scan(step, init, step_keys(t.seeds, spec.steps))
+      return losses[-1]
+
+    return _over_chunks(per_net, spec.nets_per_chunk, tasks)
+
+  return _on_mesh(run, mesh, own_starts=False)
 
 
 def nets_mesh(devices=None) -> Mesh:
