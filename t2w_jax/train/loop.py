@@ -214,6 +214,10 @@ def _train(config, workdir: str, stop: preempt.StopRequests, *,
                       f"({mesh.shape['data']} devices); set --config.batch_size to a "
                       "multiple of it or change --config.mesh.data")
   state, shardings = create_sharded_state(spec, config, mesh)
+  # Orbax's checkpoint manager exchanges data between processes through a device
+  # collective, the first of the run: a process that compiled the state slower must not
+  # be more than the collectives' 30 s late to it.
+  multihost.before_first_collective("checkpoints")
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR), spec.identity(),
                                save_every=config.checkpoint_every, keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
