@@ -49,14 +49,14 @@ def time_setting(config, corpus, workdir: str, *, steps: int, repeats: int) -> d
   data = loop.put_task_images(config, corpus, mesh)
   batches = loop.training_batches(config, corpus)
   feed = [loop.put_batch(batches(i), mesh) for i in range(steps)]
-  times = []
+  times, no_vote = [], loop.put_stop_votes(None, mesh)
   with mesh_lib.activate(mesh):
-    state, m = step_fn(state, feed[0], data)  # compile + warm-up
+    state, m, _ = step_fn(state, feed[0], data, no_vote)  # compile + warm-up
     jax.block_until_ready(m)
     for _ in range(repeats):
       t0 = time.perf_counter()
       for b in feed:
-        state, m = step_fn(state, b, data)
+        state, m, _ = step_fn(state, b, data, no_vote)
       jax.block_until_ready(m)
       times.append((time.perf_counter() - t0) / steps)
   return {"seconds_per_step": harness.median(times), "seconds": times,

@@ -167,6 +167,18 @@ def _use_gloo_on_cpu() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
+def _leave_sigterm_to_preempt() -> None:
+  # JAX's preemption service (on by default) takes SIGTERM from the moment a process joins
+  # and only records it, for ``multihost_utils.reached_preemption_sync_point``: a SIGTERM
+  # before the work begins would be lost and no second one could end the process, and
+  # SIGINT is not covered. t2w_jax.preempt catches both during the work, and the train
+  # step carries the processes' agreement on when to stop (``train.loop.compile_step``).
+  try:
+    jax.config.update("jax_enable_preemption_service", False)
+  except AttributeError:  # a jax release without the service
+    pass
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
   """Joins this process to its multi-process run, if it is part of one (``resolve``).
@@ -188,6 +200,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if settings is None:
     return
   _use_gloo_on_cpu()
+  _leave_sigterm_to_preempt()
   jax.distributed.initialize(coordinator_address=settings.coordinator_address,
                              num_processes=settings.num_processes,
                              process_id=settings.process_id)

@@ -7,6 +7,11 @@ step; when it is set, they save and raise ``Preempted``, which the launch script
 one line and exit status ``PREEMPTED_EXIT``. Rerunning the same command resumes where the
 run stopped, and reaches the bytes of an uninterrupted run. A second signal of the same
 kind takes its usual effect at once (the process ends, or KeyboardInterrupt).
+
+In a run of several processes (``t2w_jax.multihost``) each process builds its own corpus
+shards, so each stops on its own flag; training saves one checkpoint from all processes,
+so there every process votes with its flag in each train step and all stop after the
+same step, once any one was signalled (``train.loop.compile_step``).
 """
 import contextlib
 import logging

@@ -4,12 +4,14 @@ The launch scripts run as a user would run them on two hosts: the same command t
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (docs/scaling_out.md).
 Checked: the tiny corpus is byte for byte the corpus of one process with two devices; the
 generator trained by the two processes (including through a kill -9 of one of them and a
-rerun) has the parameters of one process on four devices.
+rerun) has the parameters of one process on four devices; a SIGTERM to one of them stops
+both after the same step, saved, and the rerun reaches the uninterrupted pair's state.
 """
 import contextlib
 import filecmp
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,8 +23,9 @@ import numpy as np
 import pytest
 
 from configs import dit as dit_config
-from conftest import wait_for_children
+from conftest import full_state, wait_for_children
 from t2w_jax import multihost
+from t2w_jax import preempt
 from t2w_jax.errors import ConfigError
 from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax.train import loop
@@ -310,6 +313,67 @@ def test_a_process_late_to_the_first_step_is_waited_for(reference, two_processes
       f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}"]
   _run_pair(cmd, str(tmp_path), "late")
   _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
+
+
+# launch/train.py with every step held back half a second (before its batch is placed), so
+# that a signal sent once the first checkpoint is written lands with steps left to run.
+_SLOW_TRAIN = """
+import runpy, sys, time
+from t2w_jax.train import loop
+put_batch = loop.put_batch
+def held_back(*args, **kwargs):
+  time.sleep(0.5)
+  return put_batch(*args, **kwargs)
+loop.put_batch = held_back
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_after_one_step(two_processes, tmp_path):
+  """SIGTERM to process 1 alone, mid-run: both processes finish the same step, save it
+  together and exit with PREEMPTED_EXIT; the same commands rerun resume from that step
+  (not from the periodic checkpoint before it) and end with the uninterrupted pair's
+  state, bit for bit."""
+  workdir, logs = str(tmp_path / "run"), str(tmp_path)
+  every = STEPS // 3
+  corpus_dir = os.path.join(two_processes[0], "corpus")
+  args = TRAIN + [f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}",
+                  f"--config.checkpoint_every={every}"]
+  slow = [sys.executable, "-c", _SLOW_TRAIN] + _script("train")[1:]
+  with _running() as procs:
+    pair = _start_pair(procs, slow + args, logs, "stopped")
+    first = os.path.join(workdir, "checkpoints", str(every))
+    problem = _wait_while_working(pair, logs, "stopped", until=lambda: os.path.isdir(first))
+    assert os.path.isdir(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'stopped')}"
+    assert all(p.poll() is None for p in pair), "a process finished before the signal"
+    pair[1].send_signal(signal.SIGTERM)  # process 1 only
+    problem = _wait_while_working(pair, logs, "stopped")
+    assert problem is None, f"{problem}\n{_tail(logs, 'stopped')}"
+  rcs = [p.returncode for p in pair]
+  assert rcs == [preempt.PREEMPTED_EXIT] * 2, f"exit statuses {rcs}\n{_tail(logs, 'stopped')}"
+  stopped = []
+  for i in range(2):
+    match = re.search(rf"stopped by SIGTERM after step (\d+) of {STEPS} \(saved\); rerun "
+                      "the same command to resume", _log(logs, "stopped", i))
+    assert match, f"process {i}:\n{_tail(logs, 'stopped')}"
+    stopped.append(int(match.group(1)))
+  step = stopped[0]
+  assert stopped == [step, step] and every < step < STEPS, stopped
+  assert "another process received SIGTERM" in _log(logs, "stopped", 0)
+  directory = os.path.join(workdir, "checkpoints")
+  assert max(int(s) for s in os.listdir(directory) if s.isdigit()) == step
+  assert ckpt_lib.step_problem(directory, step) is None
+
+  _run_pair(_script("train") + args, logs, "resumed")
+  assert f"restored step {step}" in _log(logs, "resumed")
+  a, b = full_state(workdir), full_state(two_processes[0])
+  assert int(a.step) == int(b.step) == STEPS
+  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
+                               jax.tree_util.tree_leaves_with_path(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
+                                  err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("env,flags,match", [

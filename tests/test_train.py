@@ -1,6 +1,7 @@
 """Generator training: loss goes down, exact resume, 8-device == 1-device, API, errors."""
 import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +50,10 @@ def test_loss_goes_down(corpus_dir, tmp_path):
   step = loop.compile_step(spec, config, mesh, shardings)
   batches = loop.CorpusBatches(corpus, config.max_classes, config.batch_size, 0)
   data = loop.put_task_images(config, corpus, mesh)
-  losses = []
+  losses, no_vote = [], loop.put_stop_votes(None, mesh)
   with mesh_lib.activate(mesh):
     for i in range(config.num_steps):
-      state, m = step(state, loop.put_batch(batches(i), mesh), data)
+      state, m, _ = step(state, loop.put_batch(batches(i), mesh), data, no_vote)
       losses.append(float(m["diffusion_loss"]))
   first, last = np.mean(losses[:10]), np.mean(losses[-10:])
   assert last < 0.9 * first, (first, last)
@@ -87,9 +88,16 @@ def test_eight_devices_match_one(corpus_dir, tmp_path):
     state, shardings = loop.create_sharded_state(spec, config, mesh)
     step = loop.compile_step(spec, config, mesh, shardings)
     data = loop.put_task_images(config, corpus, mesh)
+    # The stop agreement: the largest vote of any device, whatever its place in the mesh;
+    # it leaves the training alone.
+    one_votes = np.zeros(mesh.devices.size, np.int32)
+    one_votes[-1] = signal.SIGTERM
+    one_votes = jax.device_put(one_votes, mesh_lib.per_device(mesh))
     with mesh_lib.activate(mesh):
-      state, metrics = step(state, loop.put_batch(batch, mesh), data)
-      state, metrics = step(state, loop.put_batch(batch, mesh), data)
+      state, metrics, first = step(state, loop.put_batch(batch, mesh), data,
+                                   loop.put_stop_votes(None, mesh))
+      state, metrics, second = step(state, loop.put_batch(batch, mesh), data, one_votes)
+    assert (int(first), int(second)) == (0, signal.SIGTERM)
     out[shape] = (jax.device_get(state), jax.device_get(metrics))
   (s1, m1), (s8, m8) = out[(1, 1)], out[(4, 2)]
   assert m1["task_loss"] > 0

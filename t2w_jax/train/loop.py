@@ -4,14 +4,17 @@
 intact checkpoint in ``workdir/checkpoints`` (``t2w_jax.checkpoints``); batches are a pure
 function of (seed, step), so a run stopped at step N and resumed reaches the same state as
 an uninterrupted run. SIGTERM or SIGINT (``t2w_jax.preempt``) ends the run after the step
-in progress, saved.
+in progress, saved; in a run of several processes, a signal to any one ends all of them
+after the same step.
 """
 import functools
 import logging
 import os
+import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from t2w_jax import checkpoints as ckpt_lib
@@ -101,12 +104,41 @@ def create_sharded_state(spec, config, mesh):
 
 
 def compile_step(spec, config, mesh, shardings):
-  """The jitted ``step(state, batch, data)``: state sharded as ``shardings`` (and donated),
-  the batch split over 'data', the task loss's images replicated."""
-  step = make_train_step(spec, config)
+  """The jitted ``step(state, batch, data, stop_votes) -> (state, metrics, stop_signal)``.
+
+  The state is sharded as ``shardings`` (and donated), the batch split over 'data', the
+  task loss's images replicated. ``stop_votes`` holds, for each device, the signal its
+  process has received (``put_stop_votes``); ``stop_signal`` is their maximum (0: none),
+  the same on every process. The agreement rides in the step's own program, so the
+  processes of a run learn together that one of them was asked to stop, without a round
+  trip of their own.
+  """
+  train_step = make_train_step(spec, config)
+
+  def step(state, batch, data, stop_votes):
+    state, metrics = train_step(state, batch, data)
+    return state, metrics, jnp.max(stop_votes)
+
   return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
-                                     mesh_lib.replicated(mesh)),
-                 out_shardings=(shardings, None), donate_argnums=0)
+                                     mesh_lib.replicated(mesh), mesh_lib.per_device(mesh)),
+                 out_shardings=(shardings, None, mesh_lib.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def put_stop_votes(signum: int | None, mesh) -> jax.Array:
+  """This process's vote in the step's stop agreement (``compile_step``).
+
+  Args:
+    signum: the signal this process has received; None or 0 for none.
+    mesh: the step's mesh.
+
+  Returns:
+    A global int32 array with one entry per device of the mesh; this process sets the
+    entries of its own devices to ``signum``.
+  """
+  votes = np.full((mesh.devices.size,), signum or 0, np.int32)
+  return jax.make_array_from_callback(votes.shape, mesh_lib.per_device(mesh),
+                                      lambda idx: votes[idx])
 
 
 def put_task_images(config, corpus, mesh):
@@ -155,9 +187,9 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
     BusyError: another process writes this workdir (two trainers would race in orbax).
     ConfigError: a mesh that the model's sharded dimensions do not divide, and the like.
     CorruptError: every checkpoint in the workdir is damaged.
-    preempt.Preempted: SIGTERM or SIGINT came; the step in progress was finished and saved
-      (single-process runs: the processes of a multi-process run would have to agree on
-      the step, so there the signals keep their usual effect).
+    preempt.Preempted: SIGTERM or SIGINT came; the step in progress was finished and saved.
+      In a run of several processes, a signal to any of them stops every one, after the
+      same step (the step after the one whose agreement first shows it), saved together.
   """
   corpus_dir = config.corpus_dir or os.path.join(workdir, "corpus")
   if not os.path.exists(os.path.join(corpus_dir, "meta.json")):
@@ -166,7 +198,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict:
   # Every process of a multi-process run writes the workdir (its checkpoint shards):
   # each holds its own lock, so that a second run is refused process by process.
   with (workdir_lock(workdir, "train", name=multihost.lock_name()),
-        preempt.stop_requests(enabled=jax.process_count() == 1) as stop):
+        preempt.stop_requests() as stop):
     return _train(config, workdir, stop, stop_after=stop_after)
 
 
@@ -182,6 +214,10 @@ def _train(config, workdir: str, stop: preempt.StopRequests, *,
                       f"({mesh.shape['data']} devices); set --config.batch_size to a "
                       "multiple of it or change --config.mesh.data")
   state, shardings = create_sharded_state(spec, config, mesh)
+  # Orbax's checkpoint manager exchanges data between processes through a device
+  # collective, the first of the run: a process that compiled the state slower must not
+  # be more than the collectives' 30 s late to it.
+  multihost.before_first_collective("checkpoints")
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR), spec.identity(),
                                save_every=config.checkpoint_every, keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
@@ -198,13 +234,23 @@ def _train(config, workdir: str, stop: preempt.StopRequests, *,
   progress = reporting.ProgressReporter(config.num_steps, every_secs=15.0)
   end = config.num_steps if stop_after is None else min(stop_after, config.num_steps)
   history, last = [], {}
+  # Several processes must stop after the same step (the checkpoint is written by all
+  # together): they act on the agreed signal of the step before the one just queued,
+  # read one step late so that a step is queued while the host waits for the result.
+  # One process acts on its own flag at once.
+  agree = jax.process_count() > 1
+  no_vote = put_stop_votes(None, mesh)
+  stopped_by, agreed = None, None
   with mesh_lib.activate(mesh):
     if start < end:
-      step_fn = step_fn.lower(state, put_batch(batches(start), mesh), task_data).compile()
+      step_fn = step_fn.lower(state, put_batch(batches(start), mesh), task_data,
+                              no_vote).compile()
       multihost.before_first_collective("train step")
     t0 = time.time()
     for step in range(start, end):
-      state, metrics = step_fn(state, put_batch(batches(step), mesh), task_data)
+      votes = put_stop_votes(stop.signum, mesh) if stop else no_vote
+      state, metrics, stop_signal = step_fn(state, put_batch(batches(step), mesh), task_data,
+                                            votes)
       history.append(metrics)
       done = step + 1
       if done % config.log_every == 0 or done == end:
@@ -213,13 +259,21 @@ def _train(config, workdir: str, stop: preempt.StopRequests, *,
         history = []
       progress(done)
       ckpt.save(done, state)
-      if stop:
+      if agree:
+        stopped_by = int(agreed) if agreed is not None else 0
+        agreed = stop_signal
+      else:
+        stopped_by = stop.signum
+      if stopped_by:
         break
   ckpt.save(int(state.step), state, force=True)
   ckpt.close()
   writer.close()
-  if stop and int(state.step) < end:
-    stop.check(f"after step {int(state.step)} of {end}")
+  if stopped_by and int(state.step) < end:
+    if not stop:
+      logging.warning("another process received %s: this one stops with it",
+                      signal.Signals(stopped_by).name)
+    raise preempt.Preempted(stopped_by, f"after step {int(state.step)} of {end}")
   last["steps_per_sec"] = (end - start) / max(time.time() - t0, 1e-9)
   last["step"] = int(state.step)
   return last

@@ -86,6 +86,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def per_device(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over every device of the mesh (both axes): one row per device."""
+  return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """Every device holds the whole array."""
   return NamedSharding(mesh, P())
