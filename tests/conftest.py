@@ -15,6 +15,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TFDS_DISABLE_GCS"] = "1" if "TFDS_DISABLE_GCS" not in os.environ else os.environ["TFDS_DISABLE_GCS"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -64,15 +65,49 @@ def tiny_corpus_config():
   return c
 
 
+def built_once(tmp_path_factory, name: str, build) -> str:
+  """A directory that ``build(path)`` fills, built once per test session.
+
+  Under pytest-xdist the workers share it: the first to ask builds it while holding a file
+  lock, the others wait for the lock and reuse what it built (a build that failed is
+  redone by the next asker). Its users only read it; a test that changes anything in it,
+  a lock file included, works on a copy.
+
+  Args:
+    tmp_path_factory: pytest's session factory.
+    name: the directory's name under the session's temporary directory.
+    build: fills the (empty, existing) directory whose path it is given.
+
+  Returns:
+    The directory's path.
+  """
+  import fcntl
+  import shutil
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's own directory, above each worker's
+  path, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      build(str(path))
+      done.touch()
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus_run(tmp_path_factory):
   """(workdir, make_corpus summary) of the tiny corpus (``tiny_corpus_config``), built once
-  per worker and shared by every module that needs it: its users only read it (a test that
-  damages or extends it works on a copy)."""
+  per session (``built_once``) and shared by every module that needs it: its users only
+  read it (a test that damages, extends or locks it works on a copy)."""
   from t2w_jax.zoo import make_corpus as make_corpus_lib
-  workdir = str(tmp_path_factory.mktemp("tiny_corpus"))
-  summary = make_corpus_lib.make_corpus(tiny_corpus_config(), workdir)
-  return workdir, summary
+  workdir = built_once(tmp_path_factory, "tiny_corpus", lambda d: make_corpus_lib.make_corpus(
+      tiny_corpus_config(), d))
+  # The summary make_corpus returns is the one it writes (and the one a resume reads).
+  with open(os.path.join(workdir, "corpus", "summary.json")) as f:
+    return workdir, json.load(f)
 
 
 @pytest.fixture(scope="session")
@@ -174,35 +209,64 @@ def wait_for_children(procs, log_paths=(), *, quiet: float, cpu_budget: float,
   return None
 
 
+def tiny_trained_config(corpus_dir):
+  """The config of ``tiny_trained_dir``'s run: configs/dit.py:tiny on ``corpus_dir``, over 2
+  of the 8 devices (cheaper to compile than 8), 20 steps with checkpoints at 10 and 20."""
+  from configs import dit as dit_config
+  c = dit_config.get_config("tiny")
+  c.corpus_dir = corpus_dir
+  c.mesh.data = 2
+  c.num_steps = 20
+  c.checkpoint_every = 10
+  return c
+
+
 @pytest.fixture(scope="session")
 def tiny_generator_dir(tiny_corpus_dir, tmp_path_factory):
   """A generator workdir on the tiny corpus: the tiny DiT (perturbed init), written as
   ``loop.train`` would (generator.json and a checkpoint), so ``api.load`` reads it like a
-  trained run. Its users only read it; they test contracts, not quality."""
-  import jax
-  from configs import dit as dit_config
-  from t2w_jax import generator as generator_lib
-  from t2w_jax import checkpoints as ckpt_lib
-  from t2w_jax.train import state as state_lib
-  from t2w_jax.zoo import corpus as corpus_lib
-  d = str(tmp_path_factory.mktemp("tiny_generator"))
-  config = dit_config.get_config("tiny")
-  config.corpus_dir = tiny_corpus_dir
-  spec = generator_lib.spec_from_corpus(config, corpus_lib.open_corpus(tiny_corpus_dir))
-  spec.save(d)
-  state = jax.jit(lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)))(
-      jax.random.PRNGKey(0))
-  # At init the DiT's zeroed output layers (adaLN-Zero) give the same net for every text;
-  # perturbed, the net depends on the class list, so the tests can tell lists apart.
-  leaves, tree = jax.tree.flatten(state.ema_params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  state = state.replace(ema_params=jax.tree.unflatten(tree, [
-      x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(d, generator_lib.CHECKPOINT_DIR),
-                               spec.identity(), save_every=1)
-  ckpt.save(0, state, force=True)
-  ckpt.close()
-  return d
+  trained run. Built once per session (``built_once``); its users only read it; they test
+  contracts, not quality."""
+
+  def build(d):
+    import jax
+    from configs import dit as dit_config
+    from t2w_jax import generator as generator_lib
+    from t2w_jax import checkpoints as ckpt_lib
+    from t2w_jax.train import state as state_lib
+    from t2w_jax.zoo import corpus as corpus_lib
+    config = dit_config.get_config("tiny")
+    config.corpus_dir = tiny_corpus_dir
+    spec = generator_lib.spec_from_corpus(config, corpus_lib.open_corpus(tiny_corpus_dir))
+    spec.save(d)
+
+    @jax.jit
+    def perturbed_state(rng):
+      # At init the DiT's zeroed output layers (adaLN-Zero) give the same net for every
+      # text; perturbed, the net depends on the class list, so the tests can tell lists
+      # apart.
+      state = state_lib.unbox(state_lib.init_state(spec, config, rng))
+      leaves, tree = jax.tree.flatten(state.ema_params)
+      keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+      return state.replace(ema_params=jax.tree.unflatten(tree, [
+          x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
+
+    ckpt = ckpt_lib.Checkpointer(os.path.join(d, generator_lib.CHECKPOINT_DIR),
+                                 spec.identity(), save_every=1)
+    ckpt.save(0, perturbed_state(jax.random.PRNGKey(0)), force=True)
+    ckpt.close()
+
+  return built_once(tmp_path_factory, "tiny_generator", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_dir(tiny_corpus_dir, tmp_path_factory):
+  """A generator trained by ``loop.train`` on the tiny corpus (``tiny_trained_config``),
+  built once per session (``built_once``): its users only read it; a test that resumes,
+  damages or overwrites it works on a copy."""
+  from t2w_jax.train import loop
+  return built_once(tmp_path_factory, "tiny_trained", lambda d: loop.train(
+      tiny_trained_config(tiny_corpus_dir), d))
 
 
 def full_state(workdir, step=None):

@@ -1,7 +1,7 @@
 """Checkpoints: one owner of the format, digests checked at every restore, defaults once.
 
-A tiny generator is trained once (steps 10 and 20 on disk); the damage tests work on
-copies of its workdir.
+The conftest's tiny trained generator (steps 10 and 20 on disk) is read; the damage tests
+work on copies of its workdir.
 """
 import ast
 import glob
@@ -26,26 +26,14 @@ from t2w_jax.train import loop
 from t2w_jax.train import state as state_lib
 
 from conftest import full_state
+from conftest import tiny_trained_config as tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny(corpus_dir, **overrides):
-  c = dit_config.get_config("tiny")
-  c.corpus_dir = corpus_dir
-  c.mesh.data = 2
-  c.num_steps = 20
-  c.checkpoint_every = 10
-  for k, v in overrides.items():
-    c[k] = v
-  return c
-
-
 @pytest.fixture(scope="module")
-def trained(tiny_corpus_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ckpt"))
-  loop.train(tiny(tiny_corpus_dir), workdir)
-  return workdir
+def trained(tiny_trained_dir):
+  return tiny_trained_dir  # the conftest's: read only, damaged on copies
 
 
 def _copy(workdir, tmp_path) -> str:

@@ -1,5 +1,6 @@
 """The corpus: splits, en-masse training beats the base, round trip, resume after kill -9."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,8 +128,9 @@ def test_refuses_other_layout_and_encoder(built):
     corpus_lib.open_corpus(os.path.join(workdir, "nothing"))
 
 
-def test_reopening_with_other_settings_is_refused(built):
-  workdir, _, _ = built
+def test_reopening_with_other_settings_is_refused(built, tmp_path):
+  workdir = str(tmp_path / "copy")  # make_corpus takes the workdir's lock: not the shared one
+  shutil.copytree(built[0], workdir)
   config = tiny_config()
   config.trainer.steps = 50
   with pytest.raises(ValueError, match="other settings.*trainer"):

@@ -1,11 +1,12 @@
 """Evaluators: baselines give the values they must, the whole evaluation runs and reports.
 
 The baselines' tests read the conftest's tiny corpus; the end-to-end evaluation (the slow
-tier) builds its own corpus and tiny generator and runs once (module scope) with settings
+tier) trains a tiny generator on a copy of it and runs once (module scope) with settings
 chosen so that all the generator's sampling shares two compiled programs.
 """
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import corpus as corpus_config
 from configs import dit as dit_config
 from configs import eval as eval_config
 from t2w_jax.data import tasks as tasks_lib
@@ -24,18 +24,16 @@ from t2w_jax.evaluate import report
 from t2w_jax.evaluate import run
 from t2w_jax.evaluate.context import EvalContext
 from t2w_jax.train import loop
-from t2w_jax.zoo import make_corpus as make_corpus_lib
 from t2w_jax.zoo import masstrain
 
 ALL_METHODS = ("generalist", "random", "mean_weights", "nn_retrieval", "ridge", "oracle")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("eval_run"))
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2
-  make_corpus_lib.make_corpus(c, d)
+def workdir(tiny_corpus_run, tmp_path_factory):
+  # A copy of the conftest's tiny corpus run: the evaluation writes into its workdir.
+  d = str(tmp_path_factory.mktemp("eval_run") / "run")
+  shutil.copytree(tiny_corpus_run[0], d)
   g = dit_config.get_config("tiny")
   # The evaluators need a checkpoint, not a good generator: 10 steps, no adversarial
   # term and one device compile fastest.
@@ -47,7 +45,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ctx(tiny_corpus_dir):
-  # The conftest's tiny corpus (the same config as ``workdir``'s): no generator needed.
+  # The conftest's tiny corpus: no generator needed.
   return EvalContext.create(tiny_corpus_dir, chunk=8)
 
 

@@ -9,7 +9,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import corpus as corpus_config
 from configs import dit as dit_config
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
@@ -29,19 +28,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-  """A tiny corpus and a freshly initialised tiny generator, opened as an EvalContext.
+def ctx(tiny_corpus_dir):
+  """The conftest's tiny corpus and a freshly initialised tiny generator, opened as an
+  EvalContext.
 
   The evaluators only need a generator's spec and parameters, not good ones; building it
   from init (instead of ``loop.train``, tested elsewhere) keeps this file inside its time.
   """
-  workdir = str(tmp_path_factory.mktemp("extras_run"))
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2
-  c.base.max_steps = 100
-  c.trainer.steps = 20
-  make_corpus_lib.make_corpus(c, workdir)
-  context = EvalContext.create(os.path.join(workdir, "corpus"))
+  context = EvalContext.create(tiny_corpus_dir)
   d = dit_config.get_config("tiny")
   spec = generator_lib.spec_from_corpus(d, context.corpus)
   dit = generator_lib.build_dit(spec)

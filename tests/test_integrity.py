@@ -47,8 +47,9 @@ def _truncate(path: str, keep: int) -> None:
 
 # 1. Identity: the whole corpus config; plan.json checked.
 
-def test_resume_with_other_plan_settings_is_refused(built):
-  workdir, corpus = built
+def test_resume_with_other_plan_settings_is_refused(built, tmp_path):
+  _, corpus = built
+  workdir = _copy(built, tmp_path)  # make_corpus takes the workdir's lock: not the shared one
   for key, value in (("num_seen", 12), ("max_classes", 5), ("heldout_frac", 0.2)):
     config = tiny_config()
     config[key] = value

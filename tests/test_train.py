@@ -13,6 +13,8 @@ from t2w_jax import api
 from t2w_jax.train import loop
 from t2w_jax.train import mesh as mesh_lib
 
+from conftest import tiny_trained_config
+
 
 @pytest.fixture(scope="module")
 def corpus_dir(tiny_corpus_dir):
@@ -34,10 +36,9 @@ def _leaves_close(a, b, atol):
 
 
 @pytest.fixture(scope="module")
-def trained(corpus_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("gen"))
-  metrics = loop.train(tiny(corpus_dir, num_steps=60, log_every=30, adv_start=30), workdir)
-  return workdir, metrics
+def trained(tiny_trained_dir):
+  """The conftest's tiny trained generator (``tiny_trained_config``): read only."""
+  return tiny_trained_dir
 
 
 @pytest.mark.slow
@@ -108,7 +109,7 @@ def test_eight_devices_match_one(corpus_dir, tmp_path):
 
 
 def test_generate_plugs_into_apply(trained):
-  workdir, _ = trained
+  workdir = trained
   gen = api.load(workdir)
   text = "red circle, blue star and green heart"
   params = api.generate(gen, text, rng=jax.random.PRNGKey(0), num_samples=3, steps=5).params
@@ -133,7 +134,7 @@ def test_generate_plugs_into_apply(trained):
 
 
 def test_saved_net_round_trip(trained, tmp_path):
-  workdir, _ = trained
+  workdir = trained
   gen = api.load(workdir)
   params = api.take(api.generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0),
                                  steps=3), 0)
@@ -150,7 +151,7 @@ def test_saved_net_round_trip(trained, tmp_path):
 
 
 def test_errors(trained, corpus_dir, tmp_path):
-  workdir, _ = trained
+  workdir = trained
   gen = api.load(workdir)
   for empty in ("", "  ,  and ", []):
     with pytest.raises(ValueError, match="empty description|names no class"):
@@ -187,11 +188,14 @@ def test_v_parameterization_is_identity_at_small_t(corpus_dir, tmp_path):
     config = tiny(corpus_dir, parameterization=how)
     corpus = loop.open_training_corpus(config, str(tmp_path))
     spec = generator_lib.spec_from_corpus(config, corpus)
-    params = state_lib.unbox(state_lib.init_state(spec, config, jax.random.PRNGKey(0)).params)
+    # The DiT's parameters alone (a TrainState's are these), initialised in one compiled
+    # program rather than op by op.
+    params = jax.jit(lambda r: state_lib.unbox(generator_lib.init_dit_params(spec, r)))(
+        jax.random.PRNGKey(0))
     x, _, text = generator_lib.dummy_inputs(spec, batch=2)
     x = jax.random.normal(jax.random.PRNGKey(1), x.shape)
-    out = generator_lib.make_denoiser(spec)(params, x, jnp.array([0, config.num_timesteps - 1]),
-                                        text)
+    out = jax.jit(generator_lib.make_denoiser(spec))(
+        params, x, jnp.array([0, config.num_timesteps - 1]), text)
     if how == "v":
       np.testing.assert_allclose(out[0], x[0], atol=2e-2)
       assert float(jnp.abs(out[1]).max()) < 0.05 * float(jnp.abs(x[1]).max())
@@ -219,7 +223,7 @@ def test_load_reads_only_the_ema_params_and_the_public_api(trained):
   from t2w_jax import generator as generator_lib
   from t2w_jax import checkpoints as ckpt_lib
   from t2w_jax.train import state as state_lib
-  workdir, _ = trained
+  workdir = trained
   gen = load(workdir)
   spec = generator_lib.GeneratorSpec.load(workdir)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), spec.identity(),
@@ -228,7 +232,7 @@ def test_load_reads_only_the_ema_params_and_the_public_api(trained):
   full = ckpt.restore(jax.eval_shape(
       lambda r: state_lib.unbox(state_lib.init_state(spec, config, r)), jax.random.PRNGKey(0)))
   ckpt.close()
-  assert gen.step == int(full.step) == 60
+  assert gen.step == int(full.step) == tiny_trained_config("").num_steps
   _leaves_close(gen.params, full.ema_params, atol=0)
   assert jax.tree.structure(gen.params) == jax.tree.structure(full.ema_params)
   net = generate(gen, "red circle and blue star", rng=jax.random.PRNGKey(0), steps=2)
