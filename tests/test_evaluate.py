@@ -16,6 +16,7 @@ import pytest
 from configs import corpus as corpus_config
 from configs import dit as dit_config
 from configs import eval as eval_config
+from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import generated
@@ -230,9 +231,9 @@ def test_gap_closure_guards_tiny_denominators():
 def test_freeform_sentences_parse_back_to_the_class_names(i):
   names = ["red circle", "blue cross", "green star"]
   text = generated.describe(names, i)
-  assert generated.parse_freeform(text) == names, text
+  assert text_lib.parse_description(text, singular=True) == names, text
   with pytest.raises(ValueError, match="empty"):
-    generated.parse_freeform("  ")
+    text_lib.parse_description("  ", singular=True)
 
 
 @pytest.mark.parametrize("text,names", [
@@ -243,7 +244,11 @@ def test_freeform_sentences_parse_back_to_the_class_names(i):
     ("red circle, blue star and green heart", ["red circle", "blue star", "green heart"]),
 ])
 def test_freeform_parses_what_a_user_types(text, names):
-  assert generated.parse_freeform(text) == names
+  # The one parser of descriptions, with the singular the free-form evaluator asks for.
+  assert text_lib.parse_description(text, singular=True) == names
+  # A known class name keeps its spelling: it is never singularised.
+  assert text_lib.parse_description("glasses and red circles", ["glasses"],
+                                    singular=True) == ["glasses", "red circle"]
 
 
 def test_sampler_settings_parse():
