@@ -226,6 +226,19 @@ def test_gap_closure_guards_tiny_denominators():
   assert generated.gap_closure(np.ones(2), np.ones(2), np.ones(2))["per_task_mean"] is None
 
 
+def test_prior_temperature_is_the_given_one_else_the_generators_else_the_priors():
+  from types import SimpleNamespace
+  from t2w_jax.text import prior
+  gen = SimpleNamespace(config={"prior_temperature": 0.25})
+  assert baselines.temperature_of(SimpleNamespace(gen=gen), 2.0) == 2.0
+  assert baselines.temperature_of(SimpleNamespace(gen=gen)) == 0.25
+  assert baselines.temperature_of(SimpleNamespace(gen=None)) == prior.DEFAULT_TEMPERATURE
+  # A generator's config always has it (configs/dit.py): no second default hides its loss.
+  assert "prior_temperature" in dit_config.get_config()
+  with pytest.raises(KeyError):
+    baselines.temperature_of(SimpleNamespace(gen=SimpleNamespace(config={})))
+
+
 # --------------------------------------------------------------------------- free-form text
 @pytest.mark.parametrize("i", range(4))
 def test_freeform_sentences_parse_back_to_the_class_names(i):
