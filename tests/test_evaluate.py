@@ -85,11 +85,14 @@ def test_unknown_evaluator_is_a_clear_error(tmp_path):
 
 
 def test_single_study_variants_hold_one_evaluator_with_valid_options():
-  for arg in ("hypernet", "fusion"):
+  for arg in ("hypernet", "fusion", "fewshot"):
     evals = eval_config.get_config(arg).evals
     assert list(evals.keys()) == [arg]
     options = set(registry.get(evals[arg].type).options)
     assert set(evals[arg].keys()) - {"type"} <= options
+  # The few-shot variant runs the study at the size of the applications variant.
+  assert (eval_config.get_config("fewshot").evals.fewshot.to_dict()
+          == eval_config.get_config("applications").evals.fewshot.to_dict())
 
 
 def test_misspelt_evaluator_option_is_an_error(tmp_path):
