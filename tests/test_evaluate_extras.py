@@ -313,20 +313,21 @@ def test_fewshot_study_number_equals_calling_api_few_shot(ctx):
   for the same task, images, key and start."""
   kw = dict(max_steps=20, eval_every=5, patience=2)
   out = fewshot_lib.fewshot(ctx, jax.random.PRNGKey(0), splits=("unseen",), num_tasks=2,
-                            shots=(5,), methods=("generated", "generalist"),
+                            shots=(20,), methods=("generated", "random"),
                             train_steps=20, eval_every=5, patience=2, nets_per_chunk=1)
   tasks = ctx.tasks(ctx.rows("unseen", 2))
-  keys = jax.random.split(jax.random.split(jax.random.PRNGKey(0))[0], len(tasks))
-  images, labels = fewshot_lib.task_images(ctx, tasks, 5, 0)
-  base = ctx.gen.layout.unflatten(np.asarray(ctx.corpus.base, np.float32))
+  task_rng, init_rng = jax.random.split(jax.random.PRNGKey(0))
+  keys = jax.random.split(task_rng, len(tasks))
+  images, labels = fewshot_lib.task_images(ctx, tasks, 20, 0)
+  random = fewshot_lib.given_starts(ctx, tasks, ["random"], init_rng)["random"]
   moved = False
   for i, t in enumerate(tasks):
     names = [ctx.corpus.class_names[c] for c in t.class_ids]
-    for method, init in (("generated", None), ("generalist", base)):
+    for method, init in (("generated", None), ("random", ctx.gen.layout.unflatten(random[i]))):
       net, info = api.few_shot(ctx.gen, names, images[i], labels[i], rng=keys[i], init=init,
                                **kw)
       acc = ctx.accuracy(np.asarray(ctx.gen.layout.flatten(net.params))[None], [t])[0]
-      assert out["per_k"]["5"]["early_stopped"]["unseen"][method]["per_task"][i] == acc
+      assert out["per_k"]["20"]["early_stopped"]["unseen"][method]["per_task"][i] == acc
       moved |= info["kept_step"] > 0
   assert moved  # some net was fine-tuned, so the equality is not the start's
 

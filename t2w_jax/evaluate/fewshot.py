@@ -17,7 +17,8 @@ single shot validates itself) and the early stopping are its. Each task has one 
 by its four starts, so they train on the same batches and validate on the same images. The
 shots are drawn once per class (seeded) and shared by every task and start; with all
 images a task gets every training image of its classes. The kept nets are measured on the
-tasks' test images (``EvalContext.accuracy``).
+tasks' test images (``EvalContext.accuracy``, with the corpus's class embeddings: the
+generator's encoder gives the same ones up to float rounding).
 """
 import logging
 import os
