@@ -19,6 +19,11 @@ Run (from the repository root):
 """
 import ml_collections
 
+from t2w_jax.zoo import masstrain
+
+# The recipe's defaults (batch size, learning rate, patience) live in the trainer's spec.
+_RECIPE = masstrain.TrainerSpec()
+
 # Subtask nets by name (parameters with MiniLM's 384-d text space). The CNN family at four
 # sizes (the text-space head holds most of their parameters), and the adapter family: only
 # the bottleneck adapter (d_f -> bottleneck -> 384) on the frozen trunk's d_f=64 features is
@@ -98,8 +103,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The specialists: per-task fine-tuning from the generalist, many nets per compiled call,
   # each early-stopped on its task's validation images (steps is the cap).
   c.trainer = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=64, learning_rate=3e-3, eval_per_class=50,
-      eval_every=50, patience=5,
+      steps=1000, batch_size=_RECIPE.batch_size, learning_rate=_RECIPE.learning_rate,
+      eval_per_class=50, eval_every=50, patience=_RECIPE.patience,
       # The trainer's shape: "auto" and 0 (auto) are chosen per machine by a short timed
       # calibration at start-up, cached per machine (zoo/trainer_shape.py); a value given
       # here is used as it is. The corpus records the shape it was built with and keeps it
@@ -130,7 +135,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.trunk_train.update(max_steps=300, eval_every=50, patience=2, lr_drops=1)
     c.val_per_class = 10
     c.base.update(max_steps=300, eval_every=50, patience=2, lr_drops=1)
-    c.trainer.update(steps=60, eval_every=10, patience=3, learning_rate=3e-3)
+    c.trainer.update(steps=60, eval_every=10, patience=3)
     c.trainer.eval_per_class = 20
     # Forced, not calibrated: tests and smoke runs build it many times.
     c.trainer.update(conv_impl="im2col", nets_per_chunk=2)

@@ -11,8 +11,9 @@ Run (from the repository root; WORKDIR holds corpus/ and the trained generator):
 
 ``get_config(arg)``: arg "" (default), "tiny" (seconds; tests and smoke runs),
 "applications" (the few-shot, enhancement and fusion studies only, at the sizes docs/results.md
-reports), "fusion" (the fusion study alone), "shots" (few labelled images: the shot-conditioned net
-against zero-shot nets and fine-tuning), "profile" (which parameters of the generated nets
+reports), "fewshot" (the few-shot study alone, at that size), "fusion" (the fusion study
+alone), "shots" (few labelled images: the shot-conditioned net against zero-shot nets and
+fine-tuning), "profile" (which parameters of the generated nets
 cost accuracy) or "hypernet" (the plain hypernetwork alone).
 
 ``config.evals`` is a dict of entries, big_vision style: ``evals.<key>.type`` is a
@@ -83,14 +84,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The fusion study's size: 48 task pairs (unseen tasks first, then held-out, then seen:
   # fusion.choose_pairs), K=4 generated samples per pair.
   fusion_study = dict(num_pairs=48, num_samples=4)
+  # The few-shot study's size: 16 tasks per split, api.few_shot capped at 400 steps.
+  fewshot_study = ml_collections.ConfigDict(dict(
+      type="fewshot", num_tasks=16, train_steps=400, eval_every=25))
   if arg == "applications":
     # The three studies of docs/results.md's "Applications": few-shot initialisation, weight
     # enhancement and text-guided fusion, at the sizes docs/results.md reports.
     fusion = c.evals.fusion
     fusion.update(**fusion_study)
     c.evals = ml_collections.ConfigDict({"fusion": fusion})
-    c.evals.fewshot = ml_collections.ConfigDict(dict(
-        type="fewshot", num_tasks=16, train_steps=400, eval_every=25))
+    c.evals.fewshot = fewshot_study
     c.evals.enhance = ml_collections.ConfigDict(dict(type="enhance", num_tasks=24))
   elif arg == "tiny":
     c.chunk = 8
@@ -106,6 +109,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     guidances=(1.0, 2.0), temperatures=(1.0, 0.0),
                                     guidance_sampler="ddim:10")
     c.evals.freeform.update(num_tasks=2, num_samples=1)
+  elif arg == "fewshot":
+    c.evals = ml_collections.ConfigDict({"fewshot": fewshot_study})
   elif arg == "fusion":
     fusion = c.evals.fusion
     fusion.update(**fusion_study)
@@ -127,5 +132,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals = ml_collections.ConfigDict({"hypernet": c.evals.hypernet})
   elif arg:
     raise ValueError(f"unknown eval config variant {arg!r}; use '', 'tiny', 'applications', "
-                     "'fusion', 'shots', 'profile' or 'hypernet'")
+                     "'fewshot', 'fusion', 'shots', 'profile' or 'hypernet'")
   return c

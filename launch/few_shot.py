@@ -27,7 +27,8 @@ _OUT = flags.DEFINE_string("out", None, "output .npz")
 _SEED = flags.DEFINE_integer("seed", 0, "seed (the generated start, the split, the batches)")
 _METHOD = flags.DEFINE_enum("method", "generator", ["generator", "finetune"],
                             "generator: generate_with_shots; finetune: few_shot")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "step cap (--method=finetune)")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None,
+                                  "step cap (--method=finetune); default: few_shot's")
 flags.mark_flags_as_required(["workdir", "text", "shots", "out"])
 
 
@@ -51,8 +52,8 @@ def main(argv):
     from t2w_jax import shots
     net, info = shots.generate_with_shots(gen, _TEXT.value, images, labels, rng=rng)
   else:
-    net, info = api.few_shot(gen, _TEXT.value, images, labels, rng=rng,
-                             max_steps=_MAX_STEPS.value)
+    cap = {} if _MAX_STEPS.value is None else {"max_steps": _MAX_STEPS.value}
+    net, info = api.few_shot(gen, _TEXT.value, images, labels, rng=rng, **cap)
   net.save(_OUT.value)
   logging.info("wrote %s: %s", _OUT.value, info)
 

@@ -27,7 +27,7 @@ params), ``save_net(path, gen, params, text)`` (``Net.save``).
 """
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ from t2w_jax.generator import check_sample_args  # noqa: F401  (part of the publ
 from t2w_jax.net import Net, NetBatch, load_net  # noqa: F401  (part of the public API)
 from t2w_jax.weights import ParamLayout
 from t2w_jax.zoo import family as family_lib
+from t2w_jax.zoo import masstrain
 
 
 @dataclasses.dataclass(eq=False)
@@ -394,15 +395,147 @@ def check_shots(gen: Generator, text: str | Sequence[str], images, labels):
   return emb, images, labels.astype(np.int32)
 
 
+class FewShotSettings(NamedTuple):
+  """How ``few_shot`` fine-tunes (its defaults: ``FEW_SHOT``).
+
+  max_steps, eval_every: the step cap and the steps between validation checks (a few
+    images: short runs, frequent checks).
+  patience, batch_size, learning_rate: the corpus trainer's recipe (``masstrain.TrainerSpec``
+    holds its defaults, which the corpus config reads too).
+  """
+  max_steps: int
+  eval_every: int
+  patience: int
+  batch_size: int
+  learning_rate: float
+
+
+_RECIPE = masstrain.TrainerSpec()
+FEW_SHOT = FewShotSettings(max_steps=500, eval_every=25, patience=_RECIPE.patience,
+                           batch_size=_RECIPE.batch_size, learning_rate=_RECIPE.learning_rate)
+
+
+def few_shot_flat(gen: Generator, texts: Sequence, images: Sequence, labels: Sequence, *,
+                  rngs: Sequence, inits: Sequence | None = None,
+                  max_steps: int = FEW_SHOT.max_steps, eval_every: int = FEW_SHOT.eval_every,
+                  patience: int = FEW_SHOT.patience, batch_size: int = FEW_SHOT.batch_size,
+                  learning_rate: float = FEW_SHOT.learning_rate, steps: int | None = None,
+                  guidance: float | None = None, sampler: str | None = None,
+                  nets_per_chunk: int = 1) -> dict:
+  """Batched core of ``few_shot``: B tasks, each fine-tuned as ``few_shot`` does it alone.
+
+  Each task gets its own start, validation split and batches from its own key, exactly as
+  in ``few_shot``; the tasks are then trained together by the corpus trainer's compiled
+  loop (``masstrain.make_trainer``: ``vmap`` over ``nets_per_chunk`` nets, ``lax.map``
+  over chunks, early stopping in a ``lax.while_loop``). Their images share one pool and
+  every task's classes get their own ids in it, so no task sees another's images.
+
+  Args:
+    gen: from ``load``.
+    texts, images, labels: B tasks' class names (or descriptions), labelled images and
+      labels, as ``few_shot`` takes them (one entry per task).
+    rngs: B PRNG keys, one per task (its generated start, its split, its batches).
+    inits: None, or B entries: None (the generated net) or a net to start from (a ``Net``
+      or its params).
+    max_steps, eval_every, patience, batch_size, learning_rate: as ``few_shot``.
+    steps, guidance, sampler: sampling of the generated starts; None: the generator's
+      defaults.
+    nets_per_chunk: tasks trained side by side under ``vmap`` (speed; results only up to
+      float rounding).
+
+  Returns:
+    {"params": (B, D) the kept nets, "start": (B, D) their starts, "class_emb": B (K, d)
+    class embeddings, and (B,) int arrays "kept_step", "steps_run", "train_images",
+    "val_images"}.
+
+  Raises:
+    ConfigError (a ValueError): lists of different lengths, or anything ``few_shot``
+      refuses.
+  """
+  n = len(texts)
+  inits = [None] * n if inits is None else list(inits)
+  if not n or not len(images) == len(labels) == len(rngs) == len(inits) == n:
+    raise ConfigError(f"need one entry per task in texts, images, labels, rngs and inits; "
+                      f"got {n}, {len(images)}, {len(labels)}, {len(rngs)}, {len(inits)}")
+  if max_steps < 1 or eval_every < 1 or max_steps % eval_every or patience < 1:
+    raise ConfigError(f"need max_steps a multiple of eval_every, both >= 1, and patience >= "
+                      f"1; got {max_steps}, {eval_every}, {patience}")
+  check_sample_args(steps=steps, guidance=guidance, sampler=sampler)
+  checked = [check_shots(gen, t, x, y) for t, x, y in zip(texts, images, labels)]
+  kmax_gen = gen.spec.config["max_classes"]
+  starts, train, val, seeds = [], [], [], []
+  for (emb, _, lab), rng, init in zip(checked, rngs, inits):
+    k_init, k_split, k_train = jax.random.split(rng, 3)
+    if init is None:
+      padded, mask = pad_classes(emb, kmax_gen)
+      starts.append(sample_flat(gen, padded[None], mask[None], rng=k_init, steps=steps,
+                                guidance=guidance, sampler=sampler)[0])
+    else:
+      flat, batched = _nets_as_flat(gen, init, "init")
+      if batched:
+        raise ConfigError("init must be one net, not a batch")
+      starts.append(flat[0])
+    # A class with one image has nothing to hold out: it validates on its training image.
+    t, v = shots_lib.split_shots(
+        lab, int(jax.random.randint(k_split, (), 0, np.iinfo(np.int32).max)))
+    train.append(t)
+    val.append(v)
+    seeds.append(jax.random.randint(k_train, (), 0, np.iinfo(np.int32).max))
+  # One pool of images; task i's class c is pool class offset[i] + c.
+  ks = np.array([e.shape[0] for e, _, _ in checked])
+  offset = np.concatenate([[0], np.cumsum(ks)[:-1]])
+  total, kmax = int(ks.sum()), int(ks.max())
+  pool_labels = np.concatenate([lab + o for (_, _, lab), o in zip(checked, offset)])
+  ci, cc = masstrain.index_by_class(pool_labels, total, keep=np.concatenate(train))
+  vi, vc = masstrain.index_by_class(pool_labels, total, keep=np.concatenate(val))
+  pool = np.concatenate([x for _, x, _ in checked])
+  data = masstrain.DeviceData(
+      jnp.asarray(pool), jnp.asarray(ci), jnp.asarray(cc), jnp.asarray(pool[:1]),
+      jnp.zeros((total, 1), jnp.int32), jnp.zeros((total,), jnp.int32),
+      jnp.asarray(np.concatenate([e for e, _, _ in checked]), jnp.float32), jnp.asarray(vi),
+      jnp.asarray(vc))
+  slots = np.arange(kmax)[None, :]
+  classes = np.minimum(offset[:, None] + slots, total - 1).astype(np.int32)
+  mask = slots < ks[:, None]
+  chunk = max(1, min(int(nets_per_chunk), n))
+  pad = -n % chunk  # repeat the last task: whole chunks, one compile per shape
+
+  def padded(a):
+    a = np.asarray(a)
+    return np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
+
+  spec = masstrain.TrainerSpec(steps=int(max_steps), batch_size=int(batch_size),
+                               learning_rate=float(learning_rate), nets_per_chunk=chunk,
+                               eval_every=int(eval_every), patience=int(patience))
+  key = ("few_shot", spec)
+  if key not in gen._cache:
+    gen._cache[key] = masstrain.make_trainer(_net_module(gen)[0], spec, own_starts=True)
+  start = jnp.stack(starts)
+  out = gen._cache[key](data, jax.vmap(gen.layout.unflatten)(jnp.asarray(padded(start))),
+                        masstrain.TaskBatch(jnp.asarray(padded(classes)),
+                                            jnp.asarray(padded(mask)),
+                                            jnp.asarray(padded(jnp.stack(seeds)), jnp.uint32)))
+  return {"params": np.asarray(jax.vmap(gen.layout.flatten)(out.params))[:n],
+          "start": np.asarray(start), "class_emb": [e for e, _, _ in checked],
+          "kept_step": np.asarray(out.steps)[:n].astype(int),
+          "steps_run": np.asarray(out.steps_run)[:n].astype(int),
+          "train_images": np.array([int(t.sum()) for t in train]),
+          "val_images": np.array([int(v.sum()) for v in val])}
+
+
 def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
-             init=None, max_steps: int = 500, eval_every: int = 25, patience: int = 5,
-             batch_size: int = 64, learning_rate: float = 3e-3):
+             init=None, max_steps: int = FEW_SHOT.max_steps,
+             eval_every: int = FEW_SHOT.eval_every, patience: int = FEW_SHOT.patience,
+             batch_size: int = FEW_SHOT.batch_size,
+             learning_rate: float = FEW_SHOT.learning_rate, steps: int | None = None,
+             guidance: float | None = None, sampler: str | None = None):
   """Few-shot initialisation: the generated net for ``text``, fine-tuned on a few images.
 
   The corpus trainer's recipe (Adam with a cosine decay, class-balanced batches) and its
   early stopping, on validation images carved from the given ones only
   (``data.tasks.shot_split``: a fifth of each class's images, at least one; a class with
-  one image validates on it).
+  one image validates on it). One task of ``few_shot_flat``, which the few-shot studies
+  call for many tasks at once.
 
   Args:
     gen: from ``load``.
@@ -417,6 +550,8 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
     eval_every, patience: checks between validation measurements; checks without gain
       before stopping.
     batch_size, learning_rate: the recipe.
+    steps, guidance, sampler: sampling of the generated start (as ``generate``); None:
+      the generator's defaults.
 
   Returns:
     (net, info): the kept net (a ``Net``), and {"kept_step", "steps_run", "train_images",
@@ -427,42 +562,13 @@ def few_shot(gen: Generator, text: str | Sequence[str], images, labels, *, rng,
       of range or a class without images, a net of another layout as ``init``, a step
       cap that ``eval_every`` does not divide.
   """
-  from t2w_jax.zoo import masstrain  # local: only this function trains
-  emb, images, labels = check_shots(gen, text, images, labels)
-  k = emb.shape[0]
-  counts = np.bincount(labels, minlength=k)
-  if max_steps < 1 or eval_every < 1 or max_steps % eval_every or patience < 1:
-    raise ConfigError(f"need max_steps a multiple of eval_every, both >= 1, and patience >= "
-                      f"1; got {max_steps}, {eval_every}, {patience}")
-  k_init, k_split, k_train = jax.random.split(rng, 3)
-  if init is None:
-    padded, mask = pad_classes(emb, gen.spec.config["max_classes"])
-    start = sample_flat(gen, padded[None], mask[None], rng=k_init)[0]
-  else:
-    start = _nets_as_flat(gen, init, "init")[0]
-    if start.shape[0] != 1:
-      raise ConfigError("init must be one net, not a batch")
-    start = start[0]
-  split_seed = int(jax.random.randint(k_split, (), 0, np.iinfo(np.int32).max))
-  # A class with one image has nothing to hold out: it validates on its training image.
-  train, val = shots_lib.split_shots(labels, split_seed)
-  ci, cc = masstrain.index_by_class(labels, k, keep=train)
-  vi, vc = masstrain.index_by_class(labels, k, keep=val)
-  ci, cc, vi, vc = (jnp.asarray(a) for a in (ci, cc, vi, vc))
-  data = masstrain.DeviceData(jnp.asarray(images), ci, cc, jnp.asarray(images[:1]),
-                              jnp.zeros((k, 1), jnp.int32), jnp.zeros((k,), jnp.int32),
-                              jnp.asarray(emb, jnp.float32), vi, vc)
-  spec = masstrain.TrainerSpec(steps=int(max_steps), batch_size=int(batch_size),
-                               learning_rate=float(learning_rate), nets_per_chunk=1,
-                               eval_every=int(eval_every), patience=int(patience))
-  net = subtask_net(gen)
-  seed = jax.random.randint(k_train, (), 0, np.iinfo(np.int32).max).astype(jnp.uint32)
-  fit = jax.jit(lambda d, p, s: masstrain.train_one(net, spec, d, p, jnp.arange(k),
-                                                    jnp.ones((k,), bool), s))(
-                                                        data, gen.layout.unflatten(start), seed)
-  info = {"kept_step": int(fit.steps), "steps_run": int(fit.steps_run),
-          "train_images": int(np.sum(cc)), "val_images": int(np.sum(vc))}
-  return as_nets(gen, fit.params, class_names(text), emb, batch=False), info
+  out = few_shot_flat(gen, [text], [images], [labels], rngs=[rng], inits=[init],
+                      max_steps=max_steps, eval_every=eval_every, patience=patience,
+                      batch_size=batch_size, learning_rate=learning_rate, steps=steps,
+                      guidance=guidance, sampler=sampler)
+  info = {k: int(out[k][0]) for k in ("kept_step", "steps_run", "train_images", "val_images")}
+  return as_nets(gen, gen.layout.unflatten(jnp.asarray(out["params"][0])), class_names(text),
+                 out["class_emb"][0], batch=False), info
 
 
 def generate(gen: Generator, text: str | Sequence[str], *, rng, num_samples: int = 1,

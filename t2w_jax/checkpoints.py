@@ -279,7 +279,7 @@ class Checkpointer:
 
 # --------------------------------------------------------------------------- inference
 def restore_ema(directory: str, identity: dict, ema_target: Any,
-                step: int | None = None) -> tuple[Any, int]:
+                step: int | None = None, canonical=None) -> tuple[Any, int]:
   """Reads the EMA parameters (and the step) of a training checkpoint, nothing else.
 
   The optimiser states and the discriminator stay on disk (a partial restore), so
@@ -290,6 +290,8 @@ def restore_ema(directory: str, identity: dict, ema_target: Any,
     identity: what the checkpoint's meta must equal (``GeneratorSpec.identity()``).
     ema_target: the EMA parameters' structure, as ``jax.ShapeDtypeStruct`` leaves.
     step: a checkpoint step; None for the latest.
+    canonical: applied to the stored meta before it is compared (the spec's own reading
+      of metas written by older code, ``generator.canonical_identity``); None: as stored.
 
   Returns:
     (ema_params, step).
@@ -323,7 +325,8 @@ def restore_ema(directory: str, identity: dict, ema_target: Any,
               if older is not None else "no older step is intact")
       raise CorruptError(f"{_damaged(directory, step, problem)}; {hint}")
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    check_meta(meta, identity, where=f"{directory} step {step}")
+    check_meta(meta if canonical is None else canonical(meta), identity,
+               where=f"{directory} step {step}")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ema = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                        ema_target)

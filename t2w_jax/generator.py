@@ -104,12 +104,24 @@ class GeneratorSpec:
     out, so their checkpoints, written before the setting existed, still match.
     """
     c = self.config
-    model = {k: v for k, v in c["model"].items()
-             if k not in PRE_KEY_MODEL_VALUES or v != PRE_KEY_MODEL_VALUES[k]}
-    return {"model": model, "disc": c["disc"], "block_size": c["block_size"],
-            "token_group": c["token_group"], "max_classes": c["max_classes"],
-            "norm_center": c["norm_center"], "parameterization": c["parameterization"],
-            "layout": self.corpus_fingerprint, "encoder": self.encoder}
+    return canonical_identity({
+        "model": c["model"], "disc": c["disc"], "block_size": c["block_size"],
+        "token_group": c["token_group"], "max_classes": c["max_classes"],
+        "norm_center": c["norm_center"], "parameterization": c["parameterization"],
+        "layout": self.corpus_fingerprint, "encoder": self.encoder})
+
+
+def canonical_identity(identity: dict) -> dict:
+  """A checkpoint identity with its model settings at their pre-key values
+  (``PRE_KEY_MODEL_VALUES``) left out.
+
+  Applied to the spec's identity and to the one a checkpoint stored, so that a checkpoint
+  written before a setting existed and one written while the identity still listed it at
+  that value both match a spec that has it at that value.
+  """
+  model = {k: v for k, v in identity.get("model", {}).items()
+           if k not in PRE_KEY_MODEL_VALUES or v != PRE_KEY_MODEL_VALUES[k]}
+  return {**identity, "model": model}
 
 
 def training_rows(config, corpus) -> np.ndarray:
@@ -365,4 +377,4 @@ def restore_ema_params(workdir: str, spec: GeneratorSpec, step: int | None = Non
   ema = jax.eval_shape(lambda r: nn.meta.unbox(init_dit_params(spec, r)),
                        jax.random.PRNGKey(0))
   return checkpoints.restore_ema(os.path.join(workdir, CHECKPOINT_DIR), spec.identity(), ema,
-                                 step)
+                                 step, canonical=canonical_identity)

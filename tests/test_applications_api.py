@@ -1,4 +1,5 @@
 """The application API's contracts: ``api.enhance`` and ``api.few_shot`` on a tiny generator."""
+import inspect
 from types import SimpleNamespace
 
 import jax
@@ -124,6 +125,50 @@ def test_few_shot_trains_on_the_shots_and_keeps_its_best_check(ctx):
   _, info1 = api.few_shot(gen, names, one_img, one_lab, rng=jax.random.PRNGKey(0),
                           max_steps=20, eval_every=10)
   assert info1["train_images"] == 3 and info1["val_images"] == 3
+
+
+def test_few_shot_flat_trains_each_task_as_few_shot_does_alone(ctx):
+  """The batched core and the one-task call are one path: two tasks of different class
+  counts, one from the generated start and one from a given net, come out of few_shot_flat
+  exactly as few_shot makes each alone."""
+  gen = ctx.gen
+  names = [list(ctx.corpus.class_names[:3]), list(ctx.corpus.class_names[3:5])]
+  shots = [_shots(ctx, names[0], 6), _shots(ctx, names[1], 4)]
+  start = api.generate(gen, names[1], rng=jax.random.PRNGKey(3))
+  inits = [None, start]
+  rngs = [jax.random.PRNGKey(0), jax.random.PRNGKey(1)]
+  kw = dict(max_steps=30, eval_every=10, patience=2)
+  out = api.few_shot_flat(gen, names, [x for x, _ in shots], [y for _, y in shots], rngs=rngs,
+                          inits=inits, **kw)
+  np.testing.assert_array_equal(out["start"][1], np.asarray(gen.layout.flatten(start.params)))
+  for i in range(2):
+    net, info = api.few_shot(gen, names[i], *shots[i], rng=rngs[i], init=inits[i], **kw)
+    np.testing.assert_array_equal(out["params"][i],
+                                  np.asarray(gen.layout.flatten(net.params)))
+    assert info == {k: int(out[k][i]) for k in info}
+    assert net.class_names == tuple(names[i])
+  assert out["kept_step"].max() > 0  # something trained: the equality is not the starts'
+  with pytest.raises(ConfigError, match="one entry per task"):
+    api.few_shot_flat(gen, names, [x for x, _ in shots], [shots[0][1]], rngs=rngs)
+
+
+def test_few_shot_defaults_are_the_corpus_trainers_recipe():
+  """The recipe's defaults live in masstrain.TrainerSpec: the corpus config, api.few_shot,
+  its batched core and the few-shot study all take them from there."""
+  from configs import corpus as corpus_config
+  from t2w_jax.evaluate import registry
+  from t2w_jax.zoo import masstrain
+  spec, trainer = masstrain.TrainerSpec(), corpus_config.get_config().trainer
+  recipe = ("batch_size", "learning_rate", "patience")
+  assert ({k: getattr(api.FEW_SHOT, k) for k in recipe} == {k: getattr(spec, k) for k in recipe}
+          == {k: trainer[k] for k in recipe})
+  for fn in (api.few_shot, api.few_shot_flat):
+    params = inspect.signature(fn).parameters
+    assert {k: params[k].default for k in api.FEW_SHOT._fields} == api.FEW_SHOT._asdict()
+  study = registry.get("fewshot").options
+  assert {k: study[k] for k in recipe} == {k: getattr(api.FEW_SHOT, k) for k in recipe}
+  assert (study["train_steps"], study["eval_every"]) == (api.FEW_SHOT.max_steps,
+                                                         api.FEW_SHOT.eval_every)
 
 
 def test_few_shot_refuses_bad_input(ctx):

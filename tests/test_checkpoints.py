@@ -21,7 +21,7 @@ from configs import dit as dit_config
 from t2w_jax import api
 from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax import generator as generator_lib
-from t2w_jax.errors import CorruptError
+from t2w_jax.errors import ConfigError, CorruptError
 from t2w_jax.train import loop
 from t2w_jax.train import state as state_lib
 
@@ -290,3 +290,29 @@ def test_an_older_generator_json_gets_the_values_its_run_used(trained):
       "norm_center": "layer", "parameterization": "x0", "sample_temperature": 1.0}
   kept = generator_lib.GeneratorSpec.from_json(d)
   assert kept.config["norm_center"] == "element"
+
+
+def test_a_checkpoint_listing_the_text_head_at_its_old_values_loads(trained, tmp_path):
+  """Runs made while the identity still listed the text head's keys stored them at the
+  values runs before the head had (no head); such a checkpoint loads into a spec with those
+  values, and one stored with a text head is still refused."""
+  workdir = _copy(trained, tmp_path)
+  step_dir = os.path.join(workdir, "checkpoints", "20")
+  path = os.path.join(step_dir, "meta", "metadata")
+
+  def store(model_keys):
+    with open(path) as f:
+      meta = json.load(f)
+    meta["model"] = {**meta["model"], **model_keys}
+    with open(path, "w") as f:
+      json.dump(meta, f)
+    ckpt_lib.write_digests(step_dir)  # an intact step, not a damaged one
+
+  store(generator_lib.PRE_KEY_MODEL_VALUES)
+  _assert_same(api.load(workdir).params, api.load(trained).params)
+  assert generator_lib.canonical_identity({"model": {"width": 8, "text_head": 0,
+                                                     "text_head_depth": 2}, "k": 1}) == {
+      "model": {"width": 8}, "k": 1}
+  store({"text_head": 16})
+  with pytest.raises(ConfigError, match="text_head"):
+    api.load(workdir)

@@ -16,6 +16,7 @@ import pytest
 
 from configs import dit as dit_config
 from configs import eval as eval_config
+from t2w_jax import text as text_lib
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import generated
@@ -82,11 +83,14 @@ def test_unknown_evaluator_is_a_clear_error(tmp_path):
 
 
 def test_single_study_variants_hold_one_evaluator_with_valid_options():
-  for arg in ("hypernet", "fusion"):
+  for arg in ("hypernet", "fusion", "fewshot"):
     evals = eval_config.get_config(arg).evals
     assert list(evals.keys()) == [arg]
     options = set(registry.get(evals[arg].type).options)
     assert set(evals[arg].keys()) - {"type"} <= options
+  # The few-shot variant runs the study at the size of the applications variant.
+  assert (eval_config.get_config("fewshot").evals.fewshot.to_dict()
+          == eval_config.get_config("applications").evals.fewshot.to_dict())
 
 
 def test_misspelt_evaluator_option_is_an_error(tmp_path):
@@ -223,14 +227,27 @@ def test_gap_closure_guards_tiny_denominators():
   assert generated.gap_closure(np.ones(2), np.ones(2), np.ones(2))["per_task_mean"] is None
 
 
+def test_prior_temperature_is_the_given_one_else_the_generators_else_the_priors():
+  from types import SimpleNamespace
+  from t2w_jax.text import prior
+  gen = SimpleNamespace(config={"prior_temperature": 0.25})
+  assert baselines.temperature_of(SimpleNamespace(gen=gen), 2.0) == 2.0
+  assert baselines.temperature_of(SimpleNamespace(gen=gen)) == 0.25
+  assert baselines.temperature_of(SimpleNamespace(gen=None)) == prior.DEFAULT_TEMPERATURE
+  # A generator's config always has it (configs/dit.py): no second default hides its loss.
+  assert "prior_temperature" in dit_config.get_config()
+  with pytest.raises(KeyError):
+    baselines.temperature_of(SimpleNamespace(gen=SimpleNamespace(config={})))
+
+
 # --------------------------------------------------------------------------- free-form text
 @pytest.mark.parametrize("i", range(4))
 def test_freeform_sentences_parse_back_to_the_class_names(i):
   names = ["red circle", "blue cross", "green star"]
   text = generated.describe(names, i)
-  assert generated.parse_freeform(text) == names, text
+  assert text_lib.parse_description(text, singular=True) == names, text
   with pytest.raises(ValueError, match="empty"):
-    generated.parse_freeform("  ")
+    text_lib.parse_description("  ", singular=True)
 
 
 @pytest.mark.parametrize("text,names", [
@@ -241,7 +258,11 @@ def test_freeform_sentences_parse_back_to_the_class_names(i):
     ("red circle, blue star and green heart", ["red circle", "blue star", "green heart"]),
 ])
 def test_freeform_parses_what_a_user_types(text, names):
-  assert generated.parse_freeform(text) == names
+  # The one parser of descriptions, with the singular the free-form evaluator asks for.
+  assert text_lib.parse_description(text, singular=True) == names
+  # A known class name keeps its spelling: it is never singularised.
+  assert text_lib.parse_description("glasses and red circles", ["glasses"],
+                                    singular=True) == ["glasses", "red circle"]
 
 
 def test_sampler_settings_parse():

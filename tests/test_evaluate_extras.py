@@ -223,14 +223,6 @@ def test_under_trained_nets_are_the_corpus_trainers_nets_at_that_step(ctx):
                            [t.seed for t in tasks], [trainer["steps"] + 1, 0, 0])
 
 
-def test_early_stop_replays_the_trainers_rule():
-  val = np.array([[0.5, 0.6, 0.6, 0.7, 0.2, 0.1, 0.9],    # a tie is no gain; 0.7 resets
-                  [0.9, 0.8, 0.8, 0.95, 0.99, 1.0, 1.0],  # 2 bad checks at once: keeps 0
-                  [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])   # never stops: keeps the last
-  np.testing.assert_array_equal(finetune_lib.early_stop(val, patience=2), [3, 0, 6])
-  np.testing.assert_array_equal(finetune_lib.early_stop(val, patience=3), [6, 5, 6])
-
-
 def test_shot_data_holds_out_a_fifth_of_the_shots(ctx):
   data = ctx.data
   for k, (n_train, n_val) in ((1, (1, 1)), (5, (4, 1)), (10, (8, 2))):
@@ -255,47 +247,83 @@ def test_shot_data_holds_out_a_fifth_of_the_shots(ctx):
     fewshot_lib.shot_data(data, 10_000, seed=0)
 
 
-@pytest.mark.slow
-def test_fewshot(ctx, tmp_path):
+def test_fewshot_study_reports_what_api_few_shot_returns(ctx, monkeypatch, tmp_path):
+  """The study's fine-tuned numbers are the test accuracies of the nets api.few_shot_flat
+  (api.few_shot's batched core) returned, for the tasks, images, keys and starts a user
+  would pass: replacing the function replaces every number."""
+  base = np.asarray(ctx.corpus.base, np.float32)
+  other = np.asarray(ctx.corpus.weights[0], np.float32)  # stands in for the generated start
+  calls = []
+
+  def fake(gen, texts, images, labels, *, rngs, inits=None, **settings):
+    n = len(texts)
+    calls.append(dict(texts=texts, images=images, labels=labels, rngs=rngs, inits=inits,
+                      settings=settings))
+    start = (np.repeat(other[None], n, 0) if inits is None else
+             np.stack([np.asarray(gen.layout.flatten(w)) for w in inits]))
+    return {"params": start[::-1].copy(), "start": start, "class_emb": [None] * n,
+            "kept_step": np.full(n, 5), "steps_run": np.full(n, 10),
+            "train_images": np.zeros(n, int), "val_images": np.zeros(n, int)}
+
+  monkeypatch.setattr(api, "few_shot_flat", fake)
   out = fewshot_lib.fewshot(ctx, jax.random.PRNGKey(0), splits=("unseen",), num_tasks=2,
                             shots=(1, 5), train_steps=20, eval_every=5, patience=2,
                             out_dir=str(tmp_path))
-  assert out["shots"] == ["1", "5"] and out["methods"] == list(fewshot_lib.METHODS)
-  assert out["steps"] == [0, 5, 10, 15, 20]
-  rows = ctx.rows("unseen", 2)
-  tasks = ctx.tasks(rows)
-  # Every start, recomputed from the public pieces: the generated nets with the evaluator's
-  # key, the generalist, the nearest seen corpus net and the random init.
-  inits = fewshot_lib.initial_nets(ctx, tasks, fewshot_lib.METHODS, jax.random.PRNGKey(0))
-  acc0 = {m: ctx.accuracy(inits[m], tasks) for m in fewshot_lib.METHODS}
-  np.testing.assert_allclose(acc0["generalist"], [ctx.corpus.records[r]["base_acc"]
-                                                  for r in rows], atol=1e-6)
-  for k, r in out["per_k"].items():
-    for m in fewshot_lib.METHODS:
-      assert r["initial"][m] == pytest.approx(acc0[m].mean(), abs=1e-6), (k, m)
-      assert len(r["curves"][m]) == 5 and r["curves"][m][0] == pytest.approx(r["initial"][m])
-      assert 0 <= r["kept_step"][m] <= 20
-    per = r["early_stopped"]["unseen"]
-    g = np.array(per["generated"]["per_task"])
-    for m, d in r["paired"]["unseen"].items():
-      assert d["mean"] == pytest.approx(float(np.mean(g - per[m]["per_task"])), abs=1e-9)
-  # The whole pipeline at k = 5 for one start, by hand: train on the shots, stop on the
-  # held-out shots, report the kept check's test accuracy.
-  spec = finetune_lib.masstrain.TrainerSpec(
-      steps=20, batch_size=ctx.corpus.meta["trainer"]["batch_size"],
-      learning_rate=ctx.corpus.meta["trainer"]["learning_rate"],
-      nets_per_chunk=ctx.corpus.meta["trainer"]["nets_per_chunk"])
-  ids, mask = ctx.padded(tasks)
-  curves = finetune_lib.train_curves(ctx.model, spec, ctx.corpus.layout,
-                                     fewshot_lib.shot_data(ctx.data, 5, 0), inits["random"],
-                                     ids, mask, [t.seed for t in tasks], eval_every=5,
-                                     with_val=True)
-  kept = finetune_lib.early_stop(curves.val, 2)
-  np.testing.assert_allclose(out["per_k"]["5"]["early_stopped"]["unseen"]["random"]["per_task"],
-                             curves.test[np.arange(2), kept], atol=1e-6)
+  methods = list(fewshot_lib.METHODS)
+  assert out["shots"] == ["1", "5"] and out["methods"] == methods
+  assert len(calls) == 2 * len(methods)
+  tasks = ctx.tasks(ctx.rows("unseen", 2))
+  names = [[ctx.corpus.class_names[c] for c in t.class_ids] for t in tasks]
+  given = fewshot_lib.given_starts(ctx, tasks, methods[1:],
+                                   jax.random.split(jax.random.PRNGKey(0))[1])
+  for j, (k, method) in enumerate((k, m) for k in (1, 5) for m in methods):
+    call = calls[j]
+    assert call["texts"] == names
+    assert call["settings"]["max_steps"] == 20 and call["settings"]["patience"] == 2
+    # The starts of a task share its key: the same batches and validation images.
+    np.testing.assert_array_equal(np.asarray(call["rngs"]), np.asarray(calls[0]["rngs"]))
+    for i, t in enumerate(tasks):  # k shots of each class, labelled by its slot
+      np.testing.assert_array_equal(np.bincount(call["labels"][i]), [k] * len(t.class_ids))
+    if method == "generated":
+      assert call["inits"] is None  # api.few_shot's own start
+    else:
+      got = np.stack([np.asarray(ctx.gen.layout.flatten(w)) for w in call["inits"]])
+      np.testing.assert_array_equal(got, given[method])
+    start = given[method] if method != "generated" else np.repeat(other[None], 2, 0)
+    r = out["per_k"][str(k)]
+    assert r["early_stopped"]["unseen"][method]["per_task"] == ctx.accuracy(
+        start[::-1], tasks).tolist()
+    assert out["start"]["unseen"][method]["per_task"] == ctx.accuracy(start, tasks).tolist()
+    assert r["kept_step"][method] == 5
+  np.testing.assert_array_equal(given["generalist"], np.repeat(base[None], 2, 0))
   with open(out["png"], "rb") as f:
     assert f.read(8) == PNG_MAGIC
   assert "| 5 |" in out["markdown"]
+
+
+@pytest.mark.slow
+def test_fewshot_study_number_equals_calling_api_few_shot(ctx):
+  """The study's accuracy for a task is exactly that of the net api.few_shot gives a user
+  for the same task, images, key and start."""
+  kw = dict(max_steps=20, eval_every=5, patience=2)
+  out = fewshot_lib.fewshot(ctx, jax.random.PRNGKey(0), splits=("unseen",), num_tasks=2,
+                            shots=(20,), methods=("generated", "random"),
+                            train_steps=20, eval_every=5, patience=2, nets_per_chunk=1)
+  tasks = ctx.tasks(ctx.rows("unseen", 2))
+  task_rng, init_rng = jax.random.split(jax.random.PRNGKey(0))
+  keys = jax.random.split(task_rng, len(tasks))
+  images, labels = fewshot_lib.task_images(ctx, tasks, 20, 0)
+  random = fewshot_lib.given_starts(ctx, tasks, ["random"], init_rng)["random"]
+  moved = False
+  for i, t in enumerate(tasks):
+    names = [ctx.corpus.class_names[c] for c in t.class_ids]
+    for method, init in (("generated", None), ("random", ctx.gen.layout.unflatten(random[i]))):
+      net, info = api.few_shot(ctx.gen, names, images[i], labels[i], rng=keys[i], init=init,
+                               **kw)
+      acc = ctx.accuracy(np.asarray(ctx.gen.layout.flatten(net.params))[None], [t])[0]
+      assert out["per_k"]["20"]["early_stopped"]["unseen"][method]["per_task"][i] == acc
+      moved |= info["kept_step"] > 0
+  assert moved  # some net was fine-tuned, so the equality is not the start's
 
 
 def _ensemble_accuracy(wide, members, task) -> tuple[float, int]:

@@ -167,3 +167,34 @@ def test_layer_profile_swaps_one_parameter_at_a_time(ctx):
   gain = ctx.accuracy(swapped, tasks) - ctx.accuracy(gen, tasks)
   np.testing.assert_allclose(out["params"][path]["swap_gain"], gain.mean(), atol=1e-9)
   np.testing.assert_allclose(out["generated"], ctx.accuracy(gen, tasks).mean(), atol=1e-9)
+
+
+def test_shots_study_fine_tunes_through_api_few_shot(ctx, monkeypatch):
+  """The study's fine-tuning rows are the test accuracies of what api.few_shot_flat
+  (api.few_shot's batched core) returned for the tasks' shots, from the study's starts."""
+  calls = []
+
+  def fake(gen, texts, images, labels, *, rngs, inits=None, **settings):
+    start = np.stack([np.asarray(gen.layout.flatten(w)) for w in inits])
+    calls.append(dict(texts=texts, labels=labels, start=start, settings=settings))
+    n = len(texts)
+    return {"params": start[::-1].copy(), "start": start, "class_emb": [None] * n,
+            "kept_step": np.zeros(n, int), "steps_run": np.zeros(n, int),
+            "train_images": np.zeros(n, int), "val_images": np.zeros(n, int)}
+
+  monkeypatch.setattr(api, "few_shot_flat", fake)
+  res = shots_eval.shots_study(ctx, jax.random.PRNGKey(0), splits=("unseen",), num_tasks=2,
+                               shots=(5,), priors=("none",), refine_steps=0,
+                               finetune_starts=("generated", "nearest"),
+                               with_hypernet=False, train_steps=20, eval_every=5)
+  tasks = ctx.tasks(ctx.rows("unseen", 2))
+  assert len(calls) == 2
+  for call, start in zip(calls, ("generated", "nearest")):
+    assert call["texts"] == [[ctx.corpus.class_names[c] for c in t.class_ids] for t in tasks]
+    assert all((np.bincount(y) == 5).all() for y in call["labels"])
+    assert call["settings"]["max_steps"] == 20 and call["settings"]["eval_every"] == 5
+    got = res["per_k"]["5"]["acc"]["unseen"][f"{start}+finetune"]["per_task"]
+    assert got == ctx.accuracy(call["start"][::-1], tasks).tolist()
+  # The generated start is the study's own zero-shot generated net.
+  assert (res["per_k"]["5"]["acc"]["unseen"]["generated"]["per_task"]
+          == ctx.accuracy(calls[0]["start"], tasks).tolist())

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from t2w_jax import text as text_lib
+from t2w_jax.text import prior as text_prior
 from t2w_jax.evaluate import registry
 from t2w_jax.zoo import cnn as cnn_lib
 
@@ -39,15 +40,18 @@ DEFAULT_MIN_DENOMINATOR = 0.02
 
 # --------------------------------------------------------------------------- text side
 def temperature_of(ctx, temperature: float | None = None) -> float:
-  """The prior temperature for fusing class embeddings: the given one, else the generator's,
-  else 1."""
-  t = temperature
-  if t is None and getattr(ctx, "gen", None) is not None:
-    t = ctx.gen.config.get("prior_temperature", 1.0)
-  return float(1.0 if t is None else t)
+  """The prior temperature for fusing class embeddings: the given one, else the generator's
+  (its config's ``prior_temperature``), else the prior's default
+  (``text.prior.DEFAULT_TEMPERATURE``)."""
+  if temperature is not None:
+    return float(temperature)
+  if getattr(ctx, "gen", None) is not None:
+    return float(ctx.gen.config["prior_temperature"])
+  return float(text_prior.DEFAULT_TEMPERATURE)
 
 
-def fused_embeddings(ctx, tasks, temperature: float = 1.0) -> np.ndarray:
+def fused_embeddings(ctx, tasks,
+                     temperature: float = text_prior.DEFAULT_TEMPERATURE) -> np.ndarray:
   """(n, d) unit fused text embeddings of tasks, from the corpus's class embeddings."""
   emb, mask = ctx.class_text(tasks)
   return np.asarray(_fuse(emb, mask, temperature=float(temperature)), np.float32)

@@ -31,7 +31,6 @@ from t2w_jax import io as io_lib
 from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
-from t2w_jax.zoo import early_stopping
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo import trainer_shape
 from t2w_jax.zoo.cnn import SubtaskCNN
@@ -44,18 +43,15 @@ class Curves(NamedTuple):
   """What ``train_curves`` measured, as numpy arrays over n nets and S + 1 checks.
 
   test: (n, S + 1) test accuracy at steps 0, eval_every, ..., steps.
-  val: (n, S + 1) accuracy on the data's validation rows at the same steps (``with_val``),
-    else None.
   final: (n, D) the weights after the last step.
   """
   test: np.ndarray
-  val: np.ndarray | None
   final: np.ndarray
 
 
 def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout,
-               eval_every: int, with_val: bool, data, init_flat, classes, mask, seed):
-  """Fine-tunes one net from ``init_flat``: (test acc (S+1,), val acc (S+1,) or None, final).
+               eval_every: int, data, init_flat, classes, mask, seed):
+  """Fine-tunes one net from ``init_flat``: (test acc (S+1,), final).
 
   The step and its per-step keys are the corpus trainer's (``masstrain.train_step_fn``,
   ``masstrain.step_keys``), scanned in segments with an accuracy measurement after each.
@@ -64,10 +60,7 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
   step = masstrain.train_step_fn(model, spec, data, classes, mask)
 
   def accuracy(params):
-    test = masstrain.task_accuracy(model, data, params, classes, mask)
-    if not with_val:
-      return test, None
-    return test, masstrain.task_accuracy(model, data, params, classes, mask, split="val")
+    return masstrain.task_accuracy(model, data, params, classes, mask)
 
   def segment(carry, seg_keys):
     carry, _ = jax.lax.scan(step, carry, seg_keys)
@@ -77,9 +70,7 @@ def _curve_one(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayo
   keys = keys.reshape((spec.steps // eval_every, eval_every) + keys.shape[1:])
   init = (params0, masstrain.optimizer(spec).init(params0))
   (params, _), accs = jax.lax.scan(segment, init, keys)
-  accs = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]),
-                      accuracy(params0), accs)
-  return accs[0], accs[1], layout.flatten(params)
+  return jnp.concatenate([accuracy(params0)[None], accs]), layout.flatten(params)
 
 
 def _check_nets(layout: ParamLayout, init_flat, classes, mask, seeds):
@@ -118,8 +109,7 @@ def _run_chunked(one, nets_per_chunk: int, data, *arrays):
 
 
 def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout, data,
-                 init_flat, classes, mask, seeds, *, eval_every: int,
-                 with_val: bool = False) -> Curves:
+                 init_flat, classes, mask, seeds, *, eval_every: int) -> Curves:
   """Fine-tunes n nets from given inits, measuring test accuracy every ``eval_every`` steps.
 
   Args:
@@ -131,8 +121,6 @@ def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLa
     classes / mask: (n, K) global class ids and validity mask of each net's task.
     seeds: (n,) per-net seeds (the task's corpus seed reproduces the corpus trainer).
     eval_every: steps between measurements; must divide ``spec.steps``.
-    with_val: also measure accuracy on the data's validation rows (for early stopping
-      after the fact: ``early_stop``).
 
   Returns:
     ``Curves``.
@@ -143,9 +131,9 @@ def train_curves(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLa
   if eval_every < 1 or spec.steps < 1 or spec.steps % eval_every:
     raise ValueError(f"eval_every={eval_every} must be >= 1 and divide steps={spec.steps}")
   arrays = _check_nets(layout, init_flat, classes, mask, seeds)
-  one = functools.partial(_curve_one, model, spec, layout, eval_every, with_val)
-  test, val, final = _run_chunked(one, spec.nets_per_chunk, data, *arrays)
-  return Curves(test, val, final)
+  one = functools.partial(_curve_one, model, spec, layout, eval_every)
+  test, final = _run_chunked(one, spec.nets_per_chunk, data, *arrays)
+  return Curves(test, final)
 
 
 def train_for(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: ParamLayout, data,
@@ -194,29 +182,6 @@ def train_early_stopped(model: SubtaskCNN, spec: masstrain.TrainerSpec, layout: 
     return layout.flatten(fit.params), fit.steps
 
   return _run_chunked(one, spec.nets_per_chunk, data, *arrays)
-
-
-def early_stop(val: np.ndarray, patience: int) -> np.ndarray:
-  """The check each net's early stopping keeps, from its validation curve: (n,) indices.
-
-  The corpus trainer's rule (``early_stopping``), replayed on a recorded curve (training
-  does not depend on when it stops, so this equals stopping for real): the start is the
-  first check, a check counts as better only if its validation accuracy is strictly higher
-  than the best so far (ties keep the earlier net), and a net stops after ``patience``
-  checks without improvement.
-
-  Args:
-    val: (n, S + 1) validation accuracy of n nets at the start and after S periods.
-    patience: checks without improvement before a net stops (>= 1).
-  """
-  val = np.asarray(val)
-  kept = np.zeros(val.shape[0], np.int64)
-  for i, curve in enumerate(val):
-    best, _ = early_stopping.host_loop(lambda j, curve=curve: (None, curve[j + 1]),
-                                       early_stopping.start(None, curve[0]), len(curve) - 1,
-                                       patience)
-    kept[i] = best.check
-  return kept
 
 
 def random_inits(model: SubtaskCNN, layout: ParamLayout, image_size: int, rng,

@@ -10,13 +10,12 @@ Evaluators registered here (all need a trained generator in ``ctx.gen``):
 * ``"sampler_ablation"``: the same measurement on a few tasks for DDIM at several step
   counts, DDPM over the full chain, and several classifier-free guidance scales.
 * ``"freeform"``: the same tasks described the way a user would type them (see
-  ``describe`` and ``parse_freeform``) instead of as a clean class list.
+  ``describe``, parsed by ``text.parse_description``) instead of as a clean class list.
 
 All sampling uses keys derived from the evaluator's rng, so reruns give identical numbers;
 variants of one evaluator share their keys (paired comparisons).
 """
 import logging
-import re
 import time
 from typing import Sequence
 import zlib
@@ -384,42 +383,6 @@ def evaluate_sampler_ablation(ctx, rng, *, split: str = "unseen", num_tasks: int
 
 
 # --------------------------------------------------------------------------- free-form text
-# What a user puts before the class list: "a classifier that tells apart ...",
-# "sort my photos into ...", "I need a model that recognises ...". Matched only inside the
-# first comma-separated piece, so a class name later in the list is never eaten.
-_LEAD_IN = re.compile(
-    r"^.*?\b(?:tell(?:s|ing)?\s+apart|distinguish(?:es|ing)?(?:\s+between)?|"
-    r"recogni[sz](?:e|es|ing)|classif(?:y|ies|ying)|detect(?:s|ing)?|identif(?:y|ies|ying)|"
-    r"sort(?:s|ing)?\s+.*?\binto|between|pictures\s+of|photos\s+of|images\s+of)\s+",
-    re.IGNORECASE)
-_ARTICLE = re.compile(r"^(?:a|an|the|some)\s+", re.IGNORECASE)
-_OR = re.compile(r"\s+(?:or|vs\.?|versus)\s+|\s*/\s*", re.IGNORECASE)
-# Plurals the suffix rules below get wrong (dataset class names among them).
-_IRREGULAR = {"mice": "mouse", "buses": "bus", "men": "man", "women": "woman",
-              "children": "child", "people": "person", "geese": "goose", "teeth": "tooth",
-              "feet": "foot", "leaves": "leaf", "wolves": "wolf", "knives": "knife",
-              "shelves": "shelf", "wives": "wife", "lives": "life", "fish": "fish",
-              "sheep": "sheep", "deer": "deer", "cacti": "cactus", "fungi": "fungus",
-              "houses": "house", "horses": "horse", "roses": "rose", "glasses": "glasses"}
-
-
-def singularize(word: str) -> str:
-  """A small English singulariser for the last word of a class name ("crosses" -> "cross")."""
-  w = word
-  low = w.lower()
-  if low in _IRREGULAR:
-    return _IRREGULAR[low]
-  if len(low) <= 3 or low.endswith(("ss", "us", "is")):
-    return w
-  if low.endswith("ies"):
-    return w[:-3] + "y"
-  if low.endswith(("sses", "ches", "shes", "xes", "zes")):
-    return w[:-2]
-  if low.endswith("s"):
-    return w[:-1]
-  return w
-
-
 def pluralize(name: str) -> str:
   """Plural of a class name's last word ("red cross" -> "red crosses")."""
   head, _, last = name.rpartition(" ")
@@ -452,38 +415,6 @@ def describe(names: Sequence[str], i: int) -> str:
   return SENTENCE_STYLES[i % len(SENTENCE_STYLES)]([text_lib.clean_class_name(x) for x in names])
 
 
-def parse_freeform(text: str, *, singular: bool = True) -> list[str]:
-  """Class names from a free-form task description.
-
-  Takes what follows a colon if there is one, else strips a lead-in phrase ("a classifier
-  that tells apart", "sort my photos into", "recognises", ...) from the first piece;
-  splits on commas, semicolons, "and", "or" and "/" (``text.split_description``); drops
-  leading articles; optionally singularises each name's last word ("red circles" ->
-  "red circle"), since class prompts are singular ("a photo of a {}").
-
-  Raises:
-    ValueError: nothing that looks like a class name is left.
-  """
-  if not isinstance(text, str) or not text.strip():
-    raise ValueError(f"empty task description {text!r}")
-  body = text.rsplit(":", 1)[1] if ":" in text else text
-  first, sep, rest = body.partition(",")
-  first = _LEAD_IN.sub("", first.strip(), count=1)
-  body = _OR.sub(", ", first + sep + rest)
-  names = []
-  for piece in text_lib.split_description(body):
-    piece = _ARTICLE.sub("", piece.strip()).strip(" .!?")
-    if not piece:
-      continue
-    if singular:
-      head, _, last = piece.rpartition(" ")
-      piece = f"{head} {singularize(last)}" if head else singularize(last)
-    names.append(text_lib.clean_class_name(piece))
-  if not names:
-    raise ValueError(f"task description {text!r} names no class")
-  return names
-
-
 FREEFORM_VARIANTS = ("class_list", "sentence", "sentence_no_singular", "other_prompt",
                      "whole_sentence")
 
@@ -503,7 +434,7 @@ def freeform_condition(ctx, names_per_task: Sequence[Sequence[str]], variant: st
     prompts = [text_lib.apply_template(p, template) for p in parsed]
   elif variant in ("sentence", "sentence_no_singular"):
     texts = [describe(n, i) for i, n in enumerate(names_per_task)]
-    parsed = [parse_freeform(t, singular=variant == "sentence") for t in texts]
+    parsed = [text_lib.parse_description(t, singular=variant == "sentence") for t in texts]
     prompts = [text_lib.apply_template(p, template) for p in parsed]
   elif variant == "other_prompt":
     texts = [_join(n) for n in names_per_task]
@@ -530,7 +461,7 @@ def evaluate_freeform(ctx, rng, *, split: str = "unseen", num_tasks: int = 12,
   """Generated-net accuracy when tasks are described in sentences rather than class lists.
 
   Variants: ``class_list`` ("red circle, blue star and green heart", split and templated:
-  the reference), ``sentence`` (a user-style sentence, parsed by ``parse_freeform``),
+  the reference), ``sentence`` (a user-style sentence, parsed by ``text.parse_description``),
   ``sentence_no_singular`` (same, plurals kept), ``other_prompt`` (class names in a prompt
   other than the training template, ``prompt``), ``whole_sentence`` (the sentence embedded
   as ONE text token). Accuracy is always measured against the task's true classes.

@@ -92,28 +92,40 @@ def plot_enhancement(results: Mapping, path: str) -> str:
 
 
 def plot_fewshot(results: Mapping, path: str) -> str:
-  """Test accuracy against fine-tuning steps, one panel per shot count, one line per start.
+  """Test accuracy of ``api.few_shot``'s nets against shots per class, one panel per split,
+  one line per start (mean ± s.e. over tasks); dotted: the start itself, not fine-tuned.
 
   Args:
-    results: ``{"steps": [...], "per_k": {label: {"curves": {method: [mean acc per
-      check]}}}}``, as ``fewshot.fewshot`` returns.
+    results: ``{"splits", "methods", "start": {split: {method: {"per_task"}}}, "per_k":
+      {label: {"early_stopped": {split: {method: {"per_task"}}}}}}``, as
+      ``fewshot.fewshot`` returns.
     path: the PNG to write.
 
   Returns:
     ``path``.
   """
-  steps = np.asarray(results["steps"])
   ks = list(results["per_k"])
-  fig, axes = plt.subplots(1, len(ks), figsize=(3.6 * len(ks), 3.4), squeeze=False,
+  splits = results["splits"]
+  fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), squeeze=False,
                            sharey=True)
-  for ax, k in zip(axes[0], ks):
-    for method, mean in results["per_k"][k]["curves"].items():
-      ax.plot(steps, 100 * np.asarray(mean), label=method, color=_COLORS.get(method),
-              marker="o", markersize=2)
-    ax.set_title(f"{k} shot{'s' if k != '1' else ''} per class")
-    ax.set_xlabel("fine-tuning steps")
+  x = np.arange(len(ks))
+  for ax, s in zip(axes[0], splits):
+    for method in results["methods"]:
+      acc = [np.asarray(results["per_k"][k]["early_stopped"][s][method]["per_task"])
+             for k in ks]
+      mean = np.array([100 * a.mean() for a in acc])
+      se = np.array([100 * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+                     for a in acc])
+      color = _COLORS.get(method)
+      ax.errorbar(x, mean, yerr=se, label=method, color=color, marker="o", markersize=3,
+                  capsize=2)
+      start = 100 * np.mean(results["start"][s][method]["per_task"])
+      ax.axhline(start, color=color, linestyle=":", linewidth=1)
+    ax.set_xticks(x, [f"{k}" for k in ks])
+    ax.set_title(f"{s} tasks")
+    ax.set_xlabel("labelled images per class")
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("test accuracy (%), mean over tasks")
+  axes[0][0].set_ylabel("test accuracy (%) after api.few_shot")
   axes[0][0].legend(fontsize=8)
   return _save(fig, path)
 

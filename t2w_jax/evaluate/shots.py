@@ -8,14 +8,16 @@ every method, so all comparisons are paired on the same tasks and the same image
   "diffusion" (the generator's own denoiser as the prior), "l2" (its deterministic
   counterpart, a pull toward the zero-shot net) and "none" (plain refinement in token
   space);
-* fine-tuning on the shots (the corpus trainer's recipe, early-stopped on the shots alone,
-  as ``api.few_shot`` does) from the generated net, the hypernetwork's net and the nearest
-  corpus net;
+* fine-tuning on the shots by ``api.few_shot`` (its batched core ``api.few_shot_flat``:
+  the corpus trainer's recipe, early-stopped on a fifth of the shots it holds out itself)
+  from the zero-shot generated net above, the hypernetwork's net and the nearest corpus
+  net, each handed to it as ``init``, one key per task shared by the starts;
 * the specialist (trained on all of the task's training images) as the ceiling, and the
   generalist.
 
 Every choice (which refinement check, which fine-tuning check) is made on the shots: a fifth
-of each class's shots validate (``data.tasks.shot_split``; a single shot validates itself).
+of each class's shots validate (``data.tasks.shot_split``; a single shot validates itself;
+``api.few_shot`` draws its own fifth).
 No test image is used for any choice.
 """
 import inspect
@@ -32,10 +34,10 @@ from t2w_jax import shots as shots_lib
 from t2w_jax import task_loss as task_loss_lib
 from t2w_jax.evaluate import baselines
 from t2w_jax.evaluate import fewshot
-from t2w_jax.evaluate import finetune
 from t2w_jax.evaluate import hypernet as hypernet_lib
 from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
+from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
 from t2w_jax.zoo import trainer_shape
 
@@ -111,7 +113,8 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
                 learning_rate: float = shots_lib.DEFAULTS.learning_rate,
                 t_range: Sequence[float] = shots_lib.DEFAULTS.t_range,
                 finetune_starts: Sequence[str] = ("generated", "hypernet", "nearest"),
-                train_steps: int = 500, eval_every: int = 25, shot_seed: int = 0,
+                train_steps: int = api.FEW_SHOT.max_steps,
+                eval_every: int = api.FEW_SHOT.eval_every, shot_seed: int = 0,
                 hypernet_options: dict | None = None, with_hypernet: bool = True,
                 score_split: str = "test", out_dir: str | None = None) -> dict:
   """The shot-conditioned net against zero-shot nets and fine-tuning, paired.
@@ -125,8 +128,8 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
       of the paired table.
     prior_weight, refine_steps, check_every, learning_rate, t_range: ``shots.ShotConfig``.
     finetune_starts: nets fine-tuned on the shots ("generated", "hypernet", "nearest").
-    train_steps, eval_every: the fine-tuning budget and check period (the corpus
-      trainer's recipe otherwise, as in the few-shot study).
+    train_steps, eval_every: ``api.few_shot``'s max_steps and eval_every (its own
+      settings otherwise, as in the few-shot study).
     shot_seed: which images are the shots.
     hypernet_options: overrides of the hypernetwork evaluator's training options.
     with_hypernet: train the hypernetwork and compare with it (zero-shot and fine-tuned).
@@ -169,12 +172,12 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
   refiners = {p: shots_lib.make_refiner(spec, model, shots_lib.ShotConfig(
       p, float(prior_weight), int(refine_steps), int(check_every), float(learning_rate),
       tuple(float(t) for t in t_range))) for p in priors}
-  trainer = ctx.corpus.meta["trainer"]
-  ft_spec = masstrain.TrainerSpec(steps=int(train_steps), batch_size=int(trainer["batch_size"]),
-                                  learning_rate=float(trainer["learning_rate"]),
-                                  nets_per_chunk=trainer_shape.resolve(trainer).nets_per_chunk)
-  patience = int(trainer.get("patience", 5))
-  seeds = np.array([t.seed for t in tasks], np.uint32)
+  # One key per task for api.few_shot, shared by its starts (they train on the same batches).
+  ft_keys = list(jax.random.split(jax.random.fold_in(rng, 3), n))
+  names = [[ctx.corpus.class_names[c] for c in t.class_ids] for t in tasks]
+  ft_settings = dict(max_steps=int(train_steps), eval_every=int(eval_every),
+                     nets_per_chunk=int(
+                         trainer_shape.resolve(ctx.corpus.meta["trainer"]).nets_per_chunk))
   zero_shot = [m for m in ("generated", "hypernet") if m in nets0]
   references = ["specialist", "generalist"] if score_split == "test" else []
   methods = [f"shots:{p}" for p in priors] + zero_shot + [
@@ -185,6 +188,9 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
          "per_k": {}}
   if score_split not in ("test", "val"):
     raise ValueError(f"score_split must be 'test' or 'val', got {score_split!r}")
+  if finetune_starts and family_lib.family_of(ctx.corpus.meta["model"]) != "cnn":
+    raise ValueError("the fine-tuning comparators run api.few_shot on images; this context "
+                     "holds an adapter-family corpus's trunk features: pass finetune_starts=()")
   if score_split == "val" and finetune_starts:
     raise ValueError("the fine-tuning comparators are scored on test images only; pass "
                      "finetune_starts=() with score_split='val'")
@@ -205,16 +211,12 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
                                        score_split)
       kept[p] = float(np.mean(np.asarray(info["kept_check"])) * int(check_every))
     if finetune_starts:
-      inits = np.concatenate([nets0[s] for s in finetune_starts])
-      m = len(finetune_starts)
-      curves = finetune.train_curves(ctx.model, ft_spec, ctx.corpus.layout, data, inits,
-                                     np.tile(ids, (m, 1)), np.tile(mask, (m, 1)),
-                                     np.tile(seeds, m), eval_every=int(eval_every),
-                                     with_val=True)
-      stop = finetune.early_stop(curves.val, patience)
-      stopped = curves.test[np.arange(m * n), stop].reshape(m, n)
-      for i, s in enumerate(finetune_starts):
-        acc[f"{s}+finetune"] = stopped[i]
+      images, labels = fewshot.task_images(ctx, tasks, k, int(shot_seed))
+      for s in finetune_starts:
+        out = api.few_shot_flat(gen, names, images, labels, rngs=ft_keys,
+                                inits=[spec.layout.unflatten(w) for w in nets0[s]],
+                                **ft_settings)
+        acc[f"{s}+finetune"] = ctx.accuracy(out["params"], tasks)
     r = {"acc": {}, "paired": {}, "kept_check_step": kept}
     for s in splits:
       sel = split_of == s

@@ -87,6 +87,32 @@ def _canonical(known: Sequence[str]) -> dict[str, str]:
   return table
 
 
+# Plurals the suffix rules below get wrong (dataset class names among them).
+_IRREGULAR = {"mice": "mouse", "buses": "bus", "men": "man", "women": "woman",
+              "children": "child", "people": "person", "geese": "goose", "teeth": "tooth",
+              "feet": "foot", "leaves": "leaf", "wolves": "wolf", "knives": "knife",
+              "shelves": "shelf", "wives": "wife", "lives": "life", "fish": "fish",
+              "sheep": "sheep", "deer": "deer", "cacti": "cactus", "fungi": "fungus",
+              "houses": "house", "horses": "horse", "roses": "rose", "glasses": "glasses"}
+
+
+def singularize(word: str) -> str:
+  """A small English singulariser for the last word of a class name ("crosses" -> "cross")."""
+  w = word
+  low = w.lower()
+  if low in _IRREGULAR:
+    return _IRREGULAR[low]
+  if len(low) <= 3 or low.endswith(("ss", "us", "is")):
+    return w
+  if low.endswith("ies"):
+    return w[:-3] + "y"
+  if low.endswith(("sses", "ches", "shes", "xes", "zes")):
+    return w[:-2]
+  if low.endswith("s"):
+    return w[:-1]
+  return w
+
+
 def _clean_piece(piece: str) -> str:
   piece = piece.strip().strip(_QUOTES).strip()
   piece = _PIECE_HEAD.sub("", piece).strip().strip(_QUOTES)
@@ -104,7 +130,7 @@ def _split(body: str) -> list[str]:
 
 
 def parse_description(text: str, known: Iterable[str] | None = None, *,
-                      min_classes: int = 2) -> list[str]:
+                      min_classes: int = 2, singular: bool = False) -> list[str]:
   """Parses a free-form task description into class names.
 
   Args:
@@ -115,6 +141,8 @@ def parse_description(text: str, known: Iterable[str] | None = None, *,
       ("Red Circles"), and returned in its known spelling. Other names keep the user's
       spelling (underscores as spaces, whitespace collapsed).
     min_classes: the fewest class names accepted (a classifier needs two).
+    singular: put the last word of each name not in ``known`` in the singular ("red
+      circles" -> "red circle"; ``singularize``), as class prompts are ("a photo of a {}").
 
   Returns:
     The class names, in the order written.
@@ -162,7 +190,12 @@ def parse_description(text: str, known: Iterable[str] | None = None, *,
     piece = _SLOT_RE.sub(lambda m: slots[int(m.group(1))], piece)
     if piece:
       name = clean_class_name(piece)
-      names.append(table.get(name.lower(), name))
+      if name.lower() in table:
+        name = table[name.lower()]
+      elif singular:
+        head, _, last = name.rpartition(" ")
+        name = f"{head} {singularize(last)}" if head else singularize(last)
+      names.append(name)
   if not names:
     raise ConfigError(f"description {text!r} names no class")
   seen = set()

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 # Log weight of a masked class. Finite, so that an all-masked row gives no NaN when used
 # as an attention bias, and far below any real log weight (>= -2/temperature - log k).
 MASKED_LOG_PRIOR = -1e9
+# The prior's softmax temperature where nothing sets one (a generator's config does).
+DEFAULT_TEMPERATURE = 1.0
 
 _EPS = 1e-12
 
@@ -49,7 +51,7 @@ def _zero_masked(class_emb: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def prior_logits(class_emb: jax.Array, mask: jax.Array | None = None,
-                 temperature: float = 1.0) -> jax.Array:
+                 temperature: float = DEFAULT_TEMPERATURE) -> jax.Array:
   """Scores each class: cos(e_i, mean of the valid e) / temperature.
 
   Args:
@@ -73,7 +75,7 @@ def prior_logits(class_emb: jax.Array, mask: jax.Array | None = None,
 
 
 def prior_weights(class_emb: jax.Array, mask: jax.Array | None = None,
-                  temperature: float = 1.0) -> jax.Array:
+                  temperature: float = DEFAULT_TEMPERATURE) -> jax.Array:
   """Prior weight of each class: softmax of `prior_logits` over the valid classes.
 
   Args:
@@ -92,7 +94,7 @@ def prior_weights(class_emb: jax.Array, mask: jax.Array | None = None,
 
 
 def log_prior(class_emb: jax.Array, mask: jax.Array | None = None,
-              temperature: float = 1.0) -> jax.Array:
+              temperature: float = DEFAULT_TEMPERATURE) -> jax.Array:
   """Log of `prior_weights`, computed stably, for use as an attention bias.
 
   Args:
@@ -110,7 +112,7 @@ def log_prior(class_emb: jax.Array, mask: jax.Array | None = None,
 
 
 def fuse(class_emb: jax.Array, mask: jax.Array | None = None,
-         temperature: float = 1.0) -> jax.Array:
+         temperature: float = DEFAULT_TEMPERATURE) -> jax.Array:
   """Fused task embedding: the prior-weighted sum of class embeddings, L2-normalised.
 
   Args:

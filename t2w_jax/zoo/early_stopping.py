@@ -1,8 +1,8 @@
 """Early stopping: keep the best-validating checkpoint, stop after ``patience`` checks without a gain.
 
 The one rule of every trained thing in the project (the generalist and the adapter family's
-trunk, the corpus trainer's specialists and every fine-tuning built on its loop, the
-hypernetwork baseline, and the replay of the rule on recorded curves): a check counts as
+trunk, the corpus trainer's specialists and every fine-tuning built on its loop, among them
+``api.few_shot``, and the hypernetwork baseline): a check counts as
 better only if its score is strictly better than the best so far (ties keep the earlier
 checkpoint), and training stops once ``patience`` checks in a row have not been better.
 
@@ -12,7 +12,7 @@ checkpoint), and training stops once ``patience`` checks in a row have not been 
   corpus trainer runs it under ``vmap``: a finished net is frozen while the rest of its
   chunk goes on);
 * ``host_loop``: a Python loop over check periods, for trainers that dispatch one jitted
-  call per step or per period and log as they go, and for replaying the rule on curves.
+  call per step or per period and log as they go.
 
 Both count checks from 1 (the start, if scored, is check 0) and report the kept check's
 index, which the caller turns into a step.

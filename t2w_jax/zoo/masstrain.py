@@ -34,6 +34,9 @@ from t2w_jax.zoo.cnn import SubtaskCNN, cosine_logits
 class TrainerSpec:
   """How to train one net and how to batch nets. Hashable: used as a jit static.
 
+  Its defaults of the recipe (batch size, learning rate, patience) are the one home of those
+  of the corpus config (``configs/corpus.py``) and of ``api.few_shot``.
+
   Attributes:
     steps: the step cap (with early stopping) or the fixed number of steps (without).
     batch_size, learning_rate: Adam with a cosine decay over ``steps``.
@@ -49,7 +52,7 @@ class TrainerSpec:
   nets_per_chunk: int = 8
   eval_per_class: int = 100
   eval_every: int = 0
-  patience: int = 3
+  patience: int = 5
 
   def __post_init__(self):
     if self.eval_every and self.steps % self.eval_every:
