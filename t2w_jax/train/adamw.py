@@ -4,9 +4,9 @@
 with the same state tree (a checkpoint of either restores into the other) and the same
 arithmetic up to float rounding, but its update is one expression per parameter array
 (clip, both moments, bias correction, decoupled weight decay, learning rate) where the
-chain is several tree passes that XLA's CPU backend does not fuse into one. The update is
-memory-bound (it reads and writes every parameter and both moments), so the passes are
-its cost; ``python launch/bench.py profile`` shows its share of the train step.
+chain is several tree passes. The update is memory-bound (it reads and writes every
+parameter and both moments); ``python launch/bench.py kernels`` times the two against
+each other and ``python launch/bench.py profile`` shows the update's share of the step.
 """
 import jax
 import jax.numpy as jnp
