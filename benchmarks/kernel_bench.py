@@ -51,8 +51,8 @@ def _grad_call(f, *args):
   return lambda: g(*args)
 
 
-def mlp_pair(size, rng):
-  """(old, new) MLP forward + backward."""
+def mlp_pair(size, rng, dtype=jnp.float32):
+  """(old, new) MLP forward + backward, products in ``dtype``."""
   b, l, d = size.batch_size, size.num_tokens, size.width
   hidden = int(size.mlp_ratio * d)
   x = jnp.asarray(rng.standard_normal((b, l, d), np.float32))
@@ -60,30 +60,31 @@ def mlp_pair(size, rng):
   w2 = jnp.asarray(rng.standard_normal((hidden, d), np.float32) * 0.02)
 
   def old(w1, w2, x):
-    h = jax.nn.gelu(layers.einsum("...i,io->...o", x, w1, jnp.float32))
-    return jnp.sum(layers.einsum("...i,io->...o", h, w2, jnp.float32) ** 2)
+    h = jax.nn.gelu(layers.einsum("...i,io->...o", x, w1, dtype))
+    return jnp.sum(layers.einsum("...i,io->...o", h, w2, dtype).astype(jnp.float32) ** 2)
 
   def new(w1, w2, x):
-    h = jax.nn.gelu(layers.project(x, w1, 1, jnp.float32))
-    return jnp.sum(layers.project(h, w2, 1, jnp.float32) ** 2)
+    h = jax.nn.gelu(layers.project(x, w1, 1, dtype))
+    return jnp.sum(layers.project(h, w2, 1, dtype).astype(jnp.float32) ** 2)
 
   return _grad_call(old, w1, w2, x), _grad_call(new, w1, w2, x)
 
 
-def projection_pair(size, rng):
-  """(old, new) Q, K, V and output projections, forward + backward."""
+def projection_pair(size, rng, dtype=jnp.float32):
+  """(old, new) Q, K, V and output projections, forward + backward, in ``dtype``."""
   b, l, d, h = size.batch_size, size.num_tokens, size.width, size.num_heads
   x = jnp.asarray(rng.standard_normal((b, l, d), np.float32))
   qkv = [jnp.asarray(rng.standard_normal((d, h, d // h), np.float32) * 0.02) for _ in range(3)]
   wo = jnp.asarray(rng.standard_normal((h, d // h, d), np.float32) * 0.02)
 
   def old(wq, wk, wv, wo, x):
-    q, k, v = (layers.einsum("bld,dhk->blhk", x, w, jnp.float32) for w in (wq, wk, wv))
-    return jnp.sum(layers.einsum("bqhd,hdo->bqo", q * k * v, wo, jnp.float32) ** 2)
+    q, k, v = (layers.einsum("bld,dhk->blhk", x, w, dtype) for w in (wq, wk, wv))
+    out = layers.einsum("bqhd,hdo->bqo", q * k * v, wo, dtype)
+    return jnp.sum(out.astype(jnp.float32) ** 2)
 
   def new(wq, wk, wv, wo, x):
-    q, k, v = (layers.project(x, w, 1, jnp.float32) for w in (wq, wk, wv))
-    return jnp.sum(layers.project(q * k * v, wo, 2, jnp.float32) ** 2)
+    q, k, v = (layers.project(x, w, 1, dtype) for w in (wq, wk, wv))
+    return jnp.sum(layers.project(q * k * v, wo, 2, dtype).astype(jnp.float32) ** 2)
 
   return _grad_call(old, *qkv, wo, x), _grad_call(new, *qkv, wo, x)
 
@@ -138,12 +139,15 @@ def optimiser_pair(size, config):
   return calls[0], calls[1], sum(x.size for x in jax.tree.leaves(params))
 
 
-def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 0) -> dict:
+def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 0,
+        dtype: str = "float32") -> dict:
   """Times every pair; see the module docstring.
 
   Args:
     config: the DiT config (its optimiser settings drive the update pair).
     quick: tiny sizes, one repeat (smoke test).
+    dtype: the products' compute dtype in the MLP and projection pairs (attention's core
+      is float32 either way, as in the model).
     repeats: timed calls of each implementation (median reported).
     seed: data seed.
 
@@ -153,9 +157,10 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
   size = dit_bench.QUICK_SIZE if quick else dit_bench.CIFAR_SIZE
   repeats = repeats or (1 if quick else 7)
   rng = np.random.default_rng(seed)
-  pairs = [("MLP", "einsum ...i,io->...o", "layers.project", *mlp_pair(size, rng)),
+  compute = jnp.dtype(dtype)
+  pairs = [("MLP", "einsum ...i,io->...o", "layers.project", *mlp_pair(size, rng, compute)),
            ("attention projections", "einsum bld,dhk->blhk / bqhd,hdo->bqo",
-            "layers.project", *projection_pair(size, rng)),
+            "layers.project", *projection_pair(size, rng, compute)),
            ("attention core", "ours (attention_weights + AV)",
             "jax.nn.dot_product_attention", *attention_pair(size, rng))]
   old, new, n_params = optimiser_pair(size, config)
@@ -168,7 +173,7 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
                  "new_seconds": times["new"], "old_median": o, "new_median": n,
                  "old_over_new": o / n})
   return {"benchmark": "kernels", "date": harness.utc_now(), "machine": harness.machine_info(),
-          "commit": harness.git_commit(harness.ROOT), "quick": quick,
+          "commit": harness.git_commit(harness.ROOT), "quick": quick, "dtype": dtype,
           "size": dataclasses.asdict(size), "optimised_params": n_params, "rows": rows}
 
 
@@ -179,8 +184,8 @@ def format_report(result: dict) -> str:
           f"{harness.describe_machine(result['machine'])}; t2w_jax "
           f"{harness.describe_commit(result['commit'])}): width {s['width']}, "
           f"{s['num_heads']} heads, {s['num_tokens']} tokens, batch {s['batch_size']}, "
-          f"forward + backward; the update on {result['optimised_params'] / 1e6:.1f} M "
-          "parameters")
+          f"forward + backward, products in {result.get('dtype', 'float32')}; the update on "
+          f"{result['optimised_params'] / 1e6:.1f} M parameters")
   rows = [[r["what"], r["old"], f"{1e3 * r['old_median']:.1f}", r["new"],
            f"{1e3 * r['new_median']:.1f}", f"{r['old_over_new']:.2f}x"]
           for r in result["rows"]]

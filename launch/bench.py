@@ -105,8 +105,10 @@ def _parser() -> argparse.ArgumentParser:
   pr.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                   help="the DiT's compute dtype")
   pr.add_argument("--calls", type=int, help="traced calls (the breakdown is per call)")
-  sub.add_parser("kernels", parents=[common],
-                 help="the DiT step's speed changes against the code they replaced")
+  kb = sub.add_parser("kernels", parents=[common],
+                      help="the DiT step's speed changes against the code they replaced")
+  kb.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                  help="the products' compute dtype")
   xf = sub.add_parser("xla_flags", parents=[common],
                       help="the DiT train step under candidate XLA:CPU options")
   xf.add_argument("--rounds", type=int, help="turns of all candidates (median reported)")
@@ -195,7 +197,7 @@ def _main(argv=None) -> int:
     from configs import dit as dit_config  # noqa: PLC0415
     from benchmarks import kernel_bench  # noqa: PLC0415
     result = kernel_bench.run(dit_config.get_config("small"), quick=args.quick,
-                              repeats=args.repeats)
+                              repeats=args.repeats, dtype=args.dtype)
     report = kernel_bench.format_report(result)
   elif args.which == "xla_flags":
     from benchmarks import xla_flags_bench  # noqa: PLC0415

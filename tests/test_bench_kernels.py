@@ -1,5 +1,6 @@
 """Tests for benchmarks/kernel_bench.py: each pair computes the same thing (equal work)."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +14,13 @@ def test_pairs_compute_the_same_gradients(pair):
   old, new = pair(dit_bench.QUICK_SIZE, np.random.default_rng(0))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), old(),
                new())
+
+
+@pytest.mark.parametrize("pair", [kernel_bench.mlp_pair, kernel_bench.projection_pair])
+def test_pairs_agree_in_bfloat16(pair):
+  old, new = pair(dit_bench.QUICK_SIZE, np.random.default_rng(0), jnp.bfloat16)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=3e-2, atol=1e-3), old(), new())
 
 
 @pytest.mark.slow

@@ -133,13 +133,14 @@ def einsum(spec: str, a: Array, b: Array, dtype: Dtype) -> Array:
 
 
 def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
-  """``x`` (..., *in) times ``kernel`` (*in, *out) -> (..., *out), as ONE 2-D matrix product.
+  """``x`` (..., *in) times ``kernel`` (*in, *out) -> (..., *out): every projection's product.
 
-  Every projection goes through here: XLA's CPU backend runs a product whose left operand
-  has several free dimensions (and, above all, its kernel gradient, which contracts over
-  them) markedly slower than the same product flattened to (N, in) x (in, out)
-  (``python launch/bench.py profile`` shows the projections' share). The reshapes are
-  free, and the parameters keep their shapes and logical axes.
+  In float32 it is ONE 2-D matrix product, (N, in) x (in, out): XLA's CPU backend runs a
+  product whose left operand has several free dimensions (and, above all, its kernel
+  gradient, which contracts over them) markedly slower than the flattened one. In a lower
+  precision it is the einsum over the original dimensions, which reaches the CPU's bf16
+  matrix units where the flattened form did not (``python launch/bench.py kernels`` times
+  both forms in both dtypes). Either way the parameters keep their shapes and logical axes.
 
   Args:
     x: (..., *in) activations.
@@ -153,6 +154,9 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
   in_shape, out_shape = kernel.shape[:num_in], kernel.shape[num_in:]
   if tuple(x.shape[x.ndim - num_in:]) != tuple(in_shape):
     raise ValueError(f"project: x {x.shape} does not end in the kernel's input dims {in_shape}")
+  if jnp.dtype(dtype) != jnp.float32:
+    ins, outs = "ijklm"[:num_in], "opqrs"[:len(out_shape)]
+    return einsum(f"...{ins},{ins}{outs}->...{outs}", x, kernel, dtype)
   lead = x.shape[:x.ndim - num_in]
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
   y = einsum("ni,io->no", x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype)
