@@ -607,21 +607,10 @@ def run_torch_peers(s: Settings, dataset, tasks: masstrain.TaskBatch, trainer_ne
   class_emb = class_embeddings(dataset.num_classes, s.embed_dim, s.seed)
   with tempfile.TemporaryDirectory(prefix="t2w_torch_corpus_") as tmp:
     write_peer_inputs(tmp, s, dataset, class_emb, tasks, nets, loop_nets)
-    out = os.path.join(tmp, "result.json")
-    cmd = [python, TORCH_DRIVER, "--inputs", tmp, "--json", out, "--threads", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    try:
-      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                            check=False)
-    except subprocess.TimeoutExpired as e:
-      raise RuntimeError(f"the PyTorch peers ran past --torch_timeout {timeout:g} s") from e
-    except OSError as e:
-      raise MissingError(f"--torch_python {python!r} could not be started: {e}") from e
-    if proc.returncode != 0 or not os.path.isfile(out):
-      raise RuntimeError(f"the PyTorch peers ({python} {TORCH_DRIVER}) exited with status "
-                         f"{proc.returncode}:\n{proc.stderr[-3000:]}")
-    with open(out) as f:
-      result = json.load(f)
+    cmd = [python, TORCH_DRIVER, "--inputs", tmp, "--threads", str(threads),
+           "--json", os.path.join(tmp, "result.json")]
+    result = harness.run_driver(cmd, threads=threads, timeout=timeout,
+                                what="the PyTorch peers")
   if result.get("status") not in ("ok", "no_torch"):
     raise RuntimeError(f"the PyTorch peers failed ({result.get('status')}): "
                        f"{result.get('reason')}\n{result.get('traceback', '')}")

@@ -188,3 +188,36 @@ def check_python(python: str) -> str:
   if not found or not os.path.isfile(found) or not os.access(found, os.X_OK):
     raise MissingError(f"--torch_python {python!r} is not an executable Python")
   return found
+
+
+def run_driver(cmd: Sequence[str], *, threads: int, timeout: float, what: str) -> dict:
+  """Runs a PyTorch driver (``cmd`` ends in ``--json PATH``) and returns that JSON.
+
+  Torch's thread pools, OpenMP's included, are held to ``threads``.
+
+  Args:
+    cmd: the driver's command line; its last argument is where it writes its result.
+    threads: torch's intra-op threads.
+    timeout: seconds it may take.
+    what: how errors name it (e.g. "the PyTorch peers").
+
+  Raises:
+    MissingError: the interpreter could not be started.
+    RuntimeError: it ran past ``timeout``, or exited without writing its result.
+  """
+  out = cmd[-1]
+  # Also for the OpenMP pools torch starts before set_num_threads runs.
+  env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+  try:
+    proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+  except subprocess.TimeoutExpired as e:
+    raise RuntimeError(f"{what} ran past --torch_timeout {timeout:g} s") from e
+  except OSError as e:
+    raise MissingError(f"--torch_python {cmd[0]!r} could not be started: {e}") from e
+  if proc.returncode != 0 or not os.path.isfile(out):
+    raise RuntimeError(f"{what} ({' '.join(cmd[:2])}) exited with status "
+                       f"{proc.returncode}:\n{proc.stderr[-3000:]}")
+  with open(out) as f:
+    return json.load(f)
+

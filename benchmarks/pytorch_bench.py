@@ -31,7 +31,6 @@ bench_default_generation``) against its target, ``dit_bench.ONE_NET_TARGET_SECON
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -94,25 +93,13 @@ def run_torch_side(repo: str, python: str, cfg: dict, *, repeats: int, train_ste
     RuntimeError: the driver crashed or ran past ``timeout`` seconds.
   """
   with tempfile.TemporaryDirectory(prefix="t2w_torch_") as tmp:
-    out = os.path.join(tmp, "torch.json")
-    cmd = [python, DRIVER, "--t2w_repo", repo, "--config", json.dumps(cfg), "--json", out,
+    cmd = [python, DRIVER, "--t2w_repo", repo, "--config", json.dumps(cfg),
            "--repeats", str(repeats), "--train_steps", str(train_steps),
            "--denoise_repeats", str(denoise_repeats), "--threads", str(threads),
-           "--matmul_size", str(matmul_size), "--seed", str(seed), "--dtype", dtype]
-    # Also for the OpenMP pools torch starts before set_num_threads runs.
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    try:
-      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                            check=False)
-    except subprocess.TimeoutExpired as e:
-      raise RuntimeError(f"the PyTorch side ran past --torch_timeout {timeout:g} s") from e
-    except OSError as e:
-      raise MissingError(f"--torch_python {python!r} could not be started: {e}") from e
-    if proc.returncode != 0 or not os.path.isfile(out):
-      raise RuntimeError(f"the PyTorch driver ({python} {DRIVER}) exited with status "
-                         f"{proc.returncode}:\n{proc.stderr[-3000:]}")
-    with open(out) as f:
-      result = json.load(f)
+           "--matmul_size", str(matmul_size), "--seed", str(seed), "--dtype", dtype,
+           "--json", os.path.join(tmp, "torch.json")]
+    result = harness.run_driver(cmd, threads=threads, timeout=timeout,
+                                what="the PyTorch side")
   status = result.get("status")
   if status in ("ok", "no_torch"):
     return result

@@ -35,14 +35,15 @@ import os
 import statistics
 import sys
 import time
-import traceback
+
+try:
+  from benchmarks.driver_io import one_line, write_result
+except ImportError:  # run as a script by the torch Python: this directory is on sys.path
+  from driver_io import one_line, write_result  # type: ignore[no-redef]
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults
 COSINE_ALPHA = 0.05  # masstrain.adam_cosine: the rate decays to 5 %
 
-
-def _one_line(e: BaseException) -> str:
-  return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def cosine_factor(step: int, steps: int) -> float:
@@ -268,7 +269,7 @@ def bench(path: str, threads: int) -> dict:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except Exception as e:  # ImportError, or a broken install that fails while importing
-    return {"status": "no_torch", "python": sys.executable, "reason": _one_line(e)}
+    return {"status": "no_torch", "python": sys.executable, "reason": one_line(e)}
   import numpy as np  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(threads)
   cfg, d = load_inputs(torch, np, path)
@@ -297,16 +298,7 @@ def main(argv=None) -> int:
   p.add_argument("--json", required=True, help="where to write the result")
   p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
   args = p.parse_args(argv)
-  try:
-    result = bench(args.inputs, args.threads)
-  except Exception as e:  # report, not hide
-    result = {"status": "crashed", "reason": _one_line(e),
-              "traceback": traceback.format_exc()[-4000:]}
-  tmp = f"{args.json}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(tmp, args.json)
-  return 0
+  return write_result(lambda: bench(args.inputs, args.threads), args.json)
 
 
 if __name__ == "__main__":

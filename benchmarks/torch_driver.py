@@ -35,7 +35,11 @@ import os
 import statistics
 import sys
 import time
-import traceback
+
+try:
+  from benchmarks.driver_io import one_line, write_result
+except ImportError:  # run as a script by the torch Python: this directory is on sys.path
+  from driver_io import one_line, write_result  # type: ignore[no-redef]
 
 # What the checkout must provide, as (module, attribute).
 MODEL = ("T2W.models.transformer", "T2W")
@@ -52,9 +56,6 @@ class CheckoutError(Exception):
     self.status, self.what, self.reason = status, what, reason
 
 
-def _one_line(e: BaseException) -> str:
-  return " ".join(f"{type(e).__name__}: {e}".split())
-
 
 def import_checkout(repo: str) -> dict:
   """The checkout's classes and functions by name, with ``repo`` first on sys.path.
@@ -69,7 +70,7 @@ def import_checkout(repo: str) -> dict:
     try:
       out[name] = getattr(importlib.import_module(module), attr)
     except Exception as e:  # any failure inside the user's code is reported by name
-      raise CheckoutError("import_error", f"{module}.{attr}", _one_line(e)) from e
+      raise CheckoutError("import_error", f"{module}.{attr}", one_line(e)) from e
   return out
 
 
@@ -101,14 +102,14 @@ def build(parts: dict, cfg: dict, device):
         n_embd=cfg["n_embd"], encoder_depth=1, decoder_depth=1, n_layer=cfg["n_layer"],
         n_head=cfg["n_head"], attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0).to(device)
   except Exception as e:
-    raise CheckoutError("build_error", f"{MODEL[0]}.{MODEL[1]}(...)", _one_line(e)) from e
+    raise CheckoutError("build_error", f"{MODEL[0]}.{MODEL[1]}(...)", one_line(e)) from e
   try:
     diffusion = parts["diffusion"](learn_sigma=False, predict_xstart=True,
                                    noise_schedule="linear", steps=cfg["num_timesteps"])
     sampler = parts["sampler"](diffusion)
   except Exception as e:
     raise CheckoutError("build_error", f"{DIFFUSION[0]}.{DIFFUSION[1]}(...)",
-                        _one_line(e)) from e
+                        one_line(e)) from e
   return model, diffusion, sampler
 
 
@@ -144,14 +145,14 @@ def bench(repo: str, cfg: dict, *, repeats: int, train_steps: int, denoise_repea
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except Exception as e:  # ImportError, or a broken install that fails while importing
-    return {"status": "no_torch", "python": sys.executable, "reason": _one_line(e)}
+    return {"status": "no_torch", "python": sys.executable, "reason": one_line(e)}
   try:
     import numpy as np  # pylint: disable=import-outside-toplevel
     parts = import_checkout(repo)
   except CheckoutError as e:
     return {"status": e.status, "what": e.what, "reason": e.reason}
   except ImportError as e:
-    return {"status": "import_error", "what": "numpy", "reason": _one_line(e)}
+    return {"status": "import_error", "what": "numpy", "reason": one_line(e)}
 
   torch.set_num_threads(threads)
   torch.manual_seed(seed)
@@ -256,19 +257,12 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   args = p.parse_args(argv)
-  try:
-    result = bench(args.t2w_repo, json.loads(args.config), repeats=args.repeats,
-                   train_steps=args.train_steps, denoise_repeats=args.denoise_repeats,
-                   threads=args.threads, matmul_size=args.matmul_size, seed=args.seed,
-                   dtype=args.dtype)
-  except Exception as e:  # a crash inside the checkout's code mid-run: report, not hide
-    result = {"status": "crashed", "what": "the timed run", "reason": _one_line(e),
-              "traceback": traceback.format_exc()[-4000:]}
-  tmp = f"{args.json}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  os.replace(tmp, args.json)
-  return 0
+  return write_result(
+      lambda: bench(args.t2w_repo, json.loads(args.config), repeats=args.repeats,
+                    train_steps=args.train_steps, denoise_repeats=args.denoise_repeats,
+                    threads=args.threads, matmul_size=args.matmul_size, seed=args.seed,
+                    dtype=args.dtype),
+      args.json, what="the timed run")
 
 
 if __name__ == "__main__":
