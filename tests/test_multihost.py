@@ -285,21 +285,25 @@ def test_training_resumes_after_one_process_is_killed(reference, two_processes, 
   _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
 
 
-# launch/train.py, with process 1 held back before its first step by more than the 30 s
-# that XLA's CPU collectives wait for a peer when they first connect.
-_LATE_TRAIN = """
+def _train_held_back(hold: str) -> str:
+  """A ``python -c`` program: launch/train.py with ``hold`` (statements, indented two
+  spaces) run before each batch is placed."""
+  return f"""
 import os, runpy, sys, time
 from t2w_jax.train import loop
-put_batch, late = loop.put_batch, [os.environ["JAX_PROCESS_ID"] == "1"]
+put_batch, late = loop.put_batch, [os.environ.get("JAX_PROCESS_ID") == "1"]
 def held_back(*args, **kwargs):
-  if late[0]:
-    late[0] = False
-    time.sleep(40)
+{hold}
   return put_batch(*args, **kwargs)
 loop.put_batch = held_back
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+# Process 1 held back before its first step by more than the 30 s that XLA's CPU
+# collectives wait for a peer when they first connect.
+_LATE_TRAIN = _train_held_back("  if late[0]:\n    late[0] = False\n    time.sleep(40)")
 
 
 @pytest.mark.slow
@@ -315,19 +319,9 @@ def test_a_process_late_to_the_first_step_is_waited_for(reference, two_processes
   _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
 
 
-# launch/train.py with every step held back half a second (before its batch is placed), so
-# that a signal sent once the first checkpoint is written lands with steps left to run.
-_SLOW_TRAIN = """
-import runpy, sys, time
-from t2w_jax.train import loop
-put_batch = loop.put_batch
-def held_back(*args, **kwargs):
-  time.sleep(0.5)
-  return put_batch(*args, **kwargs)
-loop.put_batch = held_back
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+# Every step held back half a second (before its batch is placed), so that a signal sent
+# once the first checkpoint is written lands with steps left to run.
+_SLOW_TRAIN = _train_held_back("  time.sleep(0.5)")
 
 
 @pytest.mark.slow
