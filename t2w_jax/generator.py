@@ -119,7 +119,7 @@ def canonical_identity(identity: dict) -> dict:
   written before a setting existed and one written while the identity still listed it at
   that value both match a spec that has it at that value.
   """
-  model = {k: v for k, v in identity.get("model", {}).items()
+  model = {k: v for k, v in identity["model"].items()
            if k not in PRE_KEY_MODEL_VALUES or v != PRE_KEY_MODEL_VALUES[k]}
   return {**identity, "model": model}
 
