@@ -176,18 +176,23 @@ def _batch_mesh(batch: int):
   return None
 
 
-def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: int,
-                seed: int = 0) -> dict:
-  """Times the DiT-only train step; returns samples/s, FLOPs and compile time."""
+def train_inputs(size: DiTSize, config, dtype: str, seed: int = 0):
+  """The timed train step and what it is fed: (step_fn, params, opt_state, host batch)."""
   dit = build_dit(size, dtype)
   params = init_dit_params(dit, size, seed)
   tx, step_fn = make_dit_train_step(dit, size, config)
-  opt_state = tx.init(params)
   rng = np.random.default_rng(seed)
   emb, mask = random_text(rng, size.batch_size, size.max_classes, size.text_dim)
   batch = {"x0": rng.standard_normal((size.batch_size, size.num_tokens, size.block_size),
                                      dtype=np.float32),
            "class_emb": emb, "class_mask": mask}
+  return step_fn, params, tx.init(params), batch
+
+
+def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: int,
+                seed: int = 0) -> dict:
+  """Times the DiT-only train step; returns samples/s, FLOPs and compile time."""
+  step_fn, params, opt_state, batch = train_inputs(size, config, dtype, seed)
   mesh = _batch_mesh(size.batch_size)
   if mesh is not None:
     rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))

@@ -204,16 +204,8 @@ def _wall(fn: Callable[[], Any], repeats: int) -> float:
 def profile_train(size: dit_bench.DiTSize, config, dtype: str, calls: int, repeats: int,
                   seed: int = 0) -> dict:
   """The DiT-only train step's breakdown (see ``breakdown``) and its FLOPs."""
-  dit = dit_bench.build_dit(size, dtype)
-  params = dit_bench.init_dit_params(dit, size, seed)
-  tx, step_fn = dit_bench.make_dit_train_step(dit, size, config)
-  opt_state = tx.init(params)
-  rng = np.random.default_rng(seed)
-  emb, mask = dit_bench.random_text(rng, size.batch_size, size.max_classes, size.text_dim)
-  batch = jax.device_put({
-      "x0": rng.standard_normal((size.batch_size, size.num_tokens, size.block_size),
-                                dtype=np.float32),
-      "class_emb": emb, "class_mask": mask})
+  step_fn, params, opt_state, batch = dit_bench.train_inputs(size, config, dtype, seed)
+  batch = jax.device_put(batch)
   # Donated, as in training: every call consumes the last call's params and optimiser state.
   step = jax.jit(step_fn, donate_argnums=(0, 1))
   key = jax.random.PRNGKey(seed)
