@@ -30,7 +30,7 @@ import optax
 
 from benchmarks import dit_bench, harness
 from t2w_jax.models import layers
-from t2w_jax.train.adamw import clipped_adamw
+from t2w_jax.train import state as state_lib
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
@@ -118,11 +118,11 @@ def optimiser_pair(size, config):
   dit = dit_bench.build_dit(size, "float32")
   params = dit_bench.init_dit_params(dit, size, 0)
   grads = jax.tree.map(lambda p: 0.5 * p + 1e-3, params)
-  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                          config.num_steps)
-  kw = dict(b1=0.9, b2=0.99, weight_decay=config.weight_decay)
-  chain = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adamw(lr, **kw))
-  fused = clipped_adamw(lr, max_norm=config.grad_clip, **kw)
+  # The chain that training used before clipped_adamw, on the same schedule and settings.
+  chain = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                      optax.adamw(state_lib.learning_rate_schedule(config),
+                                  **state_lib.ADAMW_BETAS, weight_decay=config.weight_decay))
+  fused = state_lib.build_optimizers(config)[0]
   calls = []
   for tx in (chain, fused):
     def update(p, s, tx=tx):

@@ -127,6 +127,7 @@ def test_few_shot_trains_on_the_shots_and_keeps_its_best_check(ctx):
   assert info1["train_images"] == 3 and info1["val_images"] == 3
 
 
+@pytest.mark.slow
 def test_few_shot_flat_trains_each_task_as_few_shot_does_alone(ctx):
   """The batched core and the one-task call are one path: two tasks of different class
   counts, one from the generated start and one from a given net, come out of few_shot_flat

@@ -157,6 +157,7 @@ def test_prior_changes_output_only_with_prior_bias():
     assert (float(jnp.abs(a - b).max()) > 1e-4) == should_change
 
 
+@pytest.mark.slow
 def test_masked_class_tokens_do_not_matter():
   model = make_model(cond_adaln=True, cross_attention=True, prior_bias=True)
   x_t, t, text = make_inputs()

@@ -97,6 +97,7 @@ def _run(setup, spec, tasks):
   return base, out
 
 
+@pytest.mark.slow
 def test_specialists_stop_when_validation_stops_improving(setup):
   tasks = [tasks_lib.Task(i, "seen", c, i) for i, c in enumerate([(0, 1), (2, 3, 4)])]
   # With a zero learning rate nothing ever improves: each net stops after `patience`

@@ -162,6 +162,7 @@ def test_train_curves_rejects_bad_eval_every(ctx):
                               eval_every=3)
 
 
+@pytest.mark.slow
 def test_enhance(ctx, tmp_path):
   num_t = ctx.gen.config["num_timesteps"]
   out = enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2, t=(0, 5, num_t + 50),

@@ -7,6 +7,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 
 from t2w_jax import net as net_lib
 
@@ -26,6 +27,8 @@ def test_marked_blocks_are_found():
   assert marked_blocks("```python\nx = 1\n```") == []
 
 
+# Slow tier: it builds the procedural data set at full size, as the README's user does.
+@pytest.mark.slow
 def test_readme_quickstart_runs_as_written(tiny_generator_dir, tmp_path, monkeypatch):
   with open(os.path.join(ROOT, "README.md")) as f:
     blocks = marked_blocks(f.read())

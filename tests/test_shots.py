@@ -38,6 +38,7 @@ def _shots(ctx, k):
   return tasks, emb, mask, shots_eval.task_shots(fewshot.shot_data(ctx.data, k, 0), ids, mask)
 
 
+@pytest.mark.slow
 def test_text_head_is_zero_at_init_and_a_function_of_the_class_set():
   m = DiT(width=32, depth=1, num_heads=2, mlp_ratio=2.0, block_size=16, num_layers=3,
           max_blocks=4, text_dim=8, text_head=16)
@@ -88,6 +89,7 @@ def test_task_shots_weights_and_labels(ctx):
   assert not one.held_out.any()
 
 
+@pytest.mark.slow
 def test_refiner_keeps_the_start_without_steps_and_lowers_the_shots_loss(ctx):
   gen = ctx.gen
   spec = gen.spec

@@ -114,7 +114,7 @@ def test_task_loss_lowers_the_task_loss_of_generated_nets(corpus_dir, tmp_path):
   assert functional < plain - 0.015, (plain, functional)
 
 
-def test_hypernet_starts_at_the_generalist_and_its_evaluator_runs(corpus_dir):
+def test_hypernet_starts_at_the_generalist_and_samples_tasks_of_seen_classes(corpus_dir):
   corpus = corpus_lib.open_corpus(corpus_dir)
   model = hypernet_lib.TextHypernet(out_dim=corpus.layout.total, hidden=8)
   emb = jnp.asarray(np.asarray(corpus.class_emb)[None, :3])
@@ -135,6 +135,10 @@ def test_hypernet_starts_at_the_generalist_and_its_evaluator_runs(corpus_dir):
   classes, mask, _ = task_loss_lib.sample_tasks(jax.random.PRNGKey(2), few, 16, 32)
   assert classes.shape == (16, 32) and int(mask.sum(1).max()) <= 4
   assert set(np.asarray(classes).ravel().tolist()) <= set(np.asarray(few.pool).tolist())
+
+
+@pytest.mark.slow
+def test_hypernet_evaluator_runs_and_lowers_its_validation_loss(corpus_dir):
   ctx = context_lib.EvalContext.create(corpus_dir)
   out = registry.get("hypernet")(ctx, jax.random.PRNGKey(0), max_steps=20, eval_every=10,
                                  hidden=16, val_tasks=4, batch_size=4, images=8)

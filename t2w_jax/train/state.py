@@ -46,17 +46,25 @@ def build_disc(spec: GeneratorSpec) -> WeightDiscriminator:
                              text_conditioned=d["text_conditioned"])
 
 
+# The generator's AdamW moment decays.
+ADAMW_BETAS = dict(b1=0.9, b2=0.99)
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """The generator's learning rate: linear warmup, then cosine decay to 5 % of the peak."""
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                            max(config.num_steps, config.warmup_steps + 1),
+                                            end_value=0.05 * config.learning_rate)
+
+
 def build_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """AdamW with linear warmup + cosine decay and global-norm clipping; Adam for the critic.
 
   The generator's AdamW is ``adamw.clipped_adamw``: optax's clip + AdamW chain in one pass
   per parameter, with the chain's state tree.
   """
-  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                          max(config.num_steps, config.warmup_steps + 1),
-                                          end_value=0.05 * config.learning_rate)
-  tx = clipped_adamw(lr, b1=0.9, b2=0.99, weight_decay=config.weight_decay,
-                     max_norm=config.grad_clip)
+  tx = clipped_adamw(learning_rate_schedule(config), **ADAMW_BETAS,
+                     weight_decay=config.weight_decay, max_norm=config.grad_clip)
   disc_tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
                         optax.adam(config.disc.learning_rate, b1=0.5, b2=0.99))
   return tx, disc_tx
