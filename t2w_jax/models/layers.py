@@ -163,6 +163,49 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
   return y.reshape(*lead, *out_shape)
 
 
+def add_bias(y: Array, bias: Array, dtype: Dtype) -> Array:
+  """``y + bias`` with ``bias`` (float32 parameters) over ``y``'s trailing dimensions.
+
+  In float32 it is the plain sum. In a lower precision the bias's gradient, the sum of the
+  cotangent over every leading dimension, is one matrix product of a ones row with the
+  cotangent flattened to (N, bias.size), accumulated in float32 (and so not rounded to
+  ``dtype``): XLA's CPU backend turns a large bfloat16 sum into a tree of reduce-windows
+  that runs far slower than the product (``python launch/bench.py kernels --dtype
+  bfloat16`` times both).
+
+  Args:
+    y: (..., *bias.shape) in ``dtype``.
+    bias: the bias parameter.
+    dtype: the compute dtype; the result has it.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return y + bias.astype(dtype)
+  if tuple(y.shape[y.ndim - bias.ndim:]) != tuple(bias.shape):
+    raise ValueError(f"add_bias: y {y.shape} does not end in the bias's shape {bias.shape}")
+  return _bias_sum(y, bias, jnp.dtype(dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bias_sum(y: Array, bias: Array, dtype) -> Array:
+  return y + bias.astype(dtype)
+
+
+def _bias_sum_fwd(y, bias, dtype):
+  # The bias itself is the residual: only its shape and dtype are read.
+  return y + bias.astype(dtype), bias
+
+
+def _bias_sum_bwd(dtype, bias, g):
+  g = g.astype(dtype)
+  flat = g.reshape(-1, bias.size)
+  ones = jnp.ones((1, flat.shape[0]), dtype)
+  db = jnp.dot(ones, flat, preferred_element_type=jnp.float32).reshape(bias.shape)
+  return g, db.astype(bias.dtype)
+
+
+_bias_sum.defvjp(_bias_sum_fwd, _bias_sum_bwd)
+
+
 class Dense(nn.Module):
   """``nn.Dense`` (same parameter names and shapes) whose product is ``einsum``'s.
 
@@ -188,7 +231,7 @@ class Dense(nn.Module):
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axes[1],)),
                         (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
+      y = add_bias(y, bias, self.dtype)
     return y
 
 
@@ -292,7 +335,7 @@ class PerTokenProjection(nn.Module):
     # Token-major ("lbi", not "bli"): XLA's CPU backend runs a bfloat16 product with a
     # float32 result only for some layouts, and "bli,lio->blo" is not one of them.
     y = einsum("lbi,lio->lbo", jnp.swapaxes(x, 0, 1), kernel, self.dtype)
-    return jnp.swapaxes(y, 0, 1) + bias.astype(self.dtype)
+    return add_bias(jnp.swapaxes(y, 0, 1), bias, self.dtype)
 
 
 def attention_weights(q: Array, k: Array, bias: Optional[Array],
@@ -361,7 +404,7 @@ class Attention(nn.Module):
       bias = self.param(f"{name}_bias",
                         partitioned(nn.initializers.zeros_init(), ("heads", "kv")),
                         (self.num_heads, head_dim), jnp.float32)
-      return project(src, kernel, 1, self.dtype) + bias.astype(self.dtype)
+      return add_bias(project(src, kernel, 1, self.dtype), bias, self.dtype)
 
     q = proj("query", x)
     k = proj("key", kv)
@@ -376,7 +419,7 @@ class Attention(nn.Module):
         (self.num_heads, head_dim, width), jnp.float32)
     out_bias = self.param("out_bias", partitioned(nn.initializers.zeros_init(), ("embed",)),
                           (width,), jnp.float32)
-    return project(out, out_kernel, 2, self.dtype) + out_bias.astype(self.dtype)
+    return add_bias(project(out, out_kernel, 2, self.dtype), out_bias, self.dtype)
 
 
 class Mlp(nn.Module):
