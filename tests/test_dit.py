@@ -375,6 +375,42 @@ def test_bf16_einsum_and_its_gradients_follow_float32(spec, shape_a, shape_b):
   np.testing.assert_array_equal(out32, jnp.einsum(spec, a, b))  # float32: the plain einsum
 
 
+@pytest.mark.parametrize("y_shape,bias_shape", [((4, 40, 16), (16,)),       # Dense
+                                                ((4, 40, 2, 8), (2, 8)),     # q/k/v
+                                                ((4, 3, 16), (3, 16))])      # per token
+def test_add_bias_is_the_sum_and_its_bf16_bias_gradient_accumulates_in_float32(
+    y_shape, bias_shape):
+  """float32: the plain sum, gradients too. bf16: the same forward sum; the cotangent
+  passes to y unchanged; the bias's gradient (the cotangent summed over the leading
+  dimensions) comes back in float32 and closer to the float32 one than the plain bf16 sum,
+  which is rounded to bf16."""
+  ky, kb, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  y, bias = jax.random.normal(ky, y_shape), jax.random.normal(kb, bias_shape)
+  g = jax.random.normal(kg, y_shape) + 3.0  # a sum of many like terms: rounding shows
+
+  def vjp(fn, y):
+    out, f = jax.vjp(fn, y, bias)
+    return out, f(g.astype(out.dtype))
+
+  out, (gy, gb) = vjp(lambda y, b: layers.add_bias(y, b, jnp.float32), y)
+  ref_out, (ref_gy, ref_gb) = vjp(lambda y, b: y + b, y)
+  np.testing.assert_array_equal(out, ref_out)
+  np.testing.assert_array_equal(gy, ref_gy)
+  np.testing.assert_array_equal(gb, ref_gb)
+  y16 = y.astype(jnp.bfloat16)
+  out, (gy, gb) = jax.jit(lambda y: vjp(lambda y, b: layers.add_bias(y, b, jnp.bfloat16),
+                                        y))(y16)
+  plain_out, (plain_gy, plain_gb) = vjp(lambda y, b: y + b.astype(jnp.bfloat16), y16)
+  chex.assert_type([out, gy, gb], [jnp.bfloat16, jnp.bfloat16, jnp.float32])
+  np.testing.assert_array_equal(out, plain_out)
+  np.testing.assert_array_equal(gy, plain_gy)
+  exact = g.astype(jnp.bfloat16).astype(jnp.float32).reshape(-1, bias.size).sum(0)
+  err, plain_err = (float(jnp.abs(x.reshape(-1) - exact).max()) for x in (gb, plain_gb))
+  assert err <= 1e-3 * float(jnp.abs(exact).max()) and err < plain_err, (err, plain_err)
+  with pytest.raises(ValueError, match="does not end in the bias's shape"):
+    layers.add_bias(y16, jnp.zeros((5,)), jnp.bfloat16)
+
+
 def test_einsum_refuses_an_index_summed_inside_one_operand():
   with pytest.raises(ValueError, match=r"\['k'\]"):
     layers.einsum("ij,jk->i", jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.bfloat16)

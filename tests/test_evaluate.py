@@ -286,6 +286,18 @@ def test_oracle_beats_base_and_baselines_are_sane(results):
   assert b["ridge_lambda"] in (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
+def test_report_renders_the_committed_main_table_from_its_results():
+  """The committed results of the default main job render to the committed table (whose
+  header names the run's directories as the README's command does)."""
+  docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                      "results")
+  with open(os.path.join(docs, "default_eval_results.json")) as f:
+    results = json.load(f)
+  results["meta"].update(corpus_dir="runs/default/corpus", generator_dir="runs/default")
+  with open(os.path.join(docs, "default_eval_table.md")) as f:
+    assert report.render(results) == f.read()
+
+
 @pytest.mark.slow
 def test_hypernet_keeps_its_best_validating_check(results):
   """The hypernetwork early-stops by the shared rule: no patience in the tiny config, so the

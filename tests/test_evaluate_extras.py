@@ -196,8 +196,14 @@ def test_enhance(ctx, tmp_path):
       "setting"]
   with open(out["png"], "rb") as f:
     assert f.read(8) == PNG_MAGIC
+
+
+def test_enhance_refuses_settings_it_cannot_run(ctx):
+  num_t = ctx.gen.config["num_timesteps"]
   with pytest.raises(ValueError, match="no enhancement noise level"):
     enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=2, t=(num_t + 1,))
+  with pytest.raises(ValueError, match="num_tasks must be >= 2"):
+    enhance_lib.enhance(ctx, jax.random.PRNGKey(0), num_tasks=1, t=(0,))
 
 
 def test_under_trained_nets_are_the_corpus_trainers_nets_at_that_step(ctx):
