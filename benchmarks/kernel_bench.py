@@ -15,12 +15,16 @@ both see the same machine:
 * **MLP biases**: the MLP's two products (``layers.project``) with their biases added as
   ``y + bias.astype(dtype)`` against ``layers.add_bias`` (in a lower precision the bias
   gradient as a product with a ones row; in float32 the two are the same code);
+* **train step, biases** (lower precision only: in float32 both sides are the same code):
+  the whole default DiT train step at that size compiled twice, with every bias added as
+  ``y + bias.astype(dtype)`` and with ``layers.add_bias``, each donated as in training;
 * **optimiser update**: ``optax.chain(clip_by_global_norm, adamw)`` against
   ``train.adamw.clipped_adamw`` on the default DiT's parameter tree at that size, donated.
 
 Each row reports both medians and the baseline / candidate ratio (above 1: the candidate
 is faster). Every candidate but the attention core's is the code now in use (ours stays).
 """
+import contextlib
 import dataclasses
 import time
 from typing import Any, Callable
@@ -111,6 +115,38 @@ def bias_pair(size, rng, dtype=jnp.float32):
   return _grad_call(old, w1, b1, w2, b2, x), _grad_call(new, w1, b1, w2, b2, x)
 
 
+@contextlib.contextmanager
+def _plain_bias_sum():
+  """Within it, models add biases as ``y + bias.astype(dtype)`` (the code before
+  ``layers.add_bias``); a model built inside keeps what it traced."""
+  real = layers.add_bias
+  layers.add_bias = lambda y, bias, dtype: y + bias.astype(dtype)
+  try:
+    yield
+  finally:
+    layers.add_bias = real
+
+
+def step_bias_pair(size, config, dtype):
+  """(old, new) donated train steps of the default DiT: plain bias sums, ``add_bias``."""
+
+  def build():
+    step_fn, params, opt_state, batch = dit_bench.train_inputs(size, config, dtype, 0)
+    key = jax.random.PRNGKey(0)
+    compiled = jax.jit(step_fn, donate_argnums=(0, 1)).lower(
+        params, opt_state, batch, key).compile()
+    state = [params, opt_state]
+
+    def call():
+      state[0], state[1], loss = compiled(state[0], state[1], batch, key)
+      return loss
+    return call
+
+  with _plain_bias_sum():
+    old = build()
+  return old, build()
+
+
 def attention_pair(size, rng):
   """(ours, jax.nn.dot_product_attention): self- and cross-attention, forward + backward."""
   b, l, h, k = size.batch_size, size.num_tokens, size.num_heads, size.max_classes + 1
@@ -186,6 +222,9 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
            ("attention core", "ours (attention_weights + AV)",
             "jax.nn.dot_product_attention", *attention_pair(size, rng)),
            ("MLP biases", "y + bias", "layers.add_bias", *bias_pair(size, rng, compute))]
+  if compute != jnp.float32:
+    pairs.append(("train step, biases", "y + bias", "layers.add_bias",
+                  *step_bias_pair(size, config, dtype)))
   old, new, n_params = optimiser_pair(size, config)
   pairs.append(("optimiser update", "optax clip + adamw chain", "clipped_adamw", old, new))
   rows = []
