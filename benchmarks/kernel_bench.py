@@ -57,13 +57,20 @@ def _grad_call(f, *args):
   return lambda: g(*args)
 
 
-def mlp_pair(size, rng, dtype=jnp.float32):
-  """(old, new) MLP forward + backward, products in ``dtype``."""
+def _mlp_operands(size, rng):
+  """(x, w1, w2, b1, b2): the MLP's input, kernels and biases at ``size``."""
   b, l, d = size.batch_size, size.num_tokens, size.width
   hidden = int(size.mlp_ratio * d)
   x = jnp.asarray(rng.standard_normal((b, l, d), np.float32))
   w1 = jnp.asarray(rng.standard_normal((d, hidden), np.float32) * 0.02)
   w2 = jnp.asarray(rng.standard_normal((hidden, d), np.float32) * 0.02)
+  b1, b2 = (jnp.asarray(rng.standard_normal((n,), np.float32) * 0.02) for n in (hidden, d))
+  return x, w1, w2, b1, b2
+
+
+def mlp_pair(size, rng, dtype=jnp.float32):
+  """(old, new) MLP forward + backward, products in ``dtype``."""
+  x, w1, w2, _, _ = _mlp_operands(size, rng)
 
   def old(w1, w2, x):
     h = jax.nn.gelu(layers.einsum("...i,io->...o", x, w1, dtype))
@@ -97,12 +104,7 @@ def projection_pair(size, rng, dtype=jnp.float32):
 
 def bias_pair(size, rng, dtype=jnp.float32):
   """(old, new) MLP with biases, forward + backward, in ``dtype``: the biases' gradients."""
-  b, l, d = size.batch_size, size.num_tokens, size.width
-  hidden = int(size.mlp_ratio * d)
-  x = jnp.asarray(rng.standard_normal((b, l, d), np.float32))
-  w1 = jnp.asarray(rng.standard_normal((d, hidden), np.float32) * 0.02)
-  w2 = jnp.asarray(rng.standard_normal((hidden, d), np.float32) * 0.02)
-  b1, b2 = (jnp.asarray(rng.standard_normal((n,), np.float32) * 0.02) for n in (hidden, d))
+  x, w1, w2, b1, b2 = _mlp_operands(size, rng)
 
   def mlp(add):
     def f(w1, b1, w2, b2, x):
