@@ -72,3 +72,23 @@ def test_sweep_shares_the_generalist_and_resumes(tmp_path, monkeypatch):
   # Resumed: finished settings are read back, nothing is rebuilt.
   built.clear()
   assert room.run_sweep(settings, str(tmp_path)) == rows and built == []
+
+
+def test_sweep_settings_hold_unseen_tasks_only_in_one_shard():
+  import importlib.util
+  from configs import room_sweep
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch",
+                      "sweep_room.py")
+  spec = importlib.util.spec_from_file_location("sweep_room", path)
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  config = room_sweep.get_config("tiny")
+  settings = sweep.settings_of(config)
+  assert [name for name, _ in settings] == ["cnn2k_tasks2-3", "cnn2k_tasks4-6",
+                                            "adapter4_tasks2-3", "adapter4_tasks4-6"]
+  for name, c in settings:
+    assert (c.num_seen, c.num_unseen, c.num_heldout) == (0, 4, 0) and c.shard_size == 4
+    assert f"{c.min_classes}-{c.max_classes}" == name.split("_tasks")[1]
+  # The two task ranges of one net share its generalist; the two nets do not.
+  keys = [room._generalist_key(c) for _, c in settings]
+  assert keys[0] == keys[1] != keys[2] == keys[3]
