@@ -74,6 +74,11 @@ class EvalContext:
     return cls(corpus, dataset, model, data, max_classes, gen, chunk)
 
   # ---------------------------------------------------------------- tasks and text
+  @property
+  def corpus_trainer_shape(self) -> trainer_shape.TrainerShape:
+    """The trainer shape the corpus was built with (fine-tuning replays its trainer)."""
+    return trainer_shape.resolve(self.corpus.meta["trainer"])
+
   def rows(self, split: str, limit: int | None = None) -> np.ndarray:
     """Corpus row indices of a split (first ``limit``)."""
     idx = self.corpus.indices(split)

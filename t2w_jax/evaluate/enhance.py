@@ -41,7 +41,6 @@ from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
 from t2w_jax.zoo import masstrain
-from t2w_jax.zoo import trainer_shape
 
 INPUTS = ("few_shot_1", "few_shot_5", "partial_10", "partial_25", "converged")
 DEFAULT_T = (0, 5, 10, 25, 50, 100, 200, 400, 700)
@@ -61,7 +60,7 @@ def input_nets(ctx, tasks, rows, inputs: Sequence[str], *, few_shot_steps: int =
   base = np.repeat(np.asarray(ctx.corpus.base, np.float32)[None], n, 0)
   recipe = dict(batch_size=int(trainer["batch_size"]),
                 learning_rate=float(trainer["learning_rate"]),
-                nets_per_chunk=trainer_shape.resolve(trainer).nets_per_chunk)
+                nets_per_chunk=ctx.corpus_trainer_shape.nets_per_chunk)
   out = {}
   for kind in inputs:
     if kind == "converged":

@@ -38,7 +38,6 @@ from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
 from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
-from t2w_jax.zoo import trainer_shape
 
 METHODS = ("generated", "generalist", "nearest", "random")
 SHOTS = (1, 5, 20, 0)  # 0: every training image of the class
@@ -239,8 +238,7 @@ def fewshot(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"), num_task
                   patience=int(patience), batch_size=int(batch_size),
                   learning_rate=float(learning_rate), steps=steps, guidance=guidance,
                   sampler=sampler, nets_per_chunk=int(
-                      trainer_shape.resolve(ctx.corpus.meta["trainer"]).nets_per_chunk
-                      if nets_per_chunk is None
+                      ctx.corpus_trainer_shape.nets_per_chunk if nets_per_chunk is None
                       else nets_per_chunk))
   split_of = np.array([t.split for t in tasks])
   results = {"splits": splits, "task_ids": {s: [int(ctx.corpus.records[r]["task_id"])

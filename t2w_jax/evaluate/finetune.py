@@ -32,7 +32,6 @@ from t2w_jax.evaluate import plots
 from t2w_jax.evaluate import registry
 from t2w_jax.weights import ParamLayout
 from t2w_jax.zoo import masstrain
-from t2w_jax.zoo import trainer_shape
 from t2w_jax.zoo.cnn import SubtaskCNN
 from t2w_jax.zoo.cnn import init_params
 
@@ -265,7 +264,7 @@ def finetune_curves(ctx, rng, *, split: str = "unseen", num_tasks: int = 6,
       batch_size=int(trainer["batch_size"] if batch_size is None else batch_size),
       learning_rate=float(trainer["learning_rate"] if learning_rate is None
                           else learning_rate),
-      nets_per_chunk=int(trainer_shape.resolve(trainer).nets_per_chunk
+      nets_per_chunk=int(ctx.corpus_trainer_shape.nets_per_chunk
                          if nets_per_chunk is None else nets_per_chunk))
   eval_every = int(eval_every)
   layout, n = ctx.corpus.layout, len(tasks)

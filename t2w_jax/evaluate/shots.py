@@ -39,7 +39,6 @@ from t2w_jax.evaluate import registry
 from t2w_jax.evaluate import report
 from t2w_jax.zoo import family as family_lib
 from t2w_jax.zoo import masstrain
-from t2w_jax.zoo import trainer_shape
 
 
 def task_shots(data: masstrain.DeviceData, ids: np.ndarray, mask: np.ndarray) -> shots_lib.Shots:
@@ -176,8 +175,7 @@ def shots_study(ctx, rng, *, splits: Sequence[str] = ("unseen", "heldout"),
   ft_keys = list(jax.random.split(jax.random.fold_in(rng, 3), n))
   names = [[ctx.corpus.class_names[c] for c in t.class_ids] for t in tasks]
   ft_settings = dict(max_steps=int(train_steps), eval_every=int(eval_every),
-                     nets_per_chunk=int(
-                         trainer_shape.resolve(ctx.corpus.meta["trainer"]).nets_per_chunk))
+                     nets_per_chunk=int(ctx.corpus_trainer_shape.nets_per_chunk))
   zero_shot = [m for m in ("generated", "hypernet") if m in nets0]
   references = ["specialist", "generalist"] if score_split == "test" else []
   methods = [f"shots:{p}" for p in priors] + zero_shot + [

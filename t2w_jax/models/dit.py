@@ -43,6 +43,12 @@ Array = jax.Array
 ADALN_KINDS = ("block", "single")
 
 
+def num_branches(cross_attention: bool) -> int:
+  """Residual branches of a block (self-attention, [cross-attention], MLP); each has its
+  shift, scale and gate."""
+  return 3 if cross_attention else 2
+
+
 class DiTBlock(nn.Module):
   """adaLN-Zero transformer block with optional gated cross-attention to class tokens.
 
@@ -81,7 +87,7 @@ class DiTBlock(nn.Module):
       (B, S, width).
     """
     width = x.shape[-1]
-    n_branches = 3 if self.cross_attention else 2
+    n_branches = num_branches(self.cross_attention)
     if self.adaln == "single":
       offsets = self.param("adaLN_offsets", layers.partitioned(nn.initializers.zeros_init(),
                                                                ("mlp",)),
@@ -263,7 +269,7 @@ class DiT(nn.Module):
 
     block_cond = c
     if self.adaln == "single":
-      n_branches = 3 if self.cross_attention else 2
+      n_branches = num_branches(self.cross_attention)
       block_cond = layers.dense(3 * n_branches * self.width, ("embed", "mlp"),
                                 dtype=self.dtype, zero_init=True,
                                 name="adaLN_single")(nn.silu(c))
@@ -391,7 +397,7 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   per_token_block = 4 * w * w + 2 * r * w * w + (2 * w * w if cross else 0)
   macs = 2 * num_l * p * w + depth * s * per_token_block
   macs += depth * (2 * s * s * w + (2 * s * kk * w if cross else 0))
-  branches = 3 if cross else 2
+  branches = num_branches(cross)
   macs += adaln_blocks * 3 * branches * w * w + 2 * w * w + freq * w + w * w
   if cond_adaln:
     macs += d * w + w * w
