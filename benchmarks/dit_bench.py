@@ -228,17 +228,26 @@ def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: in
           "xla_flops_per_example": xla / size.batch_size, "_params": params}
 
 
-def bench_denoise(size: DiTSize, params, dtype: str, repeats: int, seed: int = 0) -> dict:
-  """Latency of one DiT forward (one denoising call) at batch 1 on one device."""
+def denoise_inputs(size: DiTSize, dtype: str, seed: int = 0, params=None):
+  """One batch-1 DiT forward (one denoising call) and its arguments: ``(call, args)``,
+  ``call(*args)`` to be jitted; random params of the seed unless ``params`` are given."""
   dit = build_dit(size, dtype)
-  params = jax.device_put(params, jax.local_devices()[0])
+  if params is None:
+    params = init_dit_params(dit, size, seed)
   emb, mask = random_text(np.random.default_rng(seed + 1), 1, size.max_classes, size.text_dim)
-  text = text_condition(emb, mask)
   x_t = jax.random.normal(jax.random.PRNGKey(seed), (1, size.num_tokens, size.block_size))
   t = jnp.full((1,), 500, jnp.int32)
   ids = jnp.arange(size.num_tokens)
-  fn = jax.jit(lambda p, x, t, c: dit.apply({"params": p}, x, t, ids, jnp.zeros_like(ids), c))
-  times = harness.time_calls(fn, params, x_t, t, text, repeats=repeats, warmup=1)
+
+  def call(p, x, t, c):
+    return dit.apply({"params": p}, x, t, ids, jnp.zeros_like(ids), c)
+  return call, (params, x_t, t, text_condition(emb, mask))
+
+
+def bench_denoise(size: DiTSize, params, dtype: str, repeats: int, seed: int = 0) -> dict:
+  """Latency of one DiT forward (one denoising call) at batch 1 on one device."""
+  call, args = denoise_inputs(size, dtype, seed, jax.device_put(params, jax.local_devices()[0]))
+  times = harness.time_calls(jax.jit(call), *args, repeats=repeats, warmup=1)
   return {"batch_size": 1, "seconds": times, "seconds_median": harness.median(times)}
 
 

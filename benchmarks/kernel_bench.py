@@ -26,6 +26,7 @@ is faster). Every candidate but the attention core's is the code now in use (our
 """
 import contextlib
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.linen import initializers as flax_init
 
 from benchmarks import dit_bench, harness
 from t2w_jax.models import layers
@@ -80,7 +82,7 @@ def mlp_pair(size, rng, dtype=jnp.float32):
     h = jax.nn.gelu(layers.project(x, w1, 1, dtype))
     return jnp.sum(layers.project(h, w2, 1, dtype).astype(jnp.float32) ** 2)
 
-  return _grad_call(old, w1, w2, x), _grad_call(new, w1, w2, x)
+  return _grad_call(old, w1, w2, x), _grad_call(new, *out_in((w1, 1), (w2, 1)), x)
 
 
 def projection_pair(size, rng, dtype=jnp.float32):
@@ -99,7 +101,8 @@ def projection_pair(size, rng, dtype=jnp.float32):
     q, k, v = (layers.project(x, w, 1, dtype) for w in (wq, wk, wv))
     return jnp.sum(layers.project(q * k * v, wo, 2, dtype).astype(jnp.float32) ** 2)
 
-  return _grad_call(old, *qkv, wo, x), _grad_call(new, *qkv, wo, x)
+  return (_grad_call(old, *qkv, wo, x),
+          _grad_call(new, *out_in(*((w, 1) for w in qkv), (wo, 2)), x))
 
 
 def bias_pair(size, rng, dtype=jnp.float32):
@@ -114,23 +117,67 @@ def bias_pair(size, rng, dtype=jnp.float32):
 
   old = mlp(lambda y, bias: y + bias.astype(dtype))
   new = mlp(lambda y, bias: layers.add_bias(y, bias, dtype))
+  w1, w2 = out_in((w1, 1), (w2, 1))
   return _grad_call(old, w1, b1, w2, b2, x), _grad_call(new, w1, b1, w2, b2, x)
 
 
+def out_in(*kernels):
+  """(*in, *out) kernels, each given with its number of input dimensions, as
+  ``layers.projection_kernel`` stores them: (*out, *in)."""
+  return tuple(jnp.moveaxis(w, tuple(range(n)), tuple(range(w.ndim - n, w.ndim)))
+               for w, n in kernels)
+
+
 @contextlib.contextmanager
-def _plain_bias_sum():
-  """Within it, models add biases as ``y + bias.astype(dtype)`` (the code before
-  ``layers.add_bias``); a model built inside keeps what it traced."""
-  real = layers.add_bias
-  layers.add_bias = lambda y, bias, dtype: y + bias.astype(dtype)
+def _patched(**functions):
+  """Within it, ``layers.NAME`` is the given function for each NAME; a model built inside
+  keeps what it traced."""
+  real = {name: getattr(layers, name) for name in functions}
+  for name, fn in functions.items():
+    setattr(layers, name, fn)
   try:
     yield
   finally:
-    layers.add_bias = real
+    for name, fn in real.items():
+      setattr(layers, name, fn)
 
 
-def step_bias_pair(size, config, dtype):
-  """(old, new) donated train steps of the default DiT: plain bias sums, ``add_bias``."""
+def _plain_bias_sum():
+  """Models add biases as ``y + bias.astype(dtype)`` (the code before ``layers.add_bias``)."""
+  return _patched(add_bias=lambda y, bias, dtype: y + bias.astype(dtype))
+
+
+def _kernel_in_out(module, name, in_shape, out_shape, in_axes, out_axes, *, zero_init=False):
+  """``layers.projection_kernel`` as it was: the kernel stored (*in, *out), as ``nn.Dense``."""
+  n_in, n_out = len(in_shape), len(out_shape)
+  init = (flax_init.zeros_init() if zero_init else flax_init.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n_in)),
+      out_axis=tuple(range(n_in, n_in + n_out))))
+  return module.param(name, layers.partitioned(init, (*in_axes, *out_axes)),
+                      (*in_shape, *out_shape), jnp.float32)
+
+
+def _project_in_out(x, kernel, num_in, dtype):
+  """``layers.project`` as it was, on (*in, *out) kernels."""
+  in_shape, out_shape = kernel.shape[:num_in], kernel.shape[num_in:]
+  if jnp.dtype(dtype) != jnp.float32:
+    ins, outs = "ijklm"[:num_in], "opqrs"[:len(out_shape)]
+    return layers.einsum(f"...{ins},{ins}{outs}->...{outs}", x, kernel, dtype)
+  lead = x.shape[:x.ndim - num_in]
+  n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+  y = layers.einsum("ni,io->no", x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype)
+  return y.reshape(*lead, *out_shape)
+
+
+def _kernels_in_out():
+  """Models store and multiply their projection kernels (*in, *out) (the code before
+  ``layers.projection_kernel``)."""
+  return _patched(projection_kernel=_kernel_in_out, project=_project_in_out)
+
+
+def step_pair(size, config, dtype, before):
+  """(old, new) donated train steps of the default DiT: built within the ``before``
+  context (the code replaced) and without it."""
 
   def build():
     step_fn, params, opt_state, batch = dit_bench.train_inputs(size, config, dtype, 0)
@@ -144,7 +191,21 @@ def step_bias_pair(size, config, dtype):
       return loss
     return call
 
-  with _plain_bias_sum():
+  with before():
+    old = build()
+  return old, build()
+
+
+def denoise_pair(size, dtype, before):
+  """(old, new) batch-1 denoising calls of the default DiT (one forward, as
+  ``dit_bench.bench_denoise``): built within the ``before`` context and without it."""
+
+  def build():
+    call, args = dit_bench.denoise_inputs(size, dtype, 0)
+    compiled = jax.jit(call).lower(*args).compile()
+    return lambda: compiled(*args)
+
+  with before():
     old = build()
   return old, build()
 
@@ -226,7 +287,11 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
            ("MLP biases", "y + bias", "layers.add_bias", *bias_pair(size, rng, compute))]
   if compute != jnp.float32:
     pairs.append(("train step, biases", "y + bias", "layers.add_bias",
-                  *step_bias_pair(size, config, dtype)))
+                  *step_pair(size, config, dtype, _plain_bias_sum)))
+  pairs += [("train step, kernels", "(in, out)", "(out, in)",
+             *step_pair(size, config, dtype, _kernels_in_out)),
+            ("denoising call, batch 1, kernels", "(in, out)", "(out, in)",
+             *denoise_pair(size, dtype, _kernels_in_out))]
   old, new, n_params = optimiser_pair(size, config)
   pairs.append(("optimiser update", "optax clip + adamw chain", "clipped_adamw", old, new))
   rows = []

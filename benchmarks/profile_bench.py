@@ -28,12 +28,10 @@ import tempfile
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import dit_bench, harness
 from t2w_jax.models import model_flops_per_example
-from t2w_jax.text.condition import text_condition
 
 # The parts of the model, in report order; ``classify`` names one for each op.
 PARTS = ("adaLN modulation", "attention projections", "attention core", "MLP",
@@ -226,17 +224,9 @@ def profile_train(size: dit_bench.DiTSize, config, dtype: str, calls: int, repea
 def profile_denoise(size: dit_bench.DiTSize, dtype: str, calls: int, repeats: int,
                     seed: int = 0) -> dict:
   """One batch-1 DiT forward's breakdown (see ``breakdown``) and its FLOPs."""
-  dit = dit_bench.build_dit(size, dtype)
-  params = dit_bench.init_dit_params(dit, size, seed)
-  emb, mask = dit_bench.random_text(np.random.default_rng(seed + 1), 1, size.max_classes,
-                                    size.text_dim)
-  text = text_condition(emb, mask)
-  x_t = jax.random.normal(jax.random.PRNGKey(seed), (1, size.num_tokens, size.block_size))
-  t = jnp.full((1,), 500, jnp.int32)
-  ids = jnp.arange(size.num_tokens)
-  call = jax.jit(lambda p, x, t, c: dit.apply({"params": p}, x, t, ids, jnp.zeros_like(ids), c))
-  compiled = call.lower(params, x_t, t, text).compile()
-  fn = lambda: compiled(params, x_t, t, text)  # noqa: E731
+  call, args = dit_bench.denoise_inputs(size, dtype, seed)
+  compiled = jax.jit(call).lower(*args).compile()
+  fn = lambda: compiled(*args)  # noqa: E731
   wall = _wall(fn, repeats)
   out = breakdown(fn, compiled, calls, wall)
   out["flops"] = model_flops_per_example(size.flops_config(), training=False)

@@ -34,6 +34,7 @@ from t2w_jax.checkpoints import CHECKPOINT_DIR
 from t2w_jax.diffusion import denoise_from, get_sampler, get_schedule, q_sample
 from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.models import DiT
+from t2w_jax.models import layers
 from t2w_jax.text.condition import text_condition
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
 
@@ -49,6 +50,8 @@ PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temp
 # Likewise for keys of the config's ``model``: those runs' DiTs had no text head and one
 # adaLN modulation per block.
 PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2, "adaln": "block"}
+# How the projection kernels of generators written before the spec recorded it were stored.
+PRE_KEY_KERNEL_LAYOUT = "in_out"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,9 @@ class GeneratorSpec:
   cnn: dict                 # subtask net settings (family, widths, logit_scale, embed_dim)
   image_size: int
   corpus_fingerprint: str   # layout fingerprint of the corpus it was trained on
+  # How its checkpoints store projection kernels (models/layers.py's KERNEL_LAYOUT when it
+  # was trained); inference reads an older layout and moves the kernels.
+  kernel_layout: str = layers.KERNEL_LAYOUT
 
   @property
   def layout(self) -> ParamLayout:
@@ -75,7 +81,7 @@ class GeneratorSpec:
     return {"config": self.config, "tokenizer": self.tokenizer.to_json(),
             "norms": self.norms.to_json(), "encoder": self.encoder, "template": self.template,
             "cnn": self.cnn, "image_size": self.image_size,
-            "corpus_fingerprint": self.corpus_fingerprint}
+            "corpus_fingerprint": self.corpus_fingerprint, "kernel_layout": self.kernel_layout}
 
   @classmethod
   def from_json(cls, d: dict) -> "GeneratorSpec":
@@ -83,7 +89,8 @@ class GeneratorSpec:
     config = {**PRE_KEY_VALUES, **d["config"]}
     config["model"] = {**PRE_KEY_MODEL_VALUES, **config["model"]}
     return cls(config, tok, LayerNorms.from_json(d["norms"], tokenizer=tok), d["encoder"],
-               d["template"], d["cnn"], int(d["image_size"]), d["corpus_fingerprint"])
+               d["template"], d["cnn"], int(d["image_size"]), d["corpus_fingerprint"],
+               d.get("kernel_layout", PRE_KEY_KERNEL_LAYOUT))
 
   def save(self, workdir: str) -> None:
     io_lib.atomic_write_json(os.path.join(workdir, SPEC_FILE), self.to_json())
@@ -100,20 +107,22 @@ class GeneratorSpec:
   def identity(self) -> dict:
     """What a checkpoint must match to be restored into this spec's models.
 
-    A model setting still at the value older runs had (``PRE_KEY_MODEL_VALUES``) is left
-    out, so their checkpoints, written before the setting existed, still match.
+    A model setting still at the value older runs had (``PRE_KEY_MODEL_VALUES``, and the
+    kernel layout at ``PRE_KEY_KERNEL_LAYOUT``) is left out, so their checkpoints, written
+    before the setting existed, still match.
     """
     c = self.config
     return canonical_identity({
         "model": c["model"], "disc": c["disc"], "block_size": c["block_size"],
         "token_group": c["token_group"], "max_classes": c["max_classes"],
         "norm_center": c["norm_center"], "parameterization": c["parameterization"],
-        "layout": self.corpus_fingerprint, "encoder": self.encoder})
+        "layout": self.corpus_fingerprint, "encoder": self.encoder,
+        "kernel_layout": self.kernel_layout})
 
 
 def canonical_identity(identity: dict) -> dict:
   """A checkpoint identity with its model settings at their pre-key values
-  (``PRE_KEY_MODEL_VALUES``) left out.
+  (``PRE_KEY_MODEL_VALUES``) and the kernel layout at ``PRE_KEY_KERNEL_LAYOUT`` left out.
 
   Applied to the spec's identity and to the one a checkpoint stored, so that a checkpoint
   written before a setting existed and one written while the identity still listed it at
@@ -121,7 +130,10 @@ def canonical_identity(identity: dict) -> dict:
   """
   model = {k: v for k, v in identity["model"].items()
            if k not in PRE_KEY_MODEL_VALUES or v != PRE_KEY_MODEL_VALUES[k]}
-  return {**identity, "model": model}
+  out = {**identity, "model": model}
+  if out.get("kernel_layout") == PRE_KEY_KERNEL_LAYOUT:
+    del out["kernel_layout"]
+  return out
 
 
 def training_rows(config, corpus) -> np.ndarray:
@@ -376,5 +388,8 @@ def restore_ema_params(workdir: str, spec: GeneratorSpec, step: int | None = Non
   """
   ema = jax.eval_shape(lambda r: nn.meta.unbox(init_dit_params(spec, r)),
                        jax.random.PRNGKey(0))
-  return checkpoints.restore_ema(os.path.join(workdir, CHECKPOINT_DIR), spec.identity(), ema,
-                                 step, canonical=canonical_identity)
+  ema = layers.move_projection_kernels(ema, layers.KERNEL_LAYOUT, spec.kernel_layout)
+  params, restored = checkpoints.restore_ema(os.path.join(workdir, CHECKPOINT_DIR),
+                                             spec.identity(), ema, step,
+                                             canonical=canonical_identity)
+  return layers.move_projection_kernels(params, spec.kernel_layout, layers.KERNEL_LAYOUT), restored

@@ -8,20 +8,50 @@ from benchmarks import dit_bench, kernel_bench
 from configs import dit as dit_config
 
 
-@pytest.mark.parametrize("pair", [kernel_bench.mlp_pair, kernel_bench.projection_pair,
-                                  kernel_bench.attention_pair, kernel_bench.bias_pair])
-def test_pairs_compute_the_same_gradients(pair):
-  old, new = pair(dit_bench.QUICK_SIZE, np.random.default_rng(0))
+# Input dimensions of each argument that is a projection kernel (0: not one): the old side
+# takes (*in, *out) kernels, the new side (*out, *in) (both sides of the bias pair do).
+KERNEL_INPUTS = {"mlp_pair": (1, 1, 0), "projection_pair": (1, 1, 1, 2, 0),
+                 "attention_pair": (0,) * 5, "bias_pair": (0,) * 5}
+
+
+def _old_layout(pair_name, new_grads):
+  """The new side's gradients with each kernel's gradient in the old side's layout."""
+  return tuple(g if n == 0 else jnp.moveaxis(g, tuple(range(g.ndim - n, g.ndim)),
+                                             tuple(range(n)))
+               for g, n in zip(new_grads, KERNEL_INPUTS[pair_name], strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_INPUTS))
+def test_pairs_compute_the_same_gradients(name):
+  old, new = getattr(kernel_bench, name)(dit_bench.QUICK_SIZE, np.random.default_rng(0))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), old(),
-               new())
+               _old_layout(name, new()))
 
 
-@pytest.mark.parametrize("pair", [kernel_bench.mlp_pair, kernel_bench.projection_pair,
-                                  kernel_bench.bias_pair])
-def test_pairs_agree_in_bfloat16(pair):
-  old, new = pair(dit_bench.QUICK_SIZE, np.random.default_rng(0), jnp.bfloat16)
+@pytest.mark.parametrize("name", ["mlp_pair", "projection_pair", "bias_pair"])
+def test_pairs_agree_in_bfloat16(name):
+  old, new = getattr(kernel_bench, name)(dit_bench.QUICK_SIZE, np.random.default_rng(0),
+                                         jnp.bfloat16)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=3e-2, atol=1e-3), old(), new())
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=3e-2, atol=1e-3), old(),
+      _old_layout(name, new()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kernel_layouts_compute_the_same_function(dtype):
+  """The benchmark's old code on the kernels moved to its layout computes what ours does
+  (which also checks ``layers.move_projection_kernels``)."""
+  size = dit_bench.QUICK_SIZE
+  call, (params, *args) = dit_bench.denoise_inputs(size, dtype, 0)
+  with kernel_bench._kernels_in_out():
+    old_call, (old_params, *_) = dit_bench.denoise_inputs(size, dtype, 0)
+    moved = kernel_bench.layers.move_projection_kernels(params, "out_in", "in_out")
+    assert jax.tree.map(jnp.shape, moved) == jax.tree.map(jnp.shape, old_params)
+    old = jax.jit(old_call)(moved, *args)
+  assert kernel_bench.layers.project is not kernel_bench._project_in_out
+  new = jax.jit(call)(params, *args)
+  assert float(jnp.abs(new).max()) > 0
+  np.testing.assert_allclose(np.asarray(old), np.asarray(new), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -37,8 +67,8 @@ def test_optimiser_pair_updates_alike():
 @pytest.mark.slow
 def test_step_bias_pair_trains_alike_and_restores_add_bias():
   real = kernel_bench.layers.add_bias
-  old, new = kernel_bench.step_bias_pair(dit_bench.QUICK_SIZE, dit_config.get_config("small"),
-                                         "bfloat16")
+  old, new = kernel_bench.step_pair(dit_bench.QUICK_SIZE, dit_config.get_config("small"),
+                                    "bfloat16", kernel_bench._plain_bias_sum)
   assert kernel_bench.layers.add_bias is real
   for _ in range(2):
     a, b = float(old()), float(new())
@@ -51,6 +81,6 @@ def test_quick_run_reports_every_pair(dtype, step_row):
   result = kernel_bench.run(dit_config.get_config("small"), quick=True, dtype=dtype)
   assert [r["what"] for r in result["rows"]] == [
       "MLP", "attention projections", "attention core", "MLP biases", *step_row,
-      "optimiser update"]
+      "train step, kernels", "denoising call, batch 1, kernels", "optimiser update"]
   assert all(r["old_median"] > 0 and r["new_median"] > 0 for r in result["rows"])
   assert "baseline / candidate" in kernel_bench.format_report(result)

@@ -4,6 +4,7 @@ The conftest's tiny trained generator (steps 10 and 20 on disk) is read; the dam
 work on copies of its workdir.
 """
 import ast
+import dataclasses
 import glob
 import json
 import logging
@@ -316,3 +317,35 @@ def test_a_checkpoint_listing_the_text_head_at_its_old_values_loads(trained, tmp
   store({"text_head": 16})
   with pytest.raises(ConfigError, match="text_head"):
     api.load(workdir)
+
+
+def test_a_generator_with_kernels_stored_in_out_loads_and_is_not_resumed(
+    trained, tiny_corpus_dir, tmp_path):
+  """A generator written when projection kernels were stored (*in, *out) (no
+  "kernel_layout" in its generator.json or its checkpoint's identity) loads to the same
+  parameters as the generator it was written from; resuming its training is refused,
+  naming the layout."""
+  from t2w_jax.models import layers
+  spec = generator_lib.GeneratorSpec.load(trained)
+  state = full_state(trained)
+  older = str(tmp_path / "older")
+  os.makedirs(older)
+  old_spec = dataclasses.replace(spec, kernel_layout="in_out")
+  d = old_spec.to_json()
+  del d["kernel_layout"]
+  with open(os.path.join(older, generator_lib.SPEC_FILE), "w") as f:
+    json.dump(d, f)
+  moved = layers.move_projection_kernels(state.ema_params, "out_in", "in_out")
+  changed = [a.shape != b.shape for a, b in zip(jax.tree.leaves(moved),
+                                                jax.tree.leaves(state.ema_params))]
+  assert any(changed) and not all(changed)
+  assert "kernel_layout" not in old_spec.identity()
+  ckpt = ckpt_lib.Checkpointer(os.path.join(older, "checkpoints"), old_spec.identity(),
+                               save_every=1)
+  ckpt.save(20, state.replace(ema_params=moved), force=True)
+  ckpt.close()
+
+  _assert_same(api.load(older).params, api.load(trained).params)
+  config = tiny(tiny_corpus_dir)
+  with pytest.raises(ConfigError, match="kernel_layout"):
+    loop.load_or_make_spec(config, older, loop.open_training_corpus(config, older))

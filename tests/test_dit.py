@@ -231,11 +231,14 @@ def test_param_specs_have_logical_names():
   specs = nn.get_partition_spec(variables)["params"]
   assert tuple(specs["embed"]["in_proj"]["kernel"]) == ("tokens", "block", "embed")
   assert tuple(specs["final"]["out_proj"]["kernel"]) == ("tokens", "embed", "block")
-  assert tuple(specs["block_0"]["attn"]["query_kernel"]) == ("embed", "heads", "kv")
-  assert tuple(specs["block_0"]["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
+  # Projection kernels are stored (*out, *in) (layers.projection_kernel).
+  assert tuple(specs["block_0"]["attn"]["query_kernel"]) == ("heads", "kv", "embed")
+  assert tuple(specs["block_0"]["attn"]["out_kernel"]) == ("embed", "heads", "kv")
+  assert tuple(specs["block_0"]["mlp"]["fc1"]["kernel"]) == ("mlp", "embed")
   shapes = jax.tree_util.tree_map(jnp.shape, models.unbox(variables))["params"]
   assert shapes["embed"]["in_proj"]["kernel"] == (L, P, 32)
   assert shapes["final"]["out_proj"]["kernel"] == (L, 32, P)
+  assert shapes["block_0"]["mlp"]["fc1"]["kernel"] == (64, 32)
 
 
 def test_mesh_sharded_apply_matches_unsharded():
@@ -253,7 +256,7 @@ def test_mesh_sharded_apply_matches_unsharded():
   specs = nn.get_partition_spec(variables)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
   mlp_spec = shardings["params"]["block_0"]["mlp"]["fc1"]["kernel"].spec
-  assert tuple(mlp_spec) == (None, "model")
+  assert tuple(mlp_spec) == ("model", None)
   sharded_params = jax.device_put(params, shardings)
   assert len(sharded_params["params"]["block_0"]["mlp"]["fc1"]["kernel"]
              .addressable_shards) == 8

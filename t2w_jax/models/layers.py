@@ -47,7 +47,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Optional[str]], ...] = (
 # masked keys get exactly zero weight after exp underflows.
 _MASK_VALUE = -1e30
 
-default_kernel_init = nn.initializers.lecun_normal()
 embed_init = nn.initializers.normal(stddev=0.02)
 
 
@@ -132,10 +131,81 @@ def einsum(spec: str, a: Array, b: Array, dtype: Dtype) -> Array:
   return _low_precision_einsum(spec, a, b, jnp.dtype(dtype))
 
 
-def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
-  """``x`` (..., *in) times ``kernel`` (*in, *out) -> (..., *out): every projection's product.
+def projection_kernel(module: nn.Module, name: str, in_shape: Sequence[int],
+                      out_shape: Sequence[int], in_axes: Sequence[Optional[str]],
+                      out_axes: Sequence[Optional[str]], *, zero_init: bool = False) -> Array:
+  """A projection's float32 kernel, created in ``module``: stored (*out, *in).
 
-  In float32 it is ONE 2-D matrix product, (N, in) x (in, out): XLA's CPU backend runs a
+  Output dimensions first, as in ``torch.nn.Linear``: XLA's CPU backend runs a product
+  with few rows (a batch-1 denoising call has one row per weight token) markedly faster
+  when the contracted dimension is the kernel's minor one, and the two layouts train
+  alike (``python launch/bench.py kernels`` times both). Initialised with LeCun's
+  truncated normal over the input dimensions (``nn.Dense``'s default), or zero.
+
+  Args:
+    module: the module that owns the parameter (call from its ``@nn.compact`` body).
+    name: parameter name.
+    in_shape, out_shape: the input and output dimensions.
+    in_axes, out_axes: their logical axis names (``LOGICAL_AXIS_RULES``).
+    zero_init: a zero kernel (adaLN-Zero modulations, output layers).
+
+  Returns:
+    The (*out_shape, *in_shape) kernel, for ``project``.
+  """
+  n_out, n_in = len(out_shape), len(in_shape)
+  if zero_init:
+    init = nn.initializers.zeros_init()
+  else:
+    init = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n_out, n_out + n_in)),
+        out_axis=tuple(range(n_out)))
+  return module.param(name, partitioned(init, (*out_axes, *in_axes)),
+                      (*out_shape, *in_shape), jnp.float32)
+
+
+# How ``projection_kernel`` stores a kernel; checkpoints record it (``generator.py``).
+# "in_out" ((*in, *out), ``nn.Dense``'s layout) is how kernels were stored before.
+KERNEL_LAYOUT = "out_in"
+KERNEL_LAYOUTS = ("in_out", "out_in")
+
+# Input dimensions of each kind of projection kernel, by parameter name: a Dense "kernel"
+# is 2-D (a per-token projection's "kernel" is 3-D and keeps its (L, in, out) layout).
+_KERNEL_INPUTS = {"query_kernel": 1, "key_kernel": 1, "value_kernel": 1, "out_kernel": 2}
+
+
+def move_projection_kernels(params: Any, source: str, target: str) -> Any:
+  """``params`` (a plain or shape tree of the models here) with every projection kernel
+  moved from the ``source`` layout to the ``target`` one (``KERNEL_LAYOUTS``).
+
+  Reads checkpoints written when kernels were stored (*in, *out): their arrays move to
+  (*out, *in), element for element, so the model computes the same function.
+  """
+  for layout in (source, target):
+    if layout not in KERNEL_LAYOUTS:
+      raise ValueError(f"unknown kernel layout {layout!r}; expected one of {KERNEL_LAYOUTS}")
+  if source == target:
+    return params
+
+  def move(path, x):
+    name = getattr(path[-1], "key", None)
+    n_in = _KERNEL_INPUTS.get(name, 1 if name == "kernel" and len(x.shape) == 2 else 0)
+    if n_in == 0:
+      return x
+    ndim = len(x.shape)
+    n_first = n_in if source == "in_out" else ndim - n_in
+    perm = (*range(n_first, ndim), *range(n_first))
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(tuple(x.shape[i] for i in perm), x.dtype,
+                                  sharding=x.sharding)
+    return jnp.transpose(x, perm)
+
+  return jax.tree_util.tree_map_with_path(move, params)
+
+
+def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
+  """``x`` (..., *in) times ``kernel`` (*out, *in) -> (..., *out): every projection's product.
+
+  In float32 it is ONE 2-D matrix product, (N, in) x (out, in)^T: XLA's CPU backend runs a
   product whose left operand has several free dimensions (and, above all, its kernel
   gradient, which contracts over them) markedly slower than the flattened one. In a lower
   precision it is the einsum over the original dimensions, which reaches the CPU's bf16
@@ -144,22 +214,23 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
 
   Args:
     x: (..., *in) activations.
-    kernel: (*in, *out) with ``num_in`` input dimensions.
-    num_in: how many leading kernel dimensions are contracted with x's trailing ones.
+    kernel: (*out, *in) with ``num_in`` trailing (input) dimensions, from
+      ``projection_kernel``.
+    num_in: how many trailing kernel dimensions are contracted with x's trailing ones.
     dtype: compute dtype (``einsum``'s mixed precision).
 
   Returns:
     (..., *out) in ``dtype``.
   """
-  in_shape, out_shape = kernel.shape[:num_in], kernel.shape[num_in:]
+  out_shape, in_shape = kernel.shape[:kernel.ndim - num_in], kernel.shape[kernel.ndim - num_in:]
   if tuple(x.shape[x.ndim - num_in:]) != tuple(in_shape):
     raise ValueError(f"project: x {x.shape} does not end in the kernel's input dims {in_shape}")
   if jnp.dtype(dtype) != jnp.float32:
     ins, outs = "ijklm"[:num_in], "opqrs"[:len(out_shape)]
-    return einsum(f"...{ins},{ins}{outs}->...{outs}", x, kernel, dtype)
+    return einsum(f"...{ins},{outs}{ins}->...{outs}", x, kernel, dtype)
   lead = x.shape[:x.ndim - num_in]
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
-  y = einsum("ni,io->no", x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype)
+  y = einsum("ni,oi->no", x.reshape(-1, n_in), kernel.reshape(n_out, n_in), dtype)
   return y.reshape(*lead, *out_shape)
 
 
@@ -207,7 +278,8 @@ _bias_sum.defvjp(_bias_sum_fwd, _bias_sum_bwd)
 
 
 class Dense(nn.Module):
-  """``nn.Dense`` (same parameter names and shapes) whose product is ``einsum``'s.
+  """``nn.Dense`` (same parameter names; the kernel stored (out, in), see
+  ``projection_kernel``) whose product is ``project``'s.
 
   Attributes:
     features: output features.
@@ -224,9 +296,8 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kinit = nn.initializers.zeros_init() if self.zero_init else default_kernel_init
-    kernel = self.param("kernel", partitioned(kinit, self.axes),
-                        (x.shape[-1], self.features), jnp.float32)
+    kernel = projection_kernel(self, "kernel", (x.shape[-1],), (self.features,),
+                               self.axes[:1], self.axes[1:], zero_init=self.zero_init)
     y = project(x, kernel, 1, self.dtype)
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axes[1],)),
@@ -391,16 +462,9 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     kv = x if kv is None else kv
 
-    # Kernels are created directly (not via nn.DenseGeneral): DenseGeneral initialises a
-    # flattened 2-D kernel and reshapes it, and its shape check under a mesh applies the
-    # 3-D logical constraint to the 2-D value, which fails.
     def proj(name, src):
-      kernel = self.param(
-          f"{name}_kernel",
-          partitioned(nn.initializers.variance_scaling(
-              1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2)),
-                      ("embed", "heads", "kv")),
-          (src.shape[-1], self.num_heads, head_dim), jnp.float32)
+      kernel = projection_kernel(self, f"{name}_kernel", (src.shape[-1],),
+                                 (self.num_heads, head_dim), ("embed",), ("heads", "kv"))
       bias = self.param(f"{name}_bias",
                         partitioned(nn.initializers.zeros_init(), ("heads", "kv")),
                         (self.num_heads, head_dim), jnp.float32)
@@ -411,12 +475,8 @@ class Attention(nn.Module):
     v = proj("value", kv)
     weights = attention_weights(q, k, bias, mask)
     out = einsum("bhqk,bkhd->bqhd", weights, v, jnp.float32)  # (see attention_weights)
-    out_kernel = self.param(
-        "out_kernel",
-        partitioned(nn.initializers.variance_scaling(
-            1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2),
-                    ("heads", "kv", "embed")),
-        (self.num_heads, head_dim, width), jnp.float32)
+    out_kernel = projection_kernel(self, "out_kernel", (self.num_heads, head_dim), (width,),
+                                   ("heads", "kv"), ("embed",))
     out_bias = self.param("out_bias", partitioned(nn.initializers.zeros_init(), ("embed",)),
                           (width,), jnp.float32)
     return add_bias(project(out, out_kernel, 2, self.dtype), out_bias, self.dtype)
