@@ -65,14 +65,17 @@ class DiTSize:
   conditioning: str = "prior"
   # How the blocks get their adaLN modulation (``DiT.adaln``): "block" or "single".
   adaln: str = "block"
+  # How tokens are projected to and from the width (``DiT.token_proj``).
+  token_proj: str = "per_token"
 
   def dit_switches(self) -> dict:
-    """The DiT's conditioning switches for ``conditioning``, and its ``adaln``."""
+    """The DiT's conditioning switches for ``conditioning``, its ``adaln`` and its
+    ``token_proj``."""
     if self.conditioning not in ("prior", "token"):
       raise ValueError(f"conditioning must be 'prior' or 'token', got {self.conditioning!r}")
     prior = self.conditioning == "prior"
     return dict(cond_adaln=prior, cross_attention=prior, prior_bias=prior,
-                text_as_token=not prior, adaln=self.adaln)
+                text_as_token=not prior, adaln=self.adaln, token_proj=self.token_proj)
 
   def flops_config(self) -> dict:
     """What ``model_flops_per_example`` reads (the conditioning as timed)."""
@@ -92,8 +95,8 @@ QUICK_SIZE = DiTSize(width=32, depth=1, num_heads=2, mlp_ratio=2.0, block_size=1
 # default net is timed by ``bench_default_generation`` with the net the caller passes.
 CNN19K = dict(widths=(8, 16, 32), strides=(1, 2, 2), logit_scale=10.0, embed_dim=384)
 QUICK_CNN = dict(widths=(4, 8), strides=(1, 2), logit_scale=10.0, embed_dim=16)
-# Issue 14: one net, text to weights, at the default config in at most this many seconds
-# on the project's 2-core CPU.
+# The target for one net, text to weights, at the default config on the project's 2-core
+# CPU, in seconds.
 ONE_NET_TARGET_SECONDS = 0.05
 DEFAULT_TEXT = "apple, bus and tulip"  # a default-sized task (2-4 classes)
 

@@ -20,7 +20,7 @@ import jax
 from benchmarks import corpus_bench
 from benchmarks import harness
 
-# Issue 14's target: the adapter family at >= 10x the CNN family's nets per hour.
+# The target: the adapter family at >= 10x the CNN family's nets per hour.
 TARGET_RATIO = 10.0
 
 

@@ -39,6 +39,9 @@ VARIANTS = {
     "text_head": {"model.text_head": 512},
     # One shared adaLN modulation with per-block offsets (PixArt-alpha's adaLN-single).
     "adaln_single": {"model.adaln": "single"},
+    # One token projection in and one out shared by every token, plus per-token biases,
+    # instead of a separate map per token position.
+    "shared_token_proj": {"model.token_proj": "shared"},
     # Training compute: twice the steps (the plain hypernetwork trains 8,000 cheaper ones),
     # and twice the learning rate (the hypernetwork's).
     "steps_3000": {"num_steps": 3000, "checkpoint_every": 3000},

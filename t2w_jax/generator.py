@@ -47,9 +47,10 @@ SAMPLERS = ("ddim", "ddpm")
 # ``GeneratorSpec.from_json`` fills them into an older spec's config, so that everything
 # else reads the config's keys directly and every other default lives in configs/dit.py.
 PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temperature": 1.0}
-# Likewise for keys of the config's ``model``: those runs' DiTs had no text head and one
-# adaLN modulation per block.
-PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2, "adaln": "block"}
+# Likewise for keys of the config's ``model``: those runs' DiTs had no text head, one
+# adaLN modulation per block and per-token projections.
+PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2, "adaln": "block",
+                        "token_proj": "per_token"}
 # How the projection kernels of generators written before the spec recorded it were stored.
 PRE_KEY_KERNEL_LAYOUT = "in_out"
 
@@ -176,7 +177,7 @@ def build_dit(spec: GeneratorSpec) -> DiT:
              cond_adaln=m["cond_adaln"], cross_attention=m["cross_attention"],
              prior_bias=m["prior_bias"], text_as_token=m["text_as_token"],
              text_head=m["text_head"], text_head_depth=m["text_head_depth"],
-             adaln=m["adaln"], dtype=jnp.dtype(m["dtype"]))
+             adaln=m["adaln"], token_proj=m["token_proj"], dtype=jnp.dtype(m["dtype"]))
 
 
 def dummy_inputs(spec: GeneratorSpec, batch: int = 1):

@@ -138,7 +138,8 @@ def test_report_with_torch_on_fixed_numbers():
 def test_token_concat_size_switches_the_conditioning_and_its_flops():
   token = dataclasses.replace(dit_bench.CIFAR_SIZE, conditioning="token")
   assert token.dit_switches() == dict(cond_adaln=False, cross_attention=False,
-                                      prior_bias=False, text_as_token=True, adaln="single")
+                                      prior_bias=False, text_as_token=True, adaln="single",
+                                      token_proj=dit_bench.CIFAR_SIZE.token_proj)
   assert dit_bench.CIFAR_SIZE.dit_switches()["cross_attention"]
   prior_flops = model_flops_per_example(dit_bench.CIFAR_SIZE.flops_config())
   token_flops = model_flops_per_example(token.flops_config())
@@ -226,6 +227,6 @@ def test_cifar_size_is_the_base_config():
   from configs import dit as dit_config
   m = dit_config.get_config("base").model
   s = dit_bench.CIFAR_SIZE
-  assert (s.width, s.depth, s.num_heads, s.mlp_ratio, s.adaln) == (
-      m.width, m.depth, m.num_heads, m.mlp_ratio, m.adaln)
+  assert (s.width, s.depth, s.num_heads, s.mlp_ratio, s.adaln, s.token_proj) == (
+      m.width, m.depth, m.num_heads, m.mlp_ratio, m.adaln, m.token_proj)
   assert s.block_size == dit_config.get_config("base").block_size

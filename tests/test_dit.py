@@ -63,7 +63,8 @@ VALID_SWITCHES = [
     dict(cond_adaln=a, cross_attention=c, prior_bias=p, text_as_token=tt)
     for a, c, p, tt in itertools.product([False, True], repeat=4) if not (p and not c)
 ] + [dict(cond_adaln=True, cross_attention=c, prior_bias=c, adaln="single")
-     for c in (False, True)]
+     for c in (False, True)] + [dict(cond_adaln=True, cross_attention=True, prior_bias=True,
+                                     adaln="single", token_proj="shared")]
 
 
 @pytest.mark.parametrize("switches", VALID_SWITCHES, ids=lambda s: "-".join(
@@ -106,6 +107,34 @@ def test_adaln_single_shares_one_modulation(cross):
   assert float(jnp.abs(out - out2).max()) > 1e-4
   with pytest.raises(ValueError, match="adaln"):
     make_model(adaln="per_layer").init(jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS, text)
+
+
+def test_shared_token_projection_has_one_map_and_per_token_biases():
+  """token_proj="shared": one (P -> width) and one (width -> P) map for every token, so
+  2 (L - 1) P width fewer parameters plus the per-token biases; each token's bias is its
+  own (moving one token's output bias moves that token's output only)."""
+  x_t, t, text = make_inputs()
+  per_token, _ = init_apply(make_model(), x_t, t, text)
+  shared_model = make_model(token_proj="shared")
+  shared, _ = init_apply(shared_model, x_t, t, text)
+  width = 32
+  # per-token: kernels L*P*w in and out, biases L*w and L*P; shared: kernels P*w twice
+  # (no bias of their own), per-token biases L*w and L*P.
+  assert models.param_count(per_token) - models.param_count(shared) == 2 * (L - 1) * P * width
+  params = models.unbox(shared)["params"]
+  chex.assert_shape(params["embed"]["in_proj"]["kernel"], (width, P))
+  chex.assert_shape(params["final"]["out_proj"]["kernel"], (P, width))
+  chex.assert_shape(params["final"]["token_bias"], (L, P))
+  p = perturb(shared)
+  out = shared_model.apply(p, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  p["params"]["final"]["token_bias"] = p["params"]["final"]["token_bias"].at[2].add(0.5)
+  moved = shared_model.apply(p, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  diff = np.asarray(jnp.abs(moved - out).max(axis=(0, 2)))
+  np.testing.assert_allclose(diff[2], 0.5, rtol=1e-5)
+  np.testing.assert_array_equal(np.delete(diff, 2), 0.0)
+  with pytest.raises(ValueError, match="token_proj"):
+    make_model(token_proj="per_layer").init(jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS,
+                                            text)
 
 
 def test_prior_bias_without_cross_attention_rejected():
@@ -436,3 +465,29 @@ def test_bf16_dit_gradient_runs_jitted_and_follows_float32():
   g32, g16 = grad(jnp.float32), grad(jnp.bfloat16)
   cosine = float(g16 @ g32 / (jnp.linalg.norm(g16) * jnp.linalg.norm(g32)))
   assert cosine > 0.99, cosine
+
+
+@pytest.mark.parametrize("token_proj", ["per_token", "shared"])
+def test_moving_projection_kernels_is_exact_and_leaves_the_rest(token_proj):
+  """(*out, *in) -> (*in, *out) -> back is the identity; only projection kernels move (a
+  per-token projection's 3-D kernel keeps its layout); the moved kernels are the transposes."""
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(make_model(token_proj=token_proj), x_t, t, text)
+  params = models.unbox(perturb(variables))["params"]
+  old = layers.move_projection_kernels(params, "out_in", "in_out")
+  back = layers.move_projection_kernels(old, "in_out", "out_in")
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+  np.testing.assert_array_equal(old["block_0"]["mlp"]["fc1"]["kernel"],
+                                params["block_0"]["mlp"]["fc1"]["kernel"].T)
+  np.testing.assert_array_equal(old["block_0"]["attn"]["query_kernel"],
+                                np.moveaxis(params["block_0"]["attn"]["query_kernel"], -1, 0))
+  np.testing.assert_array_equal(old["block_0"]["attn"]["out_kernel"],
+                                np.moveaxis(params["block_0"]["attn"]["out_kernel"], 0, -1))
+  in_proj = params["embed"]["in_proj"]["kernel"]
+  np.testing.assert_array_equal(old["embed"]["in_proj"]["kernel"],
+                                in_proj if token_proj == "per_token" else in_proj.T)
+  shapes = jax.eval_shape(lambda: params)
+  assert jax.tree.map(jnp.shape, layers.move_projection_kernels(shapes, "out_in", "in_out")) \
+      == jax.tree.map(jnp.shape, old)
+  with pytest.raises(ValueError, match="kernel layout"):
+    layers.move_projection_kernels(params, "out_in", "io")

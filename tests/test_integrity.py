@@ -1,4 +1,4 @@
-"""Integrity (issue 13): identity on resume, checksums on read, input validation, one writer.
+"""Integrity: identity on resume, checksums on read, input validation, one writer.
 
 The conftest's tiny corpus is shared; the damage tests work on copies of it, so each rebuild
 trains only the shards it damaged.

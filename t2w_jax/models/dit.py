@@ -121,14 +121,16 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-  """LN -> adaLN modulation -> per-token output projection; all zero-initialised.
+  """LN -> adaLN modulation -> token output projection; all zero-initialised.
 
   Attributes:
     block_size: P, output features per token.
     dtype: compute dtype.
+    token_proj: "per_token" or "shared" (``layers.token_output``).
   """
   block_size: int
   dtype: Any = jnp.float32
+  token_proj: str = "per_token"
 
   @nn.compact
   def __call__(self, x: Array, c: Array) -> Array:
@@ -139,8 +141,7 @@ class FinalLayer(nn.Module):
     shift, scale = jnp.split(mod, 2, axis=-1)
     x = layers.modulate(layers.layer_norm(affine=False, dtype=self.dtype, name="norm")(x),
                         shift, scale)
-    return layers.PerTokenProjection(self.block_size, ("tokens", "embed", "block"),
-                                     zero_init=True, dtype=self.dtype, name="out_proj")(x)
+    return layers.token_output(self, x, self.block_size, self.dtype, self.token_proj)
 
 
 def _get(text: Mapping[str, Any], key: str, why: str) -> Array:
@@ -180,6 +181,9 @@ class DiT(nn.Module):
       conditioning vector (DiT's adaLN-Zero); "single": one Dense for all blocks plus
       per-block learned offsets (PixArt-alpha's adaLN-single), depth-fold fewer
       modulation parameters. The final layer keeps its own modulation either way.
+    token_proj: how tokens are projected to and from the width: "per_token" (a separate
+      affine map per token position, as in G.pt) or "shared" (one map plus a per-token
+      bias; ``layers.TOKEN_PROJECTIONS``).
     frequency_dim: size of the sinusoidal timestep features.
     dtype: compute dtype (params are float32; the output is float32).
   """
@@ -198,6 +202,7 @@ class DiT(nn.Module):
   text_head: int = 0
   text_head_depth: int = 2
   adaln: str = "block"
+  token_proj: str = "per_token"
   frequency_dim: int = 256
   dtype: Any = jnp.float32
 
@@ -241,7 +246,8 @@ class DiT(nn.Module):
     drop = drop.astype(bool)
 
     h = layers.TokenEmbedding(self.width, self.num_layers, self.max_blocks,
-                              dtype=self.dtype, name="embed")(x_t, layer_ids, block_ids)
+                              dtype=self.dtype, token_proj=self.token_proj,
+                              name="embed")(x_t, layer_ids, block_ids)
     c = layers.TimestepEmbedder(self.width, self.frequency_dim, dtype=self.dtype,
                                 name="t_embed")(t)
 
@@ -278,7 +284,8 @@ class DiT(nn.Module):
                    dtype=self.dtype, name=f"block_{i}")(h, block_cond, kv, kv_bias, kv_mask)
     if self.text_as_token:
       h = h[:, 1:]
-    out = FinalLayer(self.block_size, dtype=self.dtype, name="final")(h, c)
+    out = FinalLayer(self.block_size, dtype=self.dtype, token_proj=self.token_proj,
+                     name="final")(h, c)
     out = out.astype(jnp.float32)
     if self.text_head:
       class_emb = _get(text, "class_emb", "text_head")

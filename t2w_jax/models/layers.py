@@ -509,10 +509,22 @@ def layer_norm(*, affine: bool, dtype: Dtype, name: Optional[str] = None) -> nn.
       bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)), name=name)
 
 
-class TokenEmbedding(nn.Module):
-  """Weight tokens -> width: per-token projection + layer-id and block-id embeddings.
+# How weight tokens are projected to and from the model width (``TokenEmbedding``,
+# ``token_output``): "per_token", a separate affine map per token position (as in G.pt), or
+# "shared", one map for every token plus a learned per-token bias (far fewer parameters
+# when tokens are many and wide).
+TOKEN_PROJECTIONS = ("per_token", "shared")
 
-  The per-token projection's bias (L, width) doubles as a learned per-position embedding;
+
+def _check_token_proj(token_proj: str) -> None:
+  if token_proj not in TOKEN_PROJECTIONS:
+    raise ValueError(f"token_proj must be one of {TOKEN_PROJECTIONS}, got {token_proj!r}")
+
+
+class TokenEmbedding(nn.Module):
+  """Weight tokens -> width: a token projection + layer-id and block-id embeddings.
+
+  The projection's per-token bias (L, width) doubles as a learned per-position embedding;
   the layer-id and block-id tables let positions share what they have in common.
 
   Attributes:
@@ -520,17 +532,28 @@ class TokenEmbedding(nn.Module):
     num_layers: size of the layer-id table (ids in [0, num_layers)).
     max_blocks: size of the block-id table (ids in [0, max_blocks)).
     dtype: compute dtype.
+    token_proj: "per_token" or "shared" (``TOKEN_PROJECTIONS``).
   """
   width: int
   num_layers: int
   max_blocks: int
   dtype: Dtype = jnp.float32
+  token_proj: str = "per_token"
 
   @nn.compact
   def __call__(self, tokens: Array, layer_ids: Array, block_ids: Array) -> Array:
     """Args: tokens (B, L, P); layer_ids, block_ids (L,) int. Returns (B, L, width)."""
-    h = PerTokenProjection(self.width, ("tokens", "block", "embed"), dtype=self.dtype,
-                           name="in_proj")(tokens)
+    _check_token_proj(self.token_proj)
+    if self.token_proj == "per_token":
+      h = PerTokenProjection(self.width, ("tokens", "block", "embed"), dtype=self.dtype,
+                             name="in_proj")(tokens)
+    else:
+      h = dense(self.width, ("block", "embed"), dtype=self.dtype, use_bias=False,
+                name="in_proj")(tokens)
+      bias = self.param("token_bias", partitioned(nn.initializers.zeros_init(),
+                                                  ("tokens", "embed")),
+                        (tokens.shape[-2], self.width), jnp.float32)
+      h = add_bias(h, bias, self.dtype)
     layer_table = self.param("layer_embed", partitioned(embed_init, (None, "embed")),
                              (self.num_layers, self.width), jnp.float32)
     block_table = self.param("block_embed", partitioned(embed_init, (None, "embed")),
@@ -539,6 +562,34 @@ class TokenEmbedding(nn.Module):
     pos = (jnp.take(layer_table, layer_ids, axis=0, mode="clip")
            + jnp.take(block_table, block_ids, axis=0, mode="clip"))
     return h + pos.astype(self.dtype)[None]
+
+
+def token_output(module: nn.Module, x: Array, block_size: int, dtype: Dtype,
+                 token_proj: str) -> Array:
+  """Width -> weight tokens, zero-initialised (the output of an adaLN-Zero model), made in
+  ``module`` (call from its ``@nn.compact`` body): its "out_proj", and with "shared" its
+  per-token bias "token_bias" (L, P).
+
+  Args:
+    module: the module that owns the parameters.
+    x: (B, L, width).
+    block_size: P, output features per token.
+    dtype: compute dtype.
+    token_proj: "per_token" or "shared" (``TOKEN_PROJECTIONS``).
+
+  Returns:
+    (B, L, P) in ``dtype``.
+  """
+  _check_token_proj(token_proj)
+  if token_proj == "per_token":
+    return PerTokenProjection(block_size, ("tokens", "embed", "block"), zero_init=True,
+                              dtype=dtype, name="out_proj")(x)
+  y = dense(block_size, ("embed", "block"), dtype=dtype, zero_init=True, use_bias=False,
+            name="out_proj")(x)
+  bias = module.param("token_bias", partitioned(nn.initializers.zeros_init(),
+                                                ("tokens", "block")),
+                      (x.shape[-2], block_size), jnp.float32)
+  return add_bias(y, bias, dtype)
 
 
 def check_token_ids(name: str, ids: Any, num_tokens: int, size: int) -> None:
