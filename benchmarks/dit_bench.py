@@ -233,10 +233,12 @@ def bench_train(size: DiTSize, config, dtype: str, repeats: int, train_steps: in
 
 def denoise_inputs(size: DiTSize, dtype: str, seed: int = 0, params=None):
   """One batch-1 DiT forward (one denoising call) and its arguments: ``(call, args)``,
-  ``call(*args)`` to be jitted; random params of the seed unless ``params`` are given."""
+  ``call(*args)`` to be jitted; random params of the seed unless ``params`` are given,
+  held as sampling holds them (``generator.inference_params``)."""
   dit = build_dit(size, dtype)
   if params is None:
     params = init_dit_params(dit, size, seed)
+  params = generator_lib.inference_params(params, dtype)
   emb, mask = random_text(np.random.default_rng(seed + 1), 1, size.max_classes, size.text_dim)
   x_t = jax.random.normal(jax.random.PRNGKey(seed), (1, size.num_tokens, size.block_size))
   t = jnp.full((1,), 500, jnp.int32)

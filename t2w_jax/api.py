@@ -68,6 +68,17 @@ class Generator:
     return self.spec.config
 
   @property
+  def sampling_params(self):
+    """``params`` as sampling reads them (``generator.inference_params``), made once per
+    ``params`` object."""
+    held = self._cache.get("sampling_params")
+    if held is None or held[0] is not self.params:
+      held = (self.params, generator_lib.inference_params(
+          self.params, self.spec.config["model"]["dtype"]))
+      self._cache["sampling_params"] = held
+    return held[1]
+
+  @property
   def layout(self) -> ParamLayout:
     return self.spec.layout
 
@@ -256,7 +267,7 @@ def sample_flat(gen: Generator, class_emb, class_mask, *, rng, steps: int | None
   """
   s = generator_lib.resolve_sampling(gen.spec.config, sampler=sampler, steps=steps,
                                      guidance=guidance, temperature=temperature)
-  return _sample_fn(gen, s)(gen.params, jnp.asarray(class_emb, jnp.float32),
+  return _sample_fn(gen, s)(gen.sampling_params, jnp.asarray(class_emb, jnp.float32),
                             jnp.asarray(class_mask, bool), rng, jnp.float32(s.guidance),
                             jnp.float32(s.temperature))
 
@@ -293,7 +304,7 @@ def enhance_flat(gen: Generator, flat, class_emb, class_mask, *, t: int, rng,
   s = generator_lib.resolve_sampling(gen.spec.config, sampler="ddim", steps=steps,
                                      guidance=guidance)
   return _sample_fn(gen, s, int(t) - 1)(
-      gen.params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool), rng,
+      gen.sampling_params, jnp.asarray(class_emb, jnp.float32), jnp.asarray(class_mask, bool), rng,
       jnp.float32(s.guidance), jnp.float32(s.temperature), flat)
 
 

@@ -491,3 +491,19 @@ def test_moving_projection_kernels_is_exact_and_leaves_the_rest(token_proj):
       == jax.tree.map(jnp.shape, old)
   with pytest.raises(ValueError, match="kernel layout"):
     layers.move_projection_kernels(params, "out_in", "io")
+
+
+def test_inference_params_give_bit_identical_outputs_in_bf16():
+  """Sampling's params (kernels and tables cast once to bf16) give exactly the outputs of
+  the float32 params; in float32 they are the params themselves."""
+  from t2w_jax import generator as generator_lib
+  model = make_model(dtype=jnp.bfloat16, adaln="single", text_head=16)
+  x_t, t, text = make_inputs(drop=[False, True, False, False])
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  cast = generator_lib.inference_params(params, jnp.bfloat16)
+  dtypes = {x.dtype for x in jax.tree.leaves(cast)}
+  assert dtypes == {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)}
+  np.testing.assert_array_equal(model.apply(cast, x_t, t, LAYER_IDS, BLOCK_IDS, text),
+                                model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text))
+  assert generator_lib.inference_params(params, jnp.float32) is params

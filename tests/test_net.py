@@ -282,3 +282,24 @@ def test_enhance_and_take_accept_nets(gen, net):
   with pytest.raises(ConfigError, match="save_net writes one net"):
     api.save_net("unused.npz", gen, api.generate(gen, TEXT, rng=jax.random.PRNGKey(0),
                                                  num_samples=2).params, TEXT)
+
+
+def test_sampling_params_are_the_kernels_cast_once_per_params(gen):
+  """A bf16 generator samples from its kernels cast to bf16, made once per params object
+  (new params, new cast); a float32 one from its params themselves."""
+  import dataclasses
+  import jax.numpy as jnp
+  assert api.Generator(gen.spec, gen.params).sampling_params is gen.params
+  model = dict(gen.spec.config["model"], dtype="bfloat16")
+  g = api.Generator(dataclasses.replace(gen.spec, config=dict(gen.spec.config, model=model)),
+                    gen.params)
+  cast = g.sampling_params
+  assert cast is g.sampling_params
+  kernels = [x for p, x in jax.tree_util.tree_leaves_with_path(cast)
+             if p[-1].key.endswith("kernel")]
+  assert kernels and all(x.dtype == jnp.bfloat16 for x in kernels)
+  g.params = jax.tree.map(lambda x: x + 1.0, gen.params)
+  assert g.sampling_params is not cast
+  a = jax.tree.leaves(g.sampling_params)[0]
+  np.testing.assert_allclose(np.asarray(a, np.float32),
+                             np.asarray(jax.tree.leaves(cast)[0], np.float32) + 1.0, rtol=1e-2)
