@@ -33,6 +33,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 from flax.linen import initializers as flax_init
 
@@ -175,6 +176,44 @@ def _kernels_in_out():
   return _patched(projection_kernel=_kernel_in_out, project=_project_in_out)
 
 
+class _PerTokenInDtype(layers.PerTokenProjection):
+  """``layers.PerTokenProjection`` as it was: its products in the compute dtype."""
+
+  @nn.compact
+  def __call__(self, x):
+    num_tokens, in_features = x.shape[-2], x.shape[-1]
+    kernel = self.param("kernel", layers.partitioned(flax_init.zeros_init(), self.axes),
+                        (num_tokens, in_features, self.features), jnp.float32)
+    bias = self.param("bias", layers.partitioned(flax_init.zeros_init(),
+                                                 (self.axes[0], self.axes[2])),
+                      (num_tokens, self.features), jnp.float32)
+    y = layers.einsum("lbi,lio->lbo", jnp.swapaxes(x, 0, 1), kernel, self.dtype)
+    return layers.add_bias(jnp.swapaxes(y, 0, 1), bias, self.dtype)
+
+
+def _per_token_in_dtype():
+  """Models run their per-token projections in the compute dtype (the code before they ran
+  in float32)."""
+  return _patched(PerTokenProjection=_PerTokenInDtype)
+
+
+def per_token_pair(size, rng, dtype):
+  """(old, new) the per-token input projection, forward + backward: products in ``dtype``
+  against float32."""
+  x = jnp.asarray(rng.standard_normal((size.num_tokens, size.batch_size, size.block_size),
+                                      np.float32))
+  kernel = jnp.asarray(rng.standard_normal((size.num_tokens, size.block_size, size.width),
+                                           np.float32) * 0.02)
+
+  def loss(compute):
+    def f(kernel, x):
+      y = layers.einsum("lbi,lio->lbo", x, kernel, compute).astype(dtype)
+      return jnp.sum(y.astype(jnp.float32) ** 2)
+    return f
+
+  return _grad_call(loss(dtype), kernel, x), _grad_call(loss(jnp.float32), kernel, x)
+
+
 def step_pair(size, config, dtype, before):
   """(old, new) donated train steps of the default DiT: built within the ``before``
   context (the code replaced) and without it."""
@@ -292,6 +331,14 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
              *step_pair(size, config, dtype, _kernels_in_out)),
             ("denoising call, batch 1, kernels", "(in, out)", "(out, in)",
              *denoise_pair(size, dtype, _kernels_in_out))]
+  if compute != jnp.float32:
+    in_dtype = f"products in {compute.name}"
+    pairs += [("per-token projection", in_dtype, "in float32",
+               *per_token_pair(size, rng, compute)),
+              ("train step, per-token products", in_dtype, "in float32",
+               *step_pair(size, config, dtype, _per_token_in_dtype)),
+              ("denoising call, batch 1, per-token products", in_dtype, "in float32",
+               *denoise_pair(size, dtype, _per_token_in_dtype))]
   old, new, n_params = optimiser_pair(size, config)
   pairs.append(("optimiser update", "optax clip + adamw chain", "clipped_adamw", old, new))
   rows = []

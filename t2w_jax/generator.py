@@ -181,21 +181,20 @@ def build_dit(spec: GeneratorSpec) -> DiT:
 
 
 def inference_params(params, dtype):
-  """The DiT's parameters as sampling reads them: every kernel (a parameter named
-  "kernel" or "..._kernel") cast once to the compute ``dtype``; the rest stays float32.
+  """The DiT's parameters as sampling reads them: every projection kernel
+  (``layers.projection_kernel_inputs``) cast once to the compute ``dtype``; the rest stays
+  float32.
 
-  The DiT casts each kernel to its compute dtype before every product
+  The DiT casts each of those kernels to its compute dtype before every product
   (``models.layers.einsum``), so its outputs are bit-identical; what changes is that a call
   no longer reads every float32 weight to write its cast copy, which in bf16 at batch 1
   cost more than the products it fed. In float32 it returns ``params`` itself.
   """
   if jnp.dtype(dtype) == jnp.float32:
     return params
-
-  def cast(path, x):
-    name = getattr(path[-1], "key", "")
-    return x.astype(dtype) if name == "kernel" or name.endswith("_kernel") else x
-  return jax.tree_util.tree_map_with_path(cast, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x.astype(dtype) if layers.projection_kernel_inputs(path, x.shape) else x,
+      params)
 
 
 def dummy_inputs(spec: GeneratorSpec, batch: int = 1):

@@ -75,12 +75,27 @@ def test_step_bias_pair_trains_alike_and_restores_add_bias():
   np.testing.assert_allclose(a, b, rtol=2e-2)
 
 
+def test_per_token_pair_agrees_and_restores_the_projection():
+  old, new = kernel_bench.per_token_pair(dit_bench.QUICK_SIZE, np.random.default_rng(0),
+                                         jnp.bfloat16)
+  for a, b in zip(old(), new(), strict=True):  # bf16 products against float32 ones
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.linalg.norm(a - b) <= 0.02 * np.linalg.norm(b)
+  real = kernel_bench.layers.PerTokenProjection
+  with kernel_bench._per_token_in_dtype():
+    assert kernel_bench.layers.PerTokenProjection is not real
+  assert kernel_bench.layers.PerTokenProjection is real
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype,step_row", [("float32", []), ("bfloat16", ["train step, biases"])])
+@pytest.mark.parametrize("dtype,step_row", [
+    ("float32", []), ("bfloat16", ["train step, biases"])])
 def test_quick_run_reports_every_pair(dtype, step_row):
   result = kernel_bench.run(dit_config.get_config("small"), quick=True, dtype=dtype)
+  low = ["per-token projection", "train step, per-token products",
+         "denoising call, batch 1, per-token products"] if step_row else []
   assert [r["what"] for r in result["rows"]] == [
       "MLP", "attention projections", "attention core", "MLP biases", *step_row,
-      "train step, kernels", "denoising call, batch 1, kernels", "optimiser update"]
+      "train step, kernels", "denoising call, batch 1, kernels", *low, "optimiser update"]
   assert all(r["old_median"] > 0 and r["new_median"] > 0 for r in result["rows"])
   assert "baseline / candidate" in kernel_bench.format_report(result)

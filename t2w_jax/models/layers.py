@@ -169,8 +169,16 @@ KERNEL_LAYOUT = "out_in"
 KERNEL_LAYOUTS = ("in_out", "out_in")
 
 # Input dimensions of each kind of projection kernel, by parameter name: a Dense "kernel"
-# is 2-D (a per-token projection's "kernel" is 3-D and keeps its (L, in, out) layout).
+# is 2-D (a per-token projection's "kernel" is 3-D, keeps its (L, in, out) layout and is
+# used in float32: not a projection kernel).
 _KERNEL_INPUTS = {"query_kernel": 1, "key_kernel": 1, "value_kernel": 1, "out_kernel": 2}
+
+
+def projection_kernel_inputs(path: Sequence[Any], shape: Sequence[int]) -> int:
+  """How many input dimensions a parameter at ``path`` (a pytree key path) with ``shape``
+  has if it is a projection kernel (one ``projection_kernel`` made), else 0."""
+  name = getattr(path[-1], "key", None) if path else None
+  return _KERNEL_INPUTS.get(name, 1 if name == "kernel" and len(shape) == 2 else 0)
 
 
 def move_projection_kernels(params: Any, source: str, target: str) -> Any:
@@ -187,8 +195,7 @@ def move_projection_kernels(params: Any, source: str, target: str) -> Any:
     return params
 
   def move(path, x):
-    name = getattr(path[-1], "key", None)
-    n_in = _KERNEL_INPUTS.get(name, 1 if name == "kernel" and len(x.shape) == 2 else 0)
+    n_in = projection_kernel_inputs(path, x.shape)
     if n_in == 0:
       return x
     ndim = len(x.shape)
@@ -377,11 +384,17 @@ class PerTokenProjection(nn.Module):
   Kernel (L, in, out) and bias (L, out); token l of every example uses kernel[l]. L is
   taken from the input at init, so apply must see the same number of tokens.
 
+  Its products run in float32 whatever the compute dtype: XLA's CPU backend runs a
+  bfloat16 batched product with few rows per batch entry (one per token in a batch-1
+  denoising call) on a slow generic path, an order of magnitude slower than in float32
+  (``python launch/bench.py kernels --dtype bfloat16`` times both), and these products are
+  about one percent of the DiT's FLOPs.
+
   Attributes:
     features: output features per token.
     axes: logical names of the kernel axes (tokens, in, out).
     zero_init: zero kernel (output projection of an adaLN-Zero model).
-    dtype: compute dtype.
+    dtype: the output's dtype (the model's compute dtype).
   """
   features: int
   axes: tuple[str, str, str]
@@ -403,10 +416,8 @@ class PerTokenProjection(nn.Module):
     bias = self.param("bias", partitioned(nn.initializers.zeros_init(),
                                           (self.axes[0], self.axes[2])),
                       (num_tokens, self.features), jnp.float32)
-    # Token-major ("lbi", not "bli"): XLA's CPU backend runs a bfloat16 product with a
-    # float32 result only for some layouts, and "bli,lio->blo" is not one of them.
-    y = einsum("lbi,lio->lbo", jnp.swapaxes(x, 0, 1), kernel, self.dtype)
-    return add_bias(jnp.swapaxes(y, 0, 1), bias, self.dtype)
+    y = einsum("lbi,lio->lbo", jnp.swapaxes(x, 0, 1), kernel, jnp.float32)
+    return add_bias(jnp.swapaxes(y, 0, 1), bias, jnp.float32).astype(self.dtype)
 
 
 def attention_weights(q: Array, k: Array, bias: Optional[Array],
