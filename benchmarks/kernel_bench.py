@@ -318,39 +318,50 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
   repeats = repeats or (1 if quick else 7)
   rng = np.random.default_rng(seed)
   compute = jnp.dtype(dtype)
-  pairs = [("MLP", "einsum ...i,io->...o", "layers.project", *mlp_pair(size, rng, compute)),
+  # Each pair is built when its turn comes and dropped after (builders, not built pairs):
+  # the whole-model pairs hold a model's parameters and optimiser state each, too many to
+  # keep at once in a CPU's memory at this size.
+  pairs = [("MLP", "einsum ...i,io->...o", "layers.project",
+            lambda: mlp_pair(size, rng, compute)),
            ("attention projections", "einsum bld,dhk->blhk / bqhd,hdo->bqo",
-            "layers.project", *projection_pair(size, rng, compute)),
+            "layers.project", lambda: projection_pair(size, rng, compute)),
            ("attention core", "ours (attention_weights + AV)",
-            "jax.nn.dot_product_attention", *attention_pair(size, rng)),
-           ("MLP biases", "y + bias", "layers.add_bias", *bias_pair(size, rng, compute))]
+            "jax.nn.dot_product_attention", lambda: attention_pair(size, rng)),
+           ("MLP biases", "y + bias", "layers.add_bias", lambda: bias_pair(size, rng, compute))]
   if compute != jnp.float32:
     pairs.append(("train step, biases", "y + bias", "layers.add_bias",
-                  *step_pair(size, config, dtype, _plain_bias_sum)))
+                  lambda: step_pair(size, config, dtype, _plain_bias_sum)))
   pairs += [("train step, kernels", "(in, out)", "(out, in)",
-             *step_pair(size, config, dtype, _kernels_in_out)),
+             lambda: step_pair(size, config, dtype, _kernels_in_out)),
             ("denoising call, batch 1, kernels", "(in, out)", "(out, in)",
-             *denoise_pair(size, dtype, _kernels_in_out))]
+             lambda: denoise_pair(size, dtype, _kernels_in_out))]
   if compute != jnp.float32:
     in_dtype = f"products in {compute.name}"
     pairs += [("per-token projection", in_dtype, "in float32",
-               *per_token_pair(size, rng, compute)),
+               lambda: per_token_pair(size, rng, compute)),
               ("train step, per-token products", in_dtype, "in float32",
-               *step_pair(size, config, dtype, _per_token_in_dtype)),
+               lambda: step_pair(size, config, dtype, _per_token_in_dtype)),
               ("denoising call, batch 1, per-token products", in_dtype, "in float32",
-               *denoise_pair(size, dtype, _per_token_in_dtype))]
-  old, new, n_params = optimiser_pair(size, config)
-  pairs.append(("optimiser update", "optax clip + adamw chain", "clipped_adamw", old, new))
+               lambda: denoise_pair(size, dtype, _per_token_in_dtype))]
+  n_params = []
+
+  def optimiser():
+    old, new, n = optimiser_pair(size, config)
+    n_params.append(n)
+    return old, new
+  pairs.append(("optimiser update", "optax clip + adamw chain", "clipped_adamw", optimiser))
   rows = []
-  for what, old_name, new_name, old, new in pairs:
+  for what, old_name, new_name, build in pairs:
+    old, new = build()
     times = _interleaved({"old": old, "new": new}, repeats)
+    del old, new
     o, n = harness.median(times["old"]), harness.median(times["new"])
     rows.append({"what": what, "old": old_name, "new": new_name, "old_seconds": times["old"],
                  "new_seconds": times["new"], "old_median": o, "new_median": n,
                  "old_over_new": o / n})
   return {"benchmark": "kernels", "date": harness.utc_now(), "machine": harness.machine_info(),
           "commit": harness.git_commit(harness.ROOT), "quick": quick, "dtype": dtype,
-          "size": dataclasses.asdict(size), "optimised_params": n_params, "rows": rows}
+          "size": dataclasses.asdict(size), "optimised_params": n_params[0], "rows": rows}
 
 
 def format_report(result: dict) -> str:
