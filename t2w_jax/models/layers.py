@@ -215,9 +215,10 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
   In float32 it is ONE 2-D matrix product, (N, in) x (out, in)^T: XLA's CPU backend runs a
   product whose left operand has several free dimensions (and, above all, its kernel
   gradient, which contracts over them) markedly slower than the flattened one. In a lower
-  precision it is the einsum over the original dimensions, which reaches the CPU's bf16
-  matrix units where the flattened form did not (``python launch/bench.py kernels`` times
-  both forms in both dtypes). Either way the parameters keep their shapes and logical axes.
+  precision (``einsum``'s mixed precision) the forward product is that flattened one too,
+  and the two gradients are the einsums over the original dimensions, which reach the
+  CPU's bf16 matrix units where the flattened gradients did not (``python launch/bench.py
+  kernels`` times the forms). Either way the parameters keep their shapes and logical axes.
 
   Args:
     x: (..., *in) activations.
@@ -229,16 +230,54 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
   Returns:
     (..., *out) in ``dtype``.
   """
-  out_shape, in_shape = kernel.shape[:kernel.ndim - num_in], kernel.shape[kernel.ndim - num_in:]
+  in_shape = kernel.shape[kernel.ndim - num_in:]
   if tuple(x.shape[x.ndim - num_in:]) != tuple(in_shape):
     raise ValueError(f"project: x {x.shape} does not end in the kernel's input dims {in_shape}")
   if jnp.dtype(dtype) != jnp.float32:
-    ins, outs = "ijklm"[:num_in], "opqrs"[:len(out_shape)]
-    return einsum(f"...{ins},{outs}{ins}->...{outs}", x, kernel, dtype)
-  lead = x.shape[:x.ndim - num_in]
-  n_in, n_out = math.prod(in_shape), math.prod(out_shape)
-  y = einsum("ni,oi->no", x.reshape(-1, n_in), kernel.reshape(n_out, n_in), dtype)
-  return y.reshape(*lead, *out_shape)
+    return _low_precision_project(x, kernel, num_in, jnp.dtype(dtype))
+  x2, k2, shape = _as_2d(x, kernel, num_in)
+  return einsum("ni,oi->no", x2, k2, dtype).reshape(shape)
+
+
+def _as_2d(x: Array, kernel: Array, num_in: int) -> tuple[Array, Array, tuple[int, ...]]:
+  """(N, in) activations, (out, in) kernel, and the product's shape (..., *out)."""
+  out_shape = kernel.shape[:kernel.ndim - num_in]
+  n_out = math.prod(out_shape)
+  n_in = kernel.size // n_out
+  return (x.reshape(-1, n_in), kernel.reshape(n_out, n_in),
+          (*x.shape[:x.ndim - num_in], *out_shape))
+
+
+def _project_spec(num_in: int, num_out: int) -> str:
+  ins, outs = "ijklm"[:num_in], "opqrs"[:num_out]
+  return f"...{ins},{outs}{ins}->...{outs}"
+
+
+# In a lower precision the forward product is the flattened 2-D one, which XLA's CPU
+# backend runs on the kernel as it is stored, and the two gradients are ``einsum``'s over
+# the original dimensions, the forms that reach the bf16 matrix units (the flattened
+# gradients do not, and the einsum form's forward copies a 3-D kernel to another layout
+# first, which in a batch-1 call costs more than the product).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _low_precision_project(x: Array, kernel: Array, num_in: int, dtype: Any) -> Array:
+  return _low_precision_project_fwd(x, kernel, num_in, dtype)[0]
+
+
+def _low_precision_project_fwd(x, kernel, num_in, dtype):
+  x_low, k_low = x.astype(dtype), kernel.astype(dtype)
+  x2, k2, shape = _as_2d(x_low, k_low, num_in)
+  y = jnp.einsum("ni,oi->no", x2, k2, preferred_element_type=jnp.float32)
+  # The residuals of ``_low_precision_einsum``'s, for its backward pass.
+  res = (x_low, k_low, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
+  return y.astype(dtype).reshape(shape), res
+
+
+def _low_precision_project_bwd(num_in, dtype, res, g):
+  spec = _project_spec(num_in, res[1].ndim - num_in)
+  return _low_precision_bwd(spec, dtype, res, g)
+
+
+_low_precision_project.defvjp(_low_precision_project_fwd, _low_precision_project_bwd)
 
 
 def add_bias(y: Array, bias: Array, dtype: Dtype) -> Array:
