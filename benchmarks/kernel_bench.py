@@ -1,12 +1,13 @@
-"""Each speed change of the DiT's train step against the code it replaced, in one run.
+"""Each speed change of the DiT against the code it replaced, in one run.
 
 ``python launch/bench.py kernels`` times, at the PyTorch T2W's CIFAR size (width 1024,
-8 heads, 34 tokens, batch 32; forward and backward, jitted), pairs of implementations of
-the same computation, a baseline and a candidate, alternating them call by call so that
-both see the same machine:
+8 heads, 34 tokens, batch 32; forward and backward, jitted, unless said otherwise), pairs
+of implementations of the same computation, a baseline and a candidate, alternating them
+call by call so that both see the same machine:
 
-* **MLP**: the two products as ``einsum("...i,io->...o")`` on (B, L, D) activations (the
-  code before ``layers.project``) against ``layers.project`` (one 2-D product);
+* **MLP**: the two products as ``einsum("...i,io->...o")`` on (B, L, D) activations with
+  (in, out) kernels (the code before ``layers.project``) against ``layers.project`` (one
+  2-D product; (out, in) kernels);
 * **attention projections**: Q, K, V as ``einsum("bld,dhk->blhk")`` and the output as
   ``einsum("bqhd,hdo->bqo")`` against ``layers.project``;
 * **attention core**: ``layers.attention_weights`` + AV (ours, kept) against
@@ -18,6 +19,12 @@ both see the same machine:
 * **train step, biases** (lower precision only: in float32 both sides are the same code):
   the whole default DiT train step at that size compiled twice, with every bias added as
   ``y + bias.astype(dtype)`` and with ``layers.add_bias``, each donated as in training;
+* **train step, kernels** and **denoising call, batch 1, kernels** (one forward): the
+  whole default DiT with its projection kernels stored and multiplied (in, out) (the code
+  before ``layers.projection_kernel``) against (out, in);
+* **per-token projection**, **train step, per-token products** and **denoising call,
+  batch 1, per-token products** (lower precision only): ``layers.PerTokenProjection``'s
+  products in the compute dtype (the code before) against float32;
 * **optimiser update**: ``optax.chain(clip_by_global_norm, adamw)`` against
   ``train.adamw.clipped_adamw`` on the default DiT's parameter tree at that size, donated.
 
@@ -30,10 +37,10 @@ import math
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import optax
 from flax.linen import initializers as flax_init
 
