@@ -126,7 +126,7 @@ class FinalLayer(nn.Module):
   Attributes:
     block_size: P, output features per token.
     dtype: compute dtype.
-    token_proj: "per_token" or "shared" (``layers.token_output``).
+    token_proj: "per_token" or "shared" (``layers.token_projection``).
   """
   block_size: int
   dtype: Any = jnp.float32
@@ -141,7 +141,9 @@ class FinalLayer(nn.Module):
     shift, scale = jnp.split(mod, 2, axis=-1)
     x = layers.modulate(layers.layer_norm(affine=False, dtype=self.dtype, name="norm")(x),
                         shift, scale)
-    return layers.token_output(self, x, self.block_size, self.dtype, self.token_proj)
+    return layers.token_projection(self, x, self.block_size, ("tokens", "embed", "block"),
+                                   self.dtype, self.token_proj, name="out_proj",
+                                   zero_init=True)
 
 
 def _get(text: Mapping[str, Any], key: str, why: str) -> Array:

@@ -559,10 +559,10 @@ def layer_norm(*, affine: bool, dtype: Dtype, name: Optional[str] = None) -> nn.
       bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)), name=name)
 
 
-# How weight tokens are projected to and from the model width (``TokenEmbedding``,
-# ``token_output``): "per_token", a separate affine map per token position (as in G.pt), or
-# "shared", one map for every token plus a learned per-token bias (far fewer parameters
-# when tokens are many and wide).
+# How weight tokens are projected to and from the model width (``token_projection``):
+# "per_token", a separate affine map per token position (as in G.pt), or "shared", one map
+# for every token plus a learned per-token bias (far fewer parameters when tokens are many
+# and wide).
 TOKEN_PROJECTIONS = ("per_token", "shared")
 
 
@@ -593,17 +593,8 @@ class TokenEmbedding(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, layer_ids: Array, block_ids: Array) -> Array:
     """Args: tokens (B, L, P); layer_ids, block_ids (L,) int. Returns (B, L, width)."""
-    _check_token_proj(self.token_proj)
-    if self.token_proj == "per_token":
-      h = PerTokenProjection(self.width, ("tokens", "block", "embed"), dtype=self.dtype,
-                             name="in_proj")(tokens)
-    else:
-      h = dense(self.width, ("block", "embed"), dtype=self.dtype, use_bias=False,
-                name="in_proj")(tokens)
-      bias = self.param("token_bias", partitioned(nn.initializers.zeros_init(),
-                                                  ("tokens", "embed")),
-                        (tokens.shape[-2], self.width), jnp.float32)
-      h = add_bias(h, bias, self.dtype)
+    h = token_projection(self, tokens, self.width, ("tokens", "block", "embed"), self.dtype,
+                         self.token_proj, name="in_proj")
     layer_table = self.param("layer_embed", partitioned(embed_init, (None, "embed")),
                              (self.num_layers, self.width), jnp.float32)
     block_table = self.param("block_embed", partitioned(embed_init, (None, "embed")),
@@ -614,31 +605,31 @@ class TokenEmbedding(nn.Module):
     return h + pos.astype(self.dtype)[None]
 
 
-def token_output(module: nn.Module, x: Array, block_size: int, dtype: Dtype,
-                 token_proj: str) -> Array:
-  """Width -> weight tokens, zero-initialised (the output of an adaLN-Zero model), made in
-  ``module`` (call from its ``@nn.compact`` body): its "out_proj", and with "shared" its
-  per-token bias "token_bias" (L, P).
+def token_projection(module: nn.Module, x: Array, features: int,
+                     axes: tuple[str, str, str], dtype: Dtype, token_proj: str, *,
+                     name: str, zero_init: bool = False) -> Array:
+  """Tokens (B, L, in) -> (B, L, features), made in ``module`` (call from its
+  ``@nn.compact`` body): ``name``, and with "shared" the per-token bias "token_bias".
 
   Args:
     module: the module that owns the parameters.
-    x: (B, L, width).
-    block_size: P, output features per token.
-    dtype: compute dtype.
-    token_proj: "per_token" or "shared" (``TOKEN_PROJECTIONS``).
-
-  Returns:
-    (B, L, P) in ``dtype``.
+    x: (B, L, in).
+    features: output features per token.
+    axes: logical names (tokens, in, out).
+    dtype: compute dtype; the result has it.
+    token_proj: "per_token" (``PerTokenProjection``) or "shared" (one Dense for every token
+      plus a (L, features) bias; ``TOKEN_PROJECTIONS``).
+    name: the projection's name.
+    zero_init: zero kernel (the output of an adaLN-Zero model); biases start at zero.
   """
   _check_token_proj(token_proj)
   if token_proj == "per_token":
-    return PerTokenProjection(block_size, ("tokens", "embed", "block"), zero_init=True,
-                              dtype=dtype, name="out_proj")(x)
-  y = dense(block_size, ("embed", "block"), dtype=dtype, zero_init=True, use_bias=False,
-            name="out_proj")(x)
+    return PerTokenProjection(features, axes, zero_init=zero_init, dtype=dtype, name=name)(x)
+  y = dense(features, axes[1:], dtype=dtype, zero_init=zero_init, use_bias=False,
+            name=name)(x)
   bias = module.param("token_bias", partitioned(nn.initializers.zeros_init(),
-                                                ("tokens", "block")),
-                      (x.shape[-2], block_size), jnp.float32)
+                                                (axes[0], axes[2])),
+                      (x.shape[-2], features), jnp.float32)
   return add_bias(y, bias, dtype)
 
 
