@@ -42,6 +42,11 @@ VARIANTS = {
     # One token projection in and one out shared by every token, plus per-token biases,
     # instead of a separate map per token position.
     "shared_token_proj": {"model.token_proj": "shared"},
+    # The shared map plus a per-token correction of rank 4, 8 or 16 (of at most 64 at the
+    # default width).
+    "low_rank_token_proj_4": {"model.token_proj": "low_rank", "model.token_proj_rank": 4},
+    "low_rank_token_proj_8": {"model.token_proj": "low_rank", "model.token_proj_rank": 8},
+    "low_rank_token_proj_16": {"model.token_proj": "low_rank", "model.token_proj_rank": 16},
     # Training compute: twice the steps (the plain hypernetwork trains 8,000 cheaper ones),
     # and twice the learning rate (the hypernetwork's).
     "steps_3000": {"num_steps": 3000, "checkpoint_every": 3000},

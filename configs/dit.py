@@ -44,9 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # PixArt-alpha: depth-fold fewer modulation parameters).
       adaln="block",
       # How weight tokens are projected to and from the width: "per_token" (a separate
-      # affine map per token position, as in G.pt) or "shared" (one map for every token
-      # plus a per-token bias: far fewer parameters when tokens are many and wide).
-      token_proj="per_token",
+      # affine map per token position, as in G.pt), "shared" (one map for every token
+      # plus a per-token bias: far fewer parameters when tokens are many and wide) or
+      # "low_rank" (the shared map plus a per-token correction of rank token_proj_rank).
+      token_proj="per_token", token_proj_rank=8,
       dtype="float32"))
   # Discriminator on predicted x0 (the adversarial loss, when adv_weight > 0).
   c.disc = ml_collections.ConfigDict(dict(width=64, depth=1, num_heads=4, mlp_ratio=2.0,

@@ -50,7 +50,7 @@ PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temp
 # Likewise for keys of the config's ``model``: those runs' DiTs had no text head, one
 # adaLN modulation per block and per-token projections.
 PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2, "adaln": "block",
-                        "token_proj": "per_token"}
+                        "token_proj": "per_token", "token_proj_rank": 8}
 # How the projection kernels of generators written before the spec recorded it were stored.
 PRE_KEY_KERNEL_LAYOUT = "in_out"
 
@@ -177,7 +177,8 @@ def build_dit(spec: GeneratorSpec) -> DiT:
              cond_adaln=m["cond_adaln"], cross_attention=m["cross_attention"],
              prior_bias=m["prior_bias"], text_as_token=m["text_as_token"],
              text_head=m["text_head"], text_head_depth=m["text_head_depth"],
-             adaln=m["adaln"], token_proj=m["token_proj"], dtype=jnp.dtype(m["dtype"]))
+             adaln=m["adaln"], token_proj=m["token_proj"],
+             token_proj_rank=m["token_proj_rank"], dtype=jnp.dtype(m["dtype"]))
 
 
 def inference_params(params, dtype):

@@ -64,7 +64,9 @@ VALID_SWITCHES = [
     for a, c, p, tt in itertools.product([False, True], repeat=4) if not (p and not c)
 ] + [dict(cond_adaln=True, cross_attention=c, prior_bias=c, adaln="single")
      for c in (False, True)] + [dict(cond_adaln=True, cross_attention=True, prior_bias=True,
-                                     adaln="single", token_proj="shared")]
+                                     adaln="single", token_proj="shared"),
+                     dict(cond_adaln=True, cross_attention=True, prior_bias=True,
+                          token_proj="low_rank", token_proj_rank=2)]
 
 
 @pytest.mark.parametrize("switches", VALID_SWITCHES, ids=lambda s: "-".join(
@@ -135,6 +137,58 @@ def test_shared_token_projection_has_one_map_and_per_token_biases():
   with pytest.raises(ValueError, match="token_proj"):
     make_model(token_proj="per_layer").init(jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS,
                                             text)
+
+
+def test_low_rank_token_projection_is_a_per_token_map_of_shared_plus_low_rank():
+  """token_proj="low_rank": token l is mapped by W + U_l D_l (plus its bias), so the model
+  computes what the per-token model computes with kernel[l] = (W + U_l D_l)^T; it has
+  2 (L - 1) P width - 2 L r (P + width) fewer parameters than the per-token model; at
+  init U is zero, so it computes the shared model's function."""
+  rank, width = 3, 32
+  x_t, t, text = make_inputs()
+  per_token_model = make_model()
+  per_token, _ = init_apply(per_token_model, x_t, t, text)
+  low_model = make_model(token_proj="low_rank", token_proj_rank=rank)
+  low, _ = init_apply(low_model, x_t, t, text)
+  assert models.param_count(per_token) - models.param_count(low) == (
+      2 * (L - 1) * P * width - 2 * L * rank * (P + width))
+  lp = perturb(low)["params"]
+  chex.assert_shape(lp["embed"]["token_down"], (L, rank, P))
+  chex.assert_shape(lp["embed"]["token_up"], (L, width, rank))
+  chex.assert_shape(lp["final"]["token_up"], (L, P, rank))
+  np.testing.assert_array_equal(np.asarray(models.unbox(low)["params"]["embed"]["token_up"]),
+                                0.0)
+  # The same network written as per-token maps.
+  pp = jax.tree_util.tree_map(lambda x: x, models.unbox(per_token)["params"])
+  for owner, proj in (("embed", "in_proj"), ("final", "out_proj")):
+    w = lp[owner][proj]["kernel"]  # (out, in)
+    delta = jnp.einsum("lor,lri->loi", lp[owner]["token_up"], lp[owner]["token_down"])
+    pp[owner][proj] = {"kernel": jnp.swapaxes(w[None] + delta, 1, 2),
+                       "bias": lp[owner]["token_bias"]}
+  for name, sub in lp.items():
+    if name not in ("embed", "final"):
+      pp[name] = sub
+  for key in ("layer_embed", "block_embed"):
+    pp["embed"][key] = lp["embed"][key]
+  pp["final"]["adaLN_modulation"] = lp["final"]["adaLN_modulation"]
+  out_low = low_model.apply({"params": lp}, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  out_per = per_token_model.apply({"params": pp}, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  assert float(jnp.abs(out_low).max()) > 1e-2
+  np.testing.assert_allclose(np.asarray(out_low), np.asarray(out_per), rtol=1e-4, atol=1e-5)
+  # With U at zero it is the shared model.
+  shared_model = make_model(token_proj="shared")
+  sp = {k: v for k, v in lp.items()}
+  sp["embed"] = {k: v for k, v in lp["embed"].items() if k not in ("token_down", "token_up")}
+  sp["final"] = {k: v for k, v in lp["final"].items() if k not in ("token_down", "token_up")}
+  zero_up = jax.tree_util.tree_map(lambda x: x, lp)
+  for owner in ("embed", "final"):
+    zero_up[owner]["token_up"] = jnp.zeros_like(lp[owner]["token_up"])
+  np.testing.assert_array_equal(
+      np.asarray(low_model.apply({"params": zero_up}, x_t, t, LAYER_IDS, BLOCK_IDS, text)),
+      np.asarray(shared_model.apply({"params": sp}, x_t, t, LAYER_IDS, BLOCK_IDS, text)))
+  with pytest.raises(ValueError, match="token_proj_rank"):
+    make_model(token_proj="low_rank", token_proj_rank=0).init(
+        jax.random.key(0), x_t, t, LAYER_IDS, BLOCK_IDS, text)
 
 
 def test_prior_bias_without_cross_attention_rejected():

@@ -126,11 +126,13 @@ class FinalLayer(nn.Module):
   Attributes:
     block_size: P, output features per token.
     dtype: compute dtype.
-    token_proj: "per_token" or "shared" (``layers.token_projection``).
+    token_proj: "per_token", "shared" or "low_rank" (``layers.token_projection``).
+    token_proj_rank: the rank of "low_rank"'s per-token corrections.
   """
   block_size: int
   dtype: Any = jnp.float32
   token_proj: str = "per_token"
+  token_proj_rank: int = 8
 
   @nn.compact
   def __call__(self, x: Array, c: Array) -> Array:
@@ -143,7 +145,7 @@ class FinalLayer(nn.Module):
                         shift, scale)
     return layers.token_projection(self, x, self.block_size, ("tokens", "embed", "block"),
                                    self.dtype, self.token_proj, name="out_proj",
-                                   zero_init=True)
+                                   zero_init=True, rank=self.token_proj_rank)
 
 
 def _get(text: Mapping[str, Any], key: str, why: str) -> Array:
@@ -184,8 +186,10 @@ class DiT(nn.Module):
       per-block learned offsets (PixArt-alpha's adaLN-single), depth-fold fewer
       modulation parameters. The final layer keeps its own modulation either way.
     token_proj: how tokens are projected to and from the width: "per_token" (a separate
-      affine map per token position, as in G.pt) or "shared" (one map plus a per-token
-      bias; ``layers.TOKEN_PROJECTIONS``).
+      affine map per token position, as in G.pt), "shared" (one map plus a per-token
+      bias) or "low_rank" (the shared map plus a per-token correction of rank
+      ``token_proj_rank``; ``layers.TOKEN_PROJECTIONS``).
+    token_proj_rank: the rank of "low_rank"'s per-token corrections.
     frequency_dim: size of the sinusoidal timestep features.
     dtype: compute dtype (params are float32; the output is float32).
   """
@@ -205,6 +209,7 @@ class DiT(nn.Module):
   text_head_depth: int = 2
   adaln: str = "block"
   token_proj: str = "per_token"
+  token_proj_rank: int = 8
   frequency_dim: int = 256
   dtype: Any = jnp.float32
 
@@ -249,6 +254,7 @@ class DiT(nn.Module):
 
     h = layers.TokenEmbedding(self.width, self.num_layers, self.max_blocks,
                               dtype=self.dtype, token_proj=self.token_proj,
+                              token_proj_rank=self.token_proj_rank,
                               name="embed")(x_t, layer_ids, block_ids)
     c = layers.TimestepEmbedder(self.width, self.frequency_dim, dtype=self.dtype,
                                 name="t_embed")(t)
@@ -287,7 +293,7 @@ class DiT(nn.Module):
     if self.text_as_token:
       h = h[:, 1:]
     out = FinalLayer(self.block_size, dtype=self.dtype, token_proj=self.token_proj,
-                     name="final")(h, c)
+                     token_proj_rank=self.token_proj_rank, name="final")(h, c)
     out = out.astype(jnp.float32)
     if self.text_head:
       class_emb = _get(text, "class_emb", "text_head")
@@ -365,7 +371,7 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   elementwise ops. With S = L + text_as_token tokens, w = width, r = mlp_ratio,
   K' = max_classes + 1 (null token), d = text_dim, n = 3 adaLN chunks per branch:
 
-    per-token:   L*P*w (in) + L*w*P (out)
+    per-token:   L*P*w (in) + L*w*P (out) + [low_rank] 2 L*rank*(P + w)
                  + depth * S * (4 w^2 + 2 r w^2 + [cross] 2 w^2)
     attention:   depth * (2 S^2 w + [cross] 2 S K' w)        (QK^T and AV)
     per-example: depth * n*branches*w^2 ([adaln "single"]: n*branches*w^2 once)
@@ -380,7 +386,8 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   Args:
     config: Mapping, ConfigDict or object (a ``DiT`` works) with width, depth, mlp_ratio,
       block_size, and optionally num_tokens, max_classes, text_dim (384), cond_adaln,
-      cross_attention, text_as_token, adaln (defaults as in ``DiT``), frequency_dim (256).
+      cross_attention, text_as_token, adaln, token_proj, token_proj_rank (defaults as in
+      ``DiT``), frequency_dim (256).
     num_tokens: L; overrides config.num_tokens.
     max_classes: K; overrides config.max_classes (default 0 when absent).
     training: count forward + backward (x3) instead of forward only.
@@ -400,11 +407,14 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   cross = bool(_cfg(config, "cross_attention", True))
   as_token = bool(_cfg(config, "text_as_token", False))
   adaln_blocks = 1 if _cfg(config, "adaln", "block") == "single" else depth
+  low_rank = _cfg(config, "token_proj", "per_token") == "low_rank"
 
   s = num_l + int(as_token)
   kk = k + 1
   per_token_block = 4 * w * w + 2 * r * w * w + (2 * w * w if cross else 0)
   macs = 2 * num_l * p * w + depth * s * per_token_block
+  if low_rank:  # the per-token corrections, in and out
+    macs += 2 * num_l * int(_cfg(config, "token_proj_rank", 8)) * (p + w)
   macs += depth * (2 * s * s * w + (2 * s * kk * w if cross else 0))
   branches = num_branches(cross)
   macs += adaln_blocks * 3 * branches * w * w + 2 * w * w + freq * w + w * w

@@ -560,15 +560,19 @@ def layer_norm(*, affine: bool, dtype: Dtype, name: Optional[str] = None) -> nn.
 
 
 # How weight tokens are projected to and from the model width (``token_projection``):
-# "per_token", a separate affine map per token position (as in G.pt), or "shared", one map
+# "per_token", a separate affine map per token position (as in G.pt); "shared", one map
 # for every token plus a learned per-token bias (far fewer parameters when tokens are many
-# and wide).
-TOKEN_PROJECTIONS = ("per_token", "shared")
+# and wide); "low_rank", the shared map plus a per-token correction of rank
+# ``token_proj_rank`` and the per-token bias: a map per position at a fraction of the
+# parameters.
+TOKEN_PROJECTIONS = ("per_token", "shared", "low_rank")
 
 
-def _check_token_proj(token_proj: str) -> None:
+def _check_token_proj(token_proj: str, rank: int) -> None:
   if token_proj not in TOKEN_PROJECTIONS:
     raise ValueError(f"token_proj must be one of {TOKEN_PROJECTIONS}, got {token_proj!r}")
+  if token_proj == "low_rank" and (not isinstance(rank, int) or rank < 1):
+    raise ValueError(f"token_proj='low_rank' needs token_proj_rank >= 1, got {rank!r}")
 
 
 class TokenEmbedding(nn.Module):
@@ -582,19 +586,21 @@ class TokenEmbedding(nn.Module):
     num_layers: size of the layer-id table (ids in [0, num_layers)).
     max_blocks: size of the block-id table (ids in [0, max_blocks)).
     dtype: compute dtype.
-    token_proj: "per_token" or "shared" (``TOKEN_PROJECTIONS``).
+    token_proj: "per_token", "shared" or "low_rank" (``TOKEN_PROJECTIONS``).
+    token_proj_rank: the rank of "low_rank"'s per-token corrections.
   """
   width: int
   num_layers: int
   max_blocks: int
   dtype: Dtype = jnp.float32
   token_proj: str = "per_token"
+  token_proj_rank: int = 8
 
   @nn.compact
   def __call__(self, tokens: Array, layer_ids: Array, block_ids: Array) -> Array:
     """Args: tokens (B, L, P); layer_ids, block_ids (L,) int. Returns (B, L, width)."""
     h = token_projection(self, tokens, self.width, ("tokens", "block", "embed"), self.dtype,
-                         self.token_proj, name="in_proj")
+                         self.token_proj, name="in_proj", rank=self.token_proj_rank)
     layer_table = self.param("layer_embed", partitioned(embed_init, (None, "embed")),
                              (self.num_layers, self.width), jnp.float32)
     block_table = self.param("block_embed", partitioned(embed_init, (None, "embed")),
@@ -607,9 +613,15 @@ class TokenEmbedding(nn.Module):
 
 def token_projection(module: nn.Module, x: Array, features: int,
                      axes: tuple[str, str, str], dtype: Dtype, token_proj: str, *,
-                     name: str, zero_init: bool = False) -> Array:
+                     name: str, zero_init: bool = False, rank: int = 8) -> Array:
   """Tokens (B, L, in) -> (B, L, features), made in ``module`` (call from its
-  ``@nn.compact`` body): ``name``, and with "shared" the per-token bias "token_bias".
+  ``@nn.compact`` body): ``name``; with "shared" and "low_rank" also the per-token bias
+  "token_bias", and with "low_rank" the per-token factors "token_down" (L, rank, in) and
+  "token_up" (L, features, rank).
+
+  "low_rank" computes ``W x_l + U_l (D_l x_l) + b_l`` for token l: the shared map W plus a
+  rank-``rank`` correction per position, which starts at zero (U_l does, as in LoRA), so
+  the model starts as the shared one and learns how far each position departs from it.
 
   Args:
     module: the module that owns the parameters.
@@ -617,19 +629,32 @@ def token_projection(module: nn.Module, x: Array, features: int,
     features: output features per token.
     axes: logical names (tokens, in, out).
     dtype: compute dtype; the result has it.
-    token_proj: "per_token" (``PerTokenProjection``) or "shared" (one Dense for every token
-      plus a (L, features) bias; ``TOKEN_PROJECTIONS``).
+    token_proj: "per_token" (``PerTokenProjection``), "shared" (one Dense for every token
+      plus a (L, features) bias) or "low_rank" (``TOKEN_PROJECTIONS``).
     name: the projection's name.
     zero_init: zero kernel (the output of an adaLN-Zero model); biases start at zero.
+    rank: the rank of "low_rank"'s per-token corrections.
   """
-  _check_token_proj(token_proj)
+  _check_token_proj(token_proj, rank)
   if token_proj == "per_token":
     return PerTokenProjection(features, axes, zero_init=zero_init, dtype=dtype, name=name)(x)
   y = dense(features, axes[1:], dtype=dtype, zero_init=zero_init, use_bias=False,
             name=name)(x)
+  num_tokens, in_features = x.shape[-2], x.shape[-1]
+  if token_proj == "low_rank":
+    down = module.param("token_down", partitioned(
+        nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=2,
+                                         out_axis=1, batch_axis=(0,)),
+        (axes[0], None, axes[1])), (num_tokens, rank, in_features), jnp.float32)
+    up = module.param("token_up", partitioned(nn.initializers.zeros_init(),
+                                              (axes[0], axes[2], None)),
+                      (num_tokens, features, rank), jnp.float32)
+    # Per-token products in float32, as ``PerTokenProjection``'s (its docstring says why).
+    z = einsum("lbi,lri->lbr", jnp.swapaxes(x, 0, 1), down, jnp.float32)
+    y = y + jnp.swapaxes(einsum("lbr,lor->lbo", z, up, jnp.float32), 0, 1).astype(dtype)
   bias = module.param("token_bias", partitioned(nn.initializers.zeros_init(),
                                                 (axes[0], axes[2])),
-                      (x.shape[-2], features), jnp.float32)
+                      (num_tokens, features), jnp.float32)
   return add_bias(y, bias, dtype)
 
 
