@@ -65,8 +65,9 @@ class DiTSize:
   conditioning: str = "prior"
   # How the blocks get their adaLN modulation (``DiT.adaln``): "block" or "single".
   adaln: str = "block"
-  # How tokens are projected to and from the width (``DiT.token_proj``).
+  # How tokens are projected to and from the width (``DiT.token_proj``, its rank).
   token_proj: str = "per_token"
+  token_proj_rank: int = 8
 
   def dit_switches(self) -> dict:
     """The DiT's conditioning switches for ``conditioning``, its ``adaln`` and its
@@ -75,7 +76,8 @@ class DiTSize:
       raise ValueError(f"conditioning must be 'prior' or 'token', got {self.conditioning!r}")
     prior = self.conditioning == "prior"
     return dict(cond_adaln=prior, cross_attention=prior, prior_bias=prior,
-                text_as_token=not prior, adaln=self.adaln, token_proj=self.token_proj)
+                text_as_token=not prior, adaln=self.adaln, token_proj=self.token_proj,
+                token_proj_rank=self.token_proj_rank)
 
   def flops_config(self) -> dict:
     """What ``model_flops_per_example`` reads (the conditioning as timed)."""

@@ -229,4 +229,6 @@ def test_cifar_size_is_the_base_config():
   s = dit_bench.CIFAR_SIZE
   assert (s.width, s.depth, s.num_heads, s.mlp_ratio, s.adaln, s.token_proj) == (
       m.width, m.depth, m.num_heads, m.mlp_ratio, m.adaln, m.token_proj)
+  if m.token_proj == "low_rank":
+    assert s.token_proj_rank == m.token_proj_rank
   assert s.block_size == dit_config.get_config("base").block_size
