@@ -139,7 +139,8 @@ def test_token_concat_size_switches_the_conditioning_and_its_flops():
   token = dataclasses.replace(dit_bench.CIFAR_SIZE, conditioning="token")
   assert token.dit_switches() == dict(cond_adaln=False, cross_attention=False,
                                       prior_bias=False, text_as_token=True, adaln="single",
-                                      token_proj=dit_bench.CIFAR_SIZE.token_proj)
+                                      token_proj=dit_bench.CIFAR_SIZE.token_proj,
+                                      token_proj_rank=dit_bench.CIFAR_SIZE.token_proj_rank)
   assert dit_bench.CIFAR_SIZE.dit_switches()["cross_attention"]
   prior_flops = model_flops_per_example(dit_bench.CIFAR_SIZE.flops_config())
   token_flops = model_flops_per_example(token.flops_config())
