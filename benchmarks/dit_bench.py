@@ -86,12 +86,13 @@ class DiTSize:
     return dict(fields, **self.dit_switches())
 
 
-# Our DiT at that size is configs/dit.py "base", with adaLN-single.
+# Our DiT at that size is configs/dit.py "base": adaLN-single, low-rank token projections.
 CIFAR_SIZE = DiTSize(width=1024, depth=6, num_heads=8, mlp_ratio=4.0, block_size=576,
                      num_tokens=34, batch_size=32, text_dim=512, max_classes=32,
-                     adaln="single")
+                     adaln="single", token_proj="low_rank", token_proj_rank=144)
 QUICK_SIZE = DiTSize(width=32, depth=1, num_heads=2, mlp_ratio=2.0, block_size=16,
-                     num_tokens=6, batch_size=4, text_dim=16, max_classes=4)
+                     num_tokens=6, batch_size=4, text_dim=16, max_classes=4,
+                     token_proj="low_rank", token_proj_rank=2)
 # The DDIM-50 figures generate the corpus's SubtaskCNN of before the generalist ("cnn19k",
 # MiniLM text space), kept so that those figures stay comparable from run to run; the
 # default net is timed by ``bench_default_generation`` with the net the caller passes.
@@ -395,12 +396,22 @@ def measure_cifar(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: st
   matmul = {"float32": harness.matmul_peak(matmul_size, "float32", repeats)}
   if jax.default_backend() != "cpu" or dtype == "bfloat16":
     matmul["bfloat16"] = harness.matmul_peak(matmul_size, "bfloat16", repeats)
+  result = measure_train_and_denoise(size, config, dtype=dtype, repeats=repeats,
+                                     train_steps=train_steps, matmul=matmul[dtype],
+                                     denoise_repeats=denoise_repeats, seed=seed)
+  return dict(result, matmul=matmul)
+
+
+def measure_train_and_denoise(size: DiTSize, config: ml_collections.ConfigDict, *,
+                              dtype: str, repeats: int, train_steps: int, matmul: dict,
+                              denoise_repeats: int, seed: int = 0) -> dict:
+  """``measure_train``'s figures and one batch-1 denoising call on the trained parameters
+  (``denoise``); arguments as ``measure_cifar`` and ``measure_train``."""
   result = measure_train(size, config, dtype=dtype, repeats=repeats, train_steps=train_steps,
-                         matmul=matmul[dtype], seed=seed, keep_params=True)
+                         matmul=matmul, seed=seed, keep_params=True)
   params = result["train"].pop("_params")
   result["denoise"] = bench_denoise(size, params, dtype, denoise_repeats, seed)
-  del params
-  return dict(result, matmul=matmul)
+  return result
 
 
 def measure_train(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: str,

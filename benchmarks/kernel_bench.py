@@ -22,9 +22,14 @@ call by call so that both see the same machine:
 * **train step, kernels** and **denoising call, batch 1, kernels** (one forward): the
   whole default DiT with its projection kernels stored and multiplied (in, out) (the code
   before ``layers.projection_kernel``) against (out, in);
+* **train step, token projections** and **denoising call, batch 1, token projections**
+  (when the size's default is not a map per token position): the whole DiT with a map
+  per token position (the default at that size before) against its default token
+  projection (the low-rank one);
 * **per-token projection**, **train step, per-token products** and **denoising call,
-  batch 1, per-token products** (lower precision only): ``layers.PerTokenProjection``'s
-  products in the compute dtype (the code before) against float32;
+  batch 1, per-token products** (lower precision only; the DiT with a map per token
+  position): ``layers.PerTokenProjection``'s products in the compute dtype (the code
+  before) against float32;
 * **optimiser update**: ``optax.chain(clip_by_global_norm, adamw)`` against
   ``train.adamw.clipped_adamw`` on the default DiT's parameter tree at that size, donated.
 
@@ -221,11 +226,12 @@ def per_token_pair(size, rng, dtype):
   return _grad_call(loss(dtype), kernel, x), _grad_call(loss(jnp.float32), kernel, x)
 
 
-def step_pair(size, config, dtype, before):
-  """(old, new) donated train steps of the default DiT: built within the ``before``
-  context (the code replaced) and without it."""
+def step_pair(size, config, dtype, before=contextlib.nullcontext, old_size=None):
+  """(old, new) donated train steps of the default DiT: the old one built within the
+  ``before`` context (the code replaced) and at ``old_size`` (default ``size``), the new
+  one at ``size`` without it."""
 
-  def build():
+  def build(size):
     step_fn, params, opt_state, batch = dit_bench.train_inputs(size, config, dtype, 0)
     key = jax.random.PRNGKey(0)
     compiled = jax.jit(step_fn, donate_argnums=(0, 1)).lower(
@@ -238,22 +244,23 @@ def step_pair(size, config, dtype, before):
     return call
 
   with before():
-    old = build()
-  return old, build()
+    old = build(old_size or size)
+  return old, build(size)
 
 
-def denoise_pair(size, dtype, before):
+def denoise_pair(size, dtype, before=contextlib.nullcontext, old_size=None):
   """(old, new) batch-1 denoising calls of the default DiT (one forward, as
-  ``dit_bench.bench_denoise``): built within the ``before`` context and without it."""
+  ``dit_bench.bench_denoise``): as ``step_pair``'s, the old one within ``before`` and at
+  ``old_size``."""
 
-  def build():
+  def build(size):
     call, args = dit_bench.denoise_inputs(size, dtype, 0)
     compiled = jax.jit(call).lower(*args).compile()
     return lambda: compiled(*args)
 
   with before():
-    old = build()
-  return old, build()
+    old = build(old_size or size)
+  return old, build(size)
 
 
 def attention_pair(size, rng):
@@ -342,14 +349,22 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
              lambda: step_pair(size, config, dtype, _kernels_in_out)),
             ("denoising call, batch 1, kernels", "(in, out)", "(out, in)",
              lambda: denoise_pair(size, dtype, _kernels_in_out))]
+  # The DiT with a map per token position (the per-token pairs' subject).
+  per_token = dataclasses.replace(size, token_proj="per_token")
+  if size.token_proj != "per_token":
+    low = f"{size.token_proj}, rank {size.token_proj_rank}"
+    pairs += [("train step, token projections", "a map per token", low,
+               lambda: step_pair(size, config, dtype, old_size=per_token)),
+              ("denoising call, batch 1, token projections", "a map per token", low,
+               lambda: denoise_pair(size, dtype, old_size=per_token))]
   if compute != jnp.float32:
     in_dtype = f"products in {compute.name}"
     pairs += [("per-token projection", in_dtype, "in float32",
                lambda: per_token_pair(size, rng, compute)),
               ("train step, per-token products", in_dtype, "in float32",
-               lambda: step_pair(size, config, dtype, _per_token_in_dtype)),
+               lambda: step_pair(per_token, config, dtype, _per_token_in_dtype)),
               ("denoising call, batch 1, per-token products", in_dtype, "in float32",
-               lambda: denoise_pair(size, dtype, _per_token_in_dtype))]
+               lambda: denoise_pair(per_token, dtype, _per_token_in_dtype))]
   n_params = []
 
   def optimiser():

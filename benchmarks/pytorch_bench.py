@@ -133,6 +133,9 @@ def compare(ours: dict, theirs: dict) -> dict:
     adaln_block_train_samples_per_s, adaln_block_params: our default with DiT's adaLN per
       block instead of adaLN-single: its train speed and parameter count over theirs (None
       when not timed).
+    per_token_train_samples_per_s, per_token_params, per_token_denoise_speedup: our default
+      with a map per token position: the same ratios and the denoising call's (None when
+      not timed).
     params: our default's parameter count over theirs.
     flops_per_example: our model FLOPs per train example / theirs (None without theirs).
     their_matmul_fraction: their step's FLOP/s over torch's matmul (None without FLOPs).
@@ -141,11 +144,19 @@ def compare(ours: dict, theirs: dict) -> dict:
   their_flops = tt.get("flops_per_example")
   token = ours.get("token_concat")
   block = ours.get("adaln_block")
+  per_token = ours.get("per_token")
   return {
       "train_samples_per_s": ours["train"]["samples_per_s"] / tt["samples_per_s"],
       "adaln_block_train_samples_per_s": (block["train"]["samples_per_s"]
                                           / tt["samples_per_s"] if block else None),
       "adaln_block_params": block["train"]["params"] / theirs["params"] if block else None,
+      "per_token_train_samples_per_s": (per_token["train"]["samples_per_s"]
+                                        / tt["samples_per_s"] if per_token else None),
+      "per_token_params": (per_token["train"]["params"] / theirs["params"]
+                           if per_token else None),
+      "per_token_denoise_speedup": (theirs["denoise"]["seconds_median"]
+                                    / per_token["denoise"]["seconds_median"]
+                                    if per_token else None),
       "params": ours["train"]["params"] / theirs["params"],
       "token_concat_train_samples_per_s": (token["train"]["samples_per_s"]
                                            / tt["samples_per_s"] if token else None),
@@ -164,7 +175,9 @@ def measure_ours(dit_config: ml_collections.ConfigDict, *, quick: bool, repeats:
                  dtype: str = "float32") -> dict:
   """Our side: ``dit_bench.measure_cifar`` in ``dtype``, the train step with the token-concat
   conditioning (``token_concat``) and with DiT's adaLN per block (``adaln_block``; our
-  default at this size is adaLN-single), and the one-net default figure."""
+  default at this size is adaLN-single), the train step and the denoising call with a map
+  per token position (``per_token``; when the size's default is another token
+  projection), and the one-net default figure."""
   size = dit_bench.QUICK_SIZE if quick else dit_bench.CIFAR_SIZE
   ours = dit_bench.measure_cifar(size, dit_config, dtype=dtype, repeats=repeats,
                                  train_steps=train_steps, matmul_size=matmul_size,
@@ -175,6 +188,11 @@ def measure_ours(dit_config: ml_collections.ConfigDict, *, quick: bool, repeats:
   ours["adaln_block"] = dit_bench.measure_train(
       dataclasses.replace(size, adaln="block"), dit_config, dtype=dtype,
       repeats=repeats, train_steps=train_steps, matmul=ours["matmul"][dtype], seed=seed)
+  if size.token_proj != "per_token":
+    ours["per_token"] = dit_bench.measure_train_and_denoise(
+        dataclasses.replace(size, token_proj="per_token"), dit_config, dtype=dtype,
+        repeats=repeats, train_steps=train_steps, matmul=ours["matmul"][dtype],
+        denoise_repeats=denoise_repeats, seed=seed)
   ours["generate_default"] = dit_bench.bench_default_generation(
       dit_config, default_cnn or (dit_bench.QUICK_CNN if quick else dit_bench.CNN19K),
       image_size=default_image_size, repeats=denoise_repeats, seed=seed,
@@ -290,6 +308,7 @@ def format_report(r: dict) -> str:
   mm = o["matmul"][dtype]
   token = o.get("token_concat")
   block = o.get("adaln_block")
+  per_token = o.get("per_token")
   lines = [
       "Side by side: t2w_jax and the PyTorch T2W, same machine, same run"
       + (" (--quick: tiny sizes, a smoke test only)" if r["quick"] else ""),
@@ -334,6 +353,16 @@ def format_report(r: dict) -> str:
                 ["params, adaLN per block (DiT's)", f"{block['train']['params'] / 1e6:.1f} M",
                  f"{t['params'] / 1e6:.1f} M", f"{q['adaln_block_params']:.3g}x"]]
                if block else [])
+            + ([["train samples/s, a map per token position",
+                 per_token["train"]["samples_per_s"], tt["samples_per_s"],
+                 f"{q['per_token_train_samples_per_s']:.3g}x"],
+                ["params, a map per token position",
+                 f"{per_token['train']['params'] / 1e6:.1f} M", f"{t['params'] / 1e6:.1f} M",
+                 f"{q['per_token_params']:.3g}x"],
+                ["one denoising call, batch 1, a map per token position",
+                 _ms(per_token["denoise"]["seconds_median"]), _ms(td["seconds_median"]),
+                 f"{q['per_token_denoise_speedup']:.3g}x faster"]]
+               if per_token else [])
             + [
              ["one denoising call, batch 1", _ms(o["denoise"]["seconds_median"]),
               _ms(td["seconds_median"]), f"{q['denoise_speedup']:.3g}x faster"],

@@ -96,6 +96,8 @@ def test_quick_run_reports_every_pair(dtype, step_row):
          "denoising call, batch 1, per-token products"] if step_row else []
   assert [r["what"] for r in result["rows"]] == [
       "MLP", "attention projections", "attention core", "MLP biases", *step_row,
-      "train step, kernels", "denoising call, batch 1, kernels", *low, "optimiser update"]
+      "train step, kernels", "denoising call, batch 1, kernels",
+      "train step, token projections", "denoising call, batch 1, token projections", *low,
+      "optimiser update"]
   assert all(r["old_median"] > 0 and r["new_median"] > 0 for r in result["rows"])
   assert "baseline / candidate" in kernel_bench.format_report(result)

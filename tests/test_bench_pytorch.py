@@ -49,6 +49,12 @@ def _ours(samples_per_s=6.4, denoise_s=0.1, flops=21e9, mfu=0.5):
           "train": {"dtype": "float32", "samples_per_s": 1.5 * samples_per_s,
                     "params": 96e6},
           "model_flops_per_example": flops, "mfu": mfu},
+      "per_token": {
+          "train": {"dtype": "float32", "samples_per_s": 0.5 * samples_per_s,
+                    "params": 120e6},
+          "denoise": {"batch_size": 1, "seconds": [2 * denoise_s],
+                      "seconds_median": 2 * denoise_s},
+          "model_flops_per_example": flops, "mfu": mfu},
       "commit": {"commit": "0123456789abcdef", "dirty": False},
       "machine": {"cpu": "Test CPU", "cpu_cores": 2, "jax_version": "0", "backend": "cpu",
                   "num_devices": 1, "device_kind": "cpu", "xla_flags": ""},
@@ -101,6 +107,12 @@ def test_compare_on_fixed_numbers():
   assert q["adaln_block_train_samples_per_s"] == pytest.approx(9.6 / 3.2)
   assert q["adaln_block_params"] == pytest.approx(96e6 / 80e6)
   assert q["params"] == pytest.approx(95e6 / 80e6)
+  assert q["per_token_train_samples_per_s"] == pytest.approx(3.2 / 3.2)
+  assert q["per_token_params"] == pytest.approx(120e6 / 80e6)
+  assert q["per_token_denoise_speedup"] == pytest.approx(1.0 / 0.2)
+  report = pytorch_bench.format_report(dict(
+      ours=_ours(), theirs=_theirs(), comparison=q, quick=False, date="2026-01-01"))
+  assert "params, a map per token position | 120.0 M" in report
   # 7 GFLOP/example x 3.2 examples/s over a 100 GFLOP/s matmul.
   assert q["their_matmul_fraction"] == pytest.approx(0.224)
   assert pytorch_bench.matmul_fraction(None, 3.2, 100.0) is None
