@@ -5,7 +5,9 @@
 Every variant reads the same corpus, trains the same number of steps from the same seed,
 and is evaluated by the ``generated`` evaluator on the same tasks with the same sampler;
 the table puts each split's mean generated accuracy beside the generalist and the
-specialist. The orchestration lives here, not in the library, because it reads the
+specialist. With ``--config.seeds=0,1`` every variant trains once per seed (seed 0 in
+ablations/<variant>, seed s in ablations/<variant>_seed<s>) and each task's accuracy is
+averaged over the seeds before the paired differences are taken. The orchestration lives here, not in the library, because it reads the
 top-level ``configs`` package, which is not installed with ``t2w_jax``.
 """
 import logging
@@ -29,12 +31,13 @@ from t2w_jax.evaluate import run as eval_run  # noqa: E402
 from t2w_jax.train import loop  # noqa: E402
 
 
-def variant_config(config, name: str) -> ml_collections.ConfigDict:
-  """configs/dit.py with the variant's overrides and the shared budget.
+def variant_config(config, name: str, seed: int = 0) -> ml_collections.ConfigDict:
+  """configs/dit.py with the variant's overrides, the shared budget and ``seed``.
 
   Args:
     config: the ablation config (configs/ablations.py).
     name: a key of ``configs.ablations.VARIANTS``.
+    seed: the training seed (a variant may not set its own).
 
   Returns:
     The variant's DiT config.
@@ -54,7 +57,45 @@ def variant_config(config, name: str) -> ml_collections.ConfigDict:
     for p in parents:
       node = node[p]
     node[leaf] = value
+  if seed:
+    c.seed = seed
   return c
+
+
+def parse_seeds(config) -> list[int]:
+  """The ablation config's training seeds, in order, each once; at least one."""
+  text = str(config.get("seeds", "0"))
+  try:
+    seeds = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"seeds must be comma-separated integers, got {text!r}") from None
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f"seeds must be distinct non-negative integers, got {text!r}")
+  return seeds
+
+
+def variant_dir(out: str, name: str, seed: int) -> str:
+  """Where a variant trains at ``seed``: ablations/<name>, or <name>_seed<seed>."""
+  return os.path.join(out, name if seed == 0 else f"{name}_seed{seed}")
+
+
+def average_seeds(per_seed: dict) -> dict:
+  """One variant's split dict averaged over seeds: each task's accuracy is its mean over
+  the seeds (``per_task``; ``mean`` and ``std`` over tasks of it); the references
+  (generalist, specialist) are the first seed's, the same tasks at every seed; each
+  seed's mean stays in ``per_seed``."""
+  first = next(iter(per_seed.values()))
+  if len(per_seed) == 1:
+    return first
+  out = {}
+  for split, ref in first.items():
+    rows = np.asarray([per_seed[s][split]["per_task"] for s in per_seed])
+    per_task = rows.mean(axis=0)
+    out[split] = dict(ref, per_task=per_task.tolist(), mean=float(per_task.mean()),
+                      std=float(per_task.std()),
+                      per_seed={str(s): float(np.mean(per_seed[s][split]["per_task"]))
+                                for s in per_seed})
+  return out
 
 
 def eval_config(config, corpus_dir: str) -> ml_collections.ConfigDict:
@@ -93,17 +134,22 @@ def run_ablations(config, workdir: str) -> dict:
   corpus_dir = os.path.join(workdir, "corpus")
   out = os.path.join(workdir, "ablations")
   names = [n.strip() for n in config.variants.split(",") if n.strip()]
+  seeds = parse_seeds(config)
   for name in names:  # an unknown name fails before any training
     variant_config(config, name)
   results = {}
   for name in names:
-    vdir = os.path.join(out, name)
-    c = variant_config(config, name)
-    c.corpus_dir = corpus_dir
-    logging.info("ablation %s: training %d steps in %s", name, c.num_steps, vdir)
-    loop.train(c, vdir)
-    res = eval_run.evaluate(eval_config(config, corpus_dir), vdir)
-    results[name] = {s: v for s, v in res["evals"]["generated"]["splits"].items()}
+    per_seed = {}
+    for seed in seeds:
+      vdir = variant_dir(out, name, seed)
+      c = variant_config(config, name, seed)
+      c.corpus_dir = corpus_dir
+      logging.info("ablation %s, seed %d: training %d steps in %s", name, seed,
+                   c.num_steps, vdir)
+      loop.train(c, vdir)
+      res = eval_run.evaluate(eval_config(config, corpus_dir), vdir)
+      per_seed[seed] = {s: v for s, v in res["evals"]["generated"]["splits"].items()}
+    results[name] = average_seeds(per_seed)
   table = render(results, config)
   os.makedirs(out, exist_ok=True)
   io_lib.atomic_write_json(os.path.join(out, "results.json"),
@@ -152,9 +198,12 @@ def render(results: dict, config) -> str:
     lines.append(f"| ({ref}) | " + " | ".join(cells) + " |")
   steps = config.get("steps", 0)
   sampling = f"DDIM-{steps}" if steps else "the generator config's sampler"
+  seeds = parse_seeds(config)
+  seeding = (f"; each task's accuracy averaged over training seeds "
+             f"{', '.join(map(str, seeds))}" if len(seeds) > 1 else "")
   lines.append(f"\n{config.num_steps} training steps each ({config.dit_variant} DiT), "
                f"{config.num_samples} samples per task ({sampling}), up to "
-               f"{config.max_tasks} tasks per split.")
+               f"{config.max_tasks} tasks per split{seeding}.")
   return "\n".join(lines)
 
 

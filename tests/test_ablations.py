@@ -32,6 +32,43 @@ def test_variant_configs():
     ablations.variant_config(config, "no_such_thing")
 
 
+def test_seeds_average_each_task_before_pairing(tmp_path):
+  """With two seeds, a variant's row is each task's accuracy averaged over its seeds, and
+  the paired column is the mean over tasks of (variant - first variant) of those."""
+  config = ablation_configs.get_config()
+  config.seeds = "0,1"
+  assert ablations.parse_seeds(config) == [0, 1]
+  assert ablations.variant_config(config, "full", 1).seed == 1
+  assert ablations.variant_config(config, "full").seed == 0
+  assert ablations.variant_dir("/o", "full", 0) == "/o/full"
+  assert ablations.variant_dir("/o", "full", 1) == "/o/full_seed1"
+  ref = {"generalist": {"mean": 0.5, "per_task": [0.5, 0.5, 0.5]},
+         "oracle": {"mean": 0.9, "per_task": [0.9, 0.9, 0.9]}}
+
+  def split(per_task):
+    return {"unseen": dict(ref, per_task=per_task, mean=float(np.mean(per_task)),
+                           std=float(np.std(per_task))),
+            "heldout": dict(ref, per_task=per_task, mean=float(np.mean(per_task)),
+                            std=float(np.std(per_task)))}
+
+  full = ablations.average_seeds({0: split([0.8, 0.9, 0.7]), 1: split([0.6, 0.9, 0.9])})
+  other = ablations.average_seeds({0: split([0.7, 0.9, 0.7]), 1: split([0.7, 0.8, 0.8])})
+  np.testing.assert_allclose(full["unseen"]["per_task"], [0.7, 0.9, 0.8])
+  np.testing.assert_allclose(other["unseen"]["per_task"], [0.7, 0.85, 0.75])
+  assert full["unseen"]["per_seed"] == pytest.approx({"0": 0.8, "1": 0.8})
+  assert full["unseen"]["generalist"]["mean"] == 0.5
+  table = ablations.render({"full": full, "other": other}, config)
+  d = 100 * (np.asarray([0.7, 0.85, 0.75]) - np.asarray([0.7, 0.9, 0.8]))
+  assert f"{d.mean():+.1f} ± {d.std(ddof=1) / np.sqrt(3):.1f}" in table
+  assert "averaged over training seeds 0, 1" in table
+  one = {0: split([0.8, 0.9, 0.7])}
+  assert ablations.average_seeds(one) is one[0]
+  for bad in ("", "0,0", "a", "-1"):
+    config.seeds = bad
+    with pytest.raises(ValueError, match="seeds"):
+      ablations.parse_seeds(config)
+
+
 @pytest.mark.slow
 def test_run_ablations_tiny(tmp_path):
   c = corpus_config.get_config("tiny")
