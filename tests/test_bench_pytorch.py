@@ -113,6 +113,11 @@ def test_compare_on_fixed_numbers():
   report = pytorch_bench.format_report(dict(
       ours=_ours(), theirs=_theirs(), comparison=q, quick=False, date="2026-01-01"))
   assert "params, a map per token position | 120.0 M" in report
+  # The ceilings: 150 GFLOP/s over the step's FLOPs per example, over their 3.2 samples/s.
+  assert q["train_ceiling"] == pytest.approx(150e9 / 21e9 / 3.2)
+  assert q["token_concat_train_ceiling"] == pytest.approx(150e9 / 10.5e9 / 3.2)
+  assert (f"{q['token_concat_train_samples_per_s']:.4g}x, met (at 100 % of this run's "
+          f"float32 matmul it would be {150 / 10.5 / 3.2:.3g}x)") in report
   # 7 GFLOP/example x 3.2 examples/s over a 100 GFLOP/s matmul.
   assert q["their_matmul_fraction"] == pytest.approx(0.224)
   assert pytorch_bench.matmul_fraction(None, 3.2, 100.0) is None
