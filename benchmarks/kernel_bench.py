@@ -13,6 +13,8 @@ call by call so that both see the same machine:
 * **attention core**: ``layers.attention_weights`` + AV (ours, kept) against
   ``jax.nn.dot_product_attention`` (self-attention and masked, biased cross-attention to 33
   keys);
+* **self-attention Q, K, V, batch 1** (forward, every block): three products on three
+  kernels (ours, kept) against one product on the three kernels stacked;
 * **MLP biases**: the MLP's two products (``layers.project``) with their biases added as
   ``y + bias.astype(dtype)`` against ``layers.add_bias`` (in a lower precision the bias
   gradient as a product with a ones row; in float32 the two are the same code);
@@ -34,7 +36,8 @@ call by call so that both see the same machine:
   ``train.adamw.clipped_adamw`` on the default DiT's parameter tree at that size, donated.
 
 Each row reports both medians and the baseline / candidate ratio (above 1: the candidate
-is faster). Every candidate but the attention core's is the code now in use (ours stays).
+is faster). Every candidate but the attention core's and the fused Q, K, V's is the code
+now in use (ours stays in those two).
 """
 import contextlib
 import dataclasses
@@ -116,6 +119,37 @@ def projection_pair(size, rng, dtype=jnp.float32):
 
   return (_grad_call(old, *qkv, wo, x),
           _grad_call(new, *out_in(*((w, 1) for w in qkv), (wo, 2)), x))
+
+
+def fused_qkv_pair(size, rng, dtype=jnp.float32):
+  """(ours, fused) self-attention Q, K and V of every block in a batch-1 forward (one row
+  per token): three products on three (heads, kv, width) kernels, as ``layers.Attention``,
+  against one product on a (3, heads, kv, width) kernel split after; in ``dtype``. Each
+  block's input depends on the previous block's queries, as in the model."""
+  l, d, h = size.num_tokens, size.width, size.num_heads
+  x = jnp.asarray(rng.standard_normal((1, l, d), np.float32))
+  kernels = [[jnp.asarray(rng.standard_normal((h, d // h, d), np.float32) * 0.02)
+              for _ in range(3)] for _ in range(size.depth)]
+  fused = [jnp.stack(block) for block in kernels]
+
+  def ours(kernels, x):
+    total = jnp.zeros((), jnp.float32)
+    for wq, wk, wv in kernels:
+      q, k, v = (layers.project(x, w, 1, dtype) for w in (wq, wk, wv))
+      total += jnp.sum(k.astype(jnp.float32)) + jnp.sum(v.astype(jnp.float32))
+      x = x + 1e-3 * q.reshape(x.shape).astype(x.dtype)
+    return total
+
+  def one_product(fused, x):
+    total = jnp.zeros((), jnp.float32)
+    for w in fused:
+      q, k, v = jnp.moveaxis(layers.project(x, w, 1, dtype), 2, 0)
+      total += jnp.sum(k.astype(jnp.float32)) + jnp.sum(v.astype(jnp.float32))
+      x = x + 1e-3 * q.reshape(x.shape).astype(x.dtype)
+    return total
+
+  old, new = jax.jit(ours), jax.jit(one_product)
+  return (lambda: old(kernels, x)), (lambda: new(fused, x))
 
 
 def bias_pair(size, rng, dtype=jnp.float32):
@@ -341,6 +375,8 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
             "layers.project", lambda: projection_pair(size, rng, compute)),
            ("attention core", "ours (attention_weights + AV)",
             "jax.nn.dot_product_attention", lambda: attention_pair(size, rng)),
+           ("self-attention Q, K, V, batch 1 (forward)", "three products (ours)",
+            "one fused product", lambda: fused_qkv_pair(size, rng, compute)),
            ("MLP biases", "y + bias", "layers.add_bias", lambda: bias_pair(size, rng, compute))]
   if compute != jnp.float32:
     pairs.append(("train step, biases", "y + bias", "layers.add_bias",

@@ -28,6 +28,14 @@ def test_pairs_compute_the_same_gradients(name):
                _old_layout(name, new()))
 
 
+def test_fused_qkv_pair_computes_the_same_function():
+  """One product on the stacked kernels gives the three products' Q, K and V."""
+  old, new = kernel_bench.fused_qkv_pair(dit_bench.QUICK_SIZE, np.random.default_rng(0))
+  a, b = float(old()), float(new())
+  assert abs(a) > 1e-3
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["mlp_pair", "projection_pair", "bias_pair"])
 def test_pairs_agree_in_bfloat16(name):
   old, new = getattr(kernel_bench, name)(dit_bench.QUICK_SIZE, np.random.default_rng(0),
@@ -95,7 +103,8 @@ def test_quick_run_reports_every_pair(dtype, step_row):
   low = ["per-token projection", "train step, per-token products",
          "denoising call, batch 1, per-token products"] if step_row else []
   assert [r["what"] for r in result["rows"]] == [
-      "MLP", "attention projections", "attention core", "MLP biases", *step_row,
+      "MLP", "attention projections", "attention core",
+      "self-attention Q, K, V, batch 1 (forward)", "MLP biases", *step_row,
       "train step, kernels", "denoising call, batch 1, kernels",
       "train step, token projections", "denoising call, batch 1, token projections", *low,
       "optimiser update"]
