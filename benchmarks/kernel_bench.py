@@ -21,6 +21,11 @@ call by call so that both see the same machine:
 * **train step, biases** (lower precision only: in float32 both sides are the same code):
   the whole default DiT train step at that size compiled twice, with every bias added as
   ``y + bias.astype(dtype)`` and with ``layers.add_bias``, each donated as in training;
+* **train step, Q, K, V and GELU input** and **denoising call, batch 1, Q, K, V and GELU
+  input** (lower precision only): the whole default DiT with every projection returning
+  the compute dtype against attention's Q, K and V and the MLP's first product returning
+  their float32 accumulators (``layers.project``'s ``out_dtype``), which are computed on
+  in float32 next;
 * **train step, kernels** and **denoising call, batch 1, kernels** (one forward): the
   whole default DiT with its projection kernels stored and multiplied (in, out) (the code
   before ``layers.projection_kernel``) against (out, in);
@@ -204,8 +209,10 @@ def _kernel_in_out(module, name, in_shape, out_shape, in_axes, out_axes, *, zero
                       (*in_shape, *out_shape), jnp.float32)
 
 
-def _project_in_out(x, kernel, num_in, dtype):
-  """``layers.project`` as it was, on (*in, *out) kernels."""
+def _project_in_out(x, kernel, num_in, dtype, out_dtype=None):
+  """``layers.project`` as it was, on (*in, *out) kernels: its result in the compute
+  dtype whatever ``out_dtype`` asks."""
+  del out_dtype
   in_shape, out_shape = kernel.shape[:num_in], kernel.shape[num_in:]
   if jnp.dtype(dtype) != jnp.float32:
     ins, outs = "ijklm"[:num_in], "opqrs"[:len(out_shape)]
@@ -214,6 +221,16 @@ def _project_in_out(x, kernel, num_in, dtype):
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
   y = layers.einsum("ni,io->no", x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype)
   return y.reshape(*lead, *out_shape)
+
+
+_PROJECT = layers.project
+
+
+def _compute_dtype_results():
+  """Every projection returns the compute dtype, whatever its caller asks (the code before
+  the float32 results for attention's Q, K, V and the MLP's GELU)."""
+  return _patched(project=lambda x, kernel, num_in, dtype, out_dtype=None: _PROJECT(
+      x, kernel, num_in, dtype))
 
 
 def _kernels_in_out():
@@ -260,10 +277,11 @@ def per_token_pair(size, rng, dtype):
   return _grad_call(loss(dtype), kernel, x), _grad_call(loss(jnp.float32), kernel, x)
 
 
-def step_pair(size, config, dtype, before=contextlib.nullcontext, old_size=None):
+def step_pair(size, config, dtype, before=contextlib.nullcontext, old_size=None,
+              after=contextlib.nullcontext):
   """(old, new) donated train steps of the default DiT: the old one built within the
   ``before`` context (the code replaced) and at ``old_size`` (default ``size``), the new
-  one at ``size`` without it."""
+  one at ``size`` within ``after`` (by default the code as it is)."""
 
   def build(size):
     step_fn, params, opt_state, batch = dit_bench.train_inputs(size, config, dtype, 0)
@@ -279,13 +297,15 @@ def step_pair(size, config, dtype, before=contextlib.nullcontext, old_size=None)
 
   with before():
     old = build(old_size or size)
-  return old, build(size)
+  with after():
+    return old, build(size)
 
 
-def denoise_pair(size, dtype, before=contextlib.nullcontext, old_size=None):
+def denoise_pair(size, dtype, before=contextlib.nullcontext, old_size=None,
+                 after=contextlib.nullcontext):
   """(old, new) batch-1 denoising calls of the default DiT (one forward, as
   ``dit_bench.bench_denoise``): as ``step_pair``'s, the old one within ``before`` and at
-  ``old_size``."""
+  ``old_size``, the new one within ``after``."""
 
   def build(size):
     call, args = dit_bench.denoise_inputs(size, dtype, 0)
@@ -294,7 +314,8 @@ def denoise_pair(size, dtype, before=contextlib.nullcontext, old_size=None):
 
   with before():
     old = build(old_size or size)
-  return old, build(size)
+  with after():
+    return old, build(size)
 
 
 def attention_pair(size, rng):
@@ -379,12 +400,19 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
             "one fused product", lambda: fused_qkv_pair(size, rng, compute)),
            ("MLP biases", "y + bias", "layers.add_bias", lambda: bias_pair(size, rng, compute))]
   if compute != jnp.float32:
-    pairs.append(("train step, biases", "y + bias", "layers.add_bias",
-                  lambda: step_pair(size, config, dtype, _plain_bias_sum)))
+    pairs += [("train step, biases", "y + bias", "layers.add_bias",
+               lambda: step_pair(size, config, dtype, _plain_bias_sum)),
+              ("train step, Q, K, V and GELU input", f"in {compute.name}", "in float32",
+               lambda: step_pair(size, config, dtype, _compute_dtype_results)),
+              ("denoising call, batch 1, Q, K, V and GELU input", f"in {compute.name}",
+               "in float32", lambda: denoise_pair(size, dtype, _compute_dtype_results))]
+  # Both sides' projections return the compute dtype, as they did then: the layout alone.
   pairs += [("train step, kernels", "(in, out)", "(out, in)",
-             lambda: step_pair(size, config, dtype, _kernels_in_out)),
+             lambda: step_pair(size, config, dtype, _kernels_in_out,
+                               after=_compute_dtype_results)),
             ("denoising call, batch 1, kernels", "(in, out)", "(out, in)",
-             lambda: denoise_pair(size, dtype, _kernels_in_out))]
+             lambda: denoise_pair(size, dtype, _kernels_in_out,
+                                  after=_compute_dtype_results))]
   # The DiT with a map per token position (the per-token pairs' subject).
   per_token = dataclasses.replace(size, token_proj="per_token")
   if size.token_proj != "per_token":

@@ -497,6 +497,31 @@ def test_add_bias_is_the_sum_and_its_bf16_bias_gradient_accumulates_in_float32(
     layers.add_bias(y16, jnp.zeros((5,)), jnp.bfloat16)
 
 
+@pytest.mark.parametrize("num_in", [1, 2])
+def test_project_float32_out_is_the_accumulator_unrounded(num_in):
+  """bf16 ``project`` with out_dtype=float32 returns the float32 accumulator of the bf16
+  product (the bf16 result is that rounded); its gradients are the bf16 ones', and with
+  ``add_bias`` on top the bias is a float32 sum."""
+  kx, kk, kg, kb = jax.random.split(jax.random.PRNGKey(0), 4)
+  x = jax.random.normal(kx, (3, 5, 8) if num_in == 1 else (3, 5, 4, 2))
+  in_shape = x.shape[x.ndim - num_in:]
+  kernel = jax.random.normal(kk, (6, *in_shape))
+  f32 = jax.jit(lambda x, k: layers.project(x, k, num_in, jnp.bfloat16, jnp.float32))(x, kernel)
+  b16 = jax.jit(lambda x, k: layers.project(x, k, num_in, jnp.bfloat16))(x, kernel)
+  chex.assert_type([f32, b16], [jnp.float32, jnp.bfloat16])
+  np.testing.assert_array_equal(f32.astype(jnp.bfloat16), b16)
+  assert float(jnp.abs(f32 - b16.astype(jnp.float32)).max()) > 0  # not rounded
+  g = jax.random.normal(kg, f32.shape)
+  grads = [jax.jit(jax.grad(lambda x, k, o=o: jnp.sum(
+      layers.project(x, k, num_in, jnp.bfloat16, o).astype(jnp.float32) * g),
+      argnums=(0, 1)))(x, kernel) for o in (jnp.float32, None)]
+  for a, b in zip(*grads):
+    chex.assert_type(a, jnp.float32)
+    np.testing.assert_array_equal(a, b)
+  bias = jax.random.normal(kb, (6,))
+  np.testing.assert_array_equal(layers.add_bias(f32, bias, jnp.bfloat16), f32 + bias)
+
+
 def test_einsum_refuses_an_index_summed_inside_one_operand():
   with pytest.raises(ValueError, match=r"\['k'\]"):
     layers.einsum("ij,jk->i", jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.bfloat16)

@@ -209,7 +209,8 @@ def move_projection_kernels(params: Any, source: str, target: str) -> Any:
   return jax.tree_util.tree_map_with_path(move, params)
 
 
-def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
+def project(x: Array, kernel: Array, num_in: int, dtype: Dtype,
+            out_dtype: Optional[Dtype] = None) -> Array:
   """``x`` (..., *in) times ``kernel`` (*out, *in) -> (..., *out): every projection's product.
 
   In float32 it is ONE 2-D matrix product, (N, in) x (out, in)^T: XLA's CPU backend runs a
@@ -226,15 +227,21 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype) -> Array:
       ``projection_kernel``.
     num_in: how many trailing kernel dimensions are contracted with x's trailing ones.
     dtype: compute dtype (``einsum``'s mixed precision).
+    out_dtype: the result's dtype (default ``dtype``). In a lower precision, float32 returns
+      the product's float32 accumulator as it is, for what is computed in float32 next
+      (attention's queries, keys and values; the MLP's GELU): XLA's CPU backend runs
+      element-wise bfloat16 arithmetic markedly slower than float32, and the rounding to
+      bfloat16 and back is saved.
 
   Returns:
-    (..., *out) in ``dtype``.
+    (..., *out) in ``out_dtype``.
   """
   in_shape = kernel.shape[kernel.ndim - num_in:]
   if tuple(x.shape[x.ndim - num_in:]) != tuple(in_shape):
     raise ValueError(f"project: x {x.shape} does not end in the kernel's input dims {in_shape}")
   if jnp.dtype(dtype) != jnp.float32:
-    return _low_precision_project(x, kernel, num_in, jnp.dtype(dtype))
+    return _low_precision_project(x, kernel, num_in, jnp.dtype(dtype),
+                                  jnp.dtype(out_dtype or dtype))
   x2, k2, shape = _as_2d(x, kernel, num_in)
   return einsum("ni,oi->no", x2, k2, dtype).reshape(shape)
 
@@ -258,21 +265,22 @@ def _project_spec(num_in: int, num_out: int) -> str:
 # the original dimensions, the forms that reach the bf16 matrix units (the flattened
 # gradients do not, and the einsum form's forward copies a 3-D kernel to another layout
 # first, which in a batch-1 call costs more than the product).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _low_precision_project(x: Array, kernel: Array, num_in: int, dtype: Any) -> Array:
-  return _low_precision_project_fwd(x, kernel, num_in, dtype)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _low_precision_project(x: Array, kernel: Array, num_in: int, dtype: Any,
+                           out_dtype: Any) -> Array:
+  return _low_precision_project_fwd(x, kernel, num_in, dtype, out_dtype)[0]
 
 
-def _low_precision_project_fwd(x, kernel, num_in, dtype):
+def _low_precision_project_fwd(x, kernel, num_in, dtype, out_dtype):
   x_low, k_low = x.astype(dtype), kernel.astype(dtype)
   x2, k2, shape = _as_2d(x_low, k_low, num_in)
   y = jnp.einsum("ni,oi->no", x2, k2, preferred_element_type=jnp.float32)
   # The residuals of ``_low_precision_einsum``'s, for its backward pass.
   res = (x_low, k_low, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
-  return y.astype(dtype).reshape(shape), res
+  return y.astype(out_dtype).reshape(shape), res
 
 
-def _low_precision_project_bwd(num_in, dtype, res, g):
+def _low_precision_project_bwd(num_in, dtype, out_dtype, res, g):
   spec = _project_spec(num_in, res[1].ndim - num_in)
   return _low_precision_bwd(spec, dtype, res, g)
 
@@ -283,20 +291,23 @@ _low_precision_project.defvjp(_low_precision_project_fwd, _low_precision_project
 def add_bias(y: Array, bias: Array, dtype: Dtype) -> Array:
   """``y + bias`` with ``bias`` (float32 parameters) over ``y``'s trailing dimensions.
 
-  In float32 it is the plain sum. In a lower precision the bias's gradient, the sum of the
-  cotangent over every leading dimension, is one matrix product of a ones row with the
-  cotangent flattened to (N, bias.size), accumulated in float32 (and so not rounded to
-  ``dtype``): XLA's CPU backend turns a large bfloat16 sum into a tree of reduce-windows
-  that runs far slower than the product (``python launch/bench.py kernels --dtype
-  bfloat16`` times both).
+  In float32, or on a float32 ``y`` (``project``'s float32 results), it is the plain sum.
+  In a lower precision the bias's gradient, the sum of the cotangent over every leading
+  dimension, is one matrix product of a ones row with the cotangent flattened to
+  (N, bias.size), accumulated in float32 (and so not rounded to ``dtype``): XLA's CPU
+  backend turns a large bfloat16 sum into a tree of reduce-windows that runs far slower
+  than the product (``python launch/bench.py kernels --dtype bfloat16`` times both).
 
   Args:
-    y: (..., *bias.shape) in ``dtype``.
+    y: (..., *bias.shape) in ``dtype`` or float32.
     bias: the bias parameter.
-    dtype: the compute dtype; the result has it.
+    dtype: the compute dtype.
+
+  Returns:
+    ``y + bias`` in ``y``'s dtype.
   """
-  if jnp.dtype(dtype) == jnp.float32:
-    return y + bias.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32 or y.dtype == jnp.float32:
+    return y + bias.astype(y.dtype)
   if tuple(y.shape[y.ndim - bias.ndim:]) != tuple(bias.shape):
     raise ValueError(f"add_bias: y {y.shape} does not end in the bias's shape {bias.shape}")
   return _bias_sum(y, bias, jnp.dtype(dtype))
@@ -333,18 +344,20 @@ class Dense(nn.Module):
     dtype: compute dtype (params stay float32).
     zero_init: zero kernel and bias (adaLN-Zero modulations, gates).
     use_bias: whether to add a bias.
+    out_dtype: the output's dtype (default ``dtype``; ``project``).
   """
   features: int
   axes: tuple[Optional[str], Optional[str]]
   dtype: Dtype = jnp.float32
   zero_init: bool = False
   use_bias: bool = True
+  out_dtype: Optional[Dtype] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = projection_kernel(self, "kernel", (x.shape[-1],), (self.features,),
                                self.axes[:1], self.axes[1:], zero_init=self.zero_init)
-    y = project(x, kernel, 1, self.dtype)
+    y = project(x, kernel, 1, self.dtype, self.out_dtype)
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros_init(), (self.axes[1],)),
                         (self.features,), jnp.float32)
@@ -353,8 +366,8 @@ class Dense(nn.Module):
 
 
 def dense(features: int, axes: tuple[Optional[str], Optional[str]], *, dtype: Dtype,
-          zero_init: bool = False, use_bias: bool = True, name: Optional[str] = None
-          ) -> Dense:
+          zero_init: bool = False, use_bias: bool = True, name: Optional[str] = None,
+          out_dtype: Optional[Dtype] = None) -> Dense:
   """A ``Dense`` with logically partitioned kernel (axes) and bias (axes[1]).
 
   Args:
@@ -364,12 +377,13 @@ def dense(features: int, axes: tuple[Optional[str], Optional[str]], *, dtype: Dt
     zero_init: zero kernel and bias (adaLN-Zero modulations, gates).
     use_bias: whether to add a bias.
     name: module name.
+    out_dtype: the output's dtype (default ``dtype``; ``project``).
 
   Returns:
     The Dense module.
   """
   return Dense(features, axes, dtype=dtype, zero_init=zero_init, use_bias=use_bias,
-               name=name)
+               out_dtype=out_dtype, name=name)
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
@@ -518,7 +532,8 @@ class Attention(nn.Module):
       bias = self.param(f"{name}_bias",
                         partitioned(nn.initializers.zeros_init(), ("heads", "kv")),
                         (self.num_heads, head_dim), jnp.float32)
-      return add_bias(project(src, kernel, 1, self.dtype), bias, self.dtype)
+      # float32 out: attention computes in float32 (``attention_weights``).
+      return add_bias(project(src, kernel, 1, self.dtype, jnp.float32), bias, self.dtype)
 
     q = proj("query", x)
     k = proj("key", kv)
@@ -545,7 +560,10 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     width = x.shape[-1]
-    h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    # The GELU in float32 on the product's float32 accumulator (``project``'s out_dtype);
+    # fc2 casts it to the compute dtype.
+    h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1",
+              out_dtype=jnp.float32)(x)
     h = nn.gelu(h, approximate=True)
     return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
 
