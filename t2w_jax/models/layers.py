@@ -229,9 +229,8 @@ def project(x: Array, kernel: Array, num_in: int, dtype: Dtype,
     dtype: compute dtype (``einsum``'s mixed precision).
     out_dtype: the result's dtype (default ``dtype``). In a lower precision, float32 returns
       the product's float32 accumulator as it is, for what is computed in float32 next
-      (attention's queries, keys and values; the MLP's GELU): XLA's CPU backend runs
-      element-wise bfloat16 arithmetic markedly slower than float32, and the rounding to
-      bfloat16 and back is saved.
+      (attention's queries, keys and values; the MLP's GELU): the rounding to bfloat16
+      and back is saved (``python launch/bench.py kernels --dtype bfloat16`` times both).
 
   Returns:
     (..., *out) in ``out_dtype``.
