@@ -40,7 +40,7 @@ from benchmarks import harness
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
-from t2w_jax.models import DiT, model_flops_per_example, param_count, unbox
+from t2w_jax.models import DiT, layers, model_flops_per_example, param_count, unbox
 from t2w_jax.text.condition import text_condition
 from t2w_jax.train import state as state_lib
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
@@ -67,7 +67,7 @@ class DiTSize:
   adaln: str = "block"
   # How tokens are projected to and from the width (``DiT.token_proj``, its rank).
   token_proj: str = "per_token"
-  token_proj_rank: int = 8
+  token_proj_rank: int = layers.TOKEN_PROJ_RANK
 
   def dit_switches(self) -> dict:
     """The DiT's conditioning switches for ``conditioning``, its ``adaln`` and its

@@ -7,8 +7,9 @@ and is evaluated by the ``generated`` evaluator on the same tasks with the same 
 the table puts each split's mean generated accuracy beside the generalist and the
 specialist. With ``--config.seeds=0,1`` every variant trains once per seed (seed 0 in
 ablations/<variant>, seed s in ablations/<variant>_seed<s>) and each task's accuracy is
-averaged over the seeds before the paired differences are taken. The orchestration lives here, not in the library, because it reads the
-top-level ``configs`` package, which is not installed with ``t2w_jax``.
+averaged over the seeds before the paired differences are taken. The orchestration lives
+here, not in the library, because it reads the top-level ``configs`` package, which is
+not installed with ``t2w_jax``.
 """
 import logging
 import os
@@ -37,7 +38,7 @@ def variant_config(config, name: str, seed: int = 0) -> ml_collections.ConfigDic
   Args:
     config: the ablation config (configs/ablations.py).
     name: a key of ``configs.ablations.VARIANTS``.
-    seed: the training seed (a variant may not set its own).
+    seed: the training seed (0: configs/dit.py's, or the variant's own if it sets one).
 
   Returns:
     The variant's DiT config.

@@ -50,7 +50,8 @@ PRE_KEY_VALUES = {"norm_center": "layer", "parameterization": "x0", "sample_temp
 # Likewise for keys of the config's ``model``: those runs' DiTs had no text head, one
 # adaLN modulation per block and per-token projections.
 PRE_KEY_MODEL_VALUES = {"text_head": 0, "text_head_depth": 2, "adaln": "block",
-                        "token_proj": "per_token", "token_proj_rank": 8}
+                        "token_proj": "per_token",
+                        "token_proj_rank": layers.TOKEN_PROJ_RANK}
 # How the projection kernels of generators written before the spec recorded it were stored.
 PRE_KEY_KERNEL_LAYOUT = "in_out"
 

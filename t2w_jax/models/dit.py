@@ -132,7 +132,7 @@ class FinalLayer(nn.Module):
   block_size: int
   dtype: Any = jnp.float32
   token_proj: str = "per_token"
-  token_proj_rank: int = 8
+  token_proj_rank: int = layers.TOKEN_PROJ_RANK
 
   @nn.compact
   def __call__(self, x: Array, c: Array) -> Array:
@@ -209,7 +209,7 @@ class DiT(nn.Module):
   text_head_depth: int = 2
   adaln: str = "block"
   token_proj: str = "per_token"
-  token_proj_rank: int = 8
+  token_proj_rank: int = layers.TOKEN_PROJ_RANK
   frequency_dim: int = 256
   dtype: Any = jnp.float32
 
@@ -414,7 +414,8 @@ def model_flops_per_example(config: Any, num_tokens: Optional[int] = None,
   per_token_block = 4 * w * w + 2 * r * w * w + (2 * w * w if cross else 0)
   macs = 2 * num_l * p * w + depth * s * per_token_block
   if low_rank:  # the per-token corrections, in and out
-    macs += 2 * num_l * int(_cfg(config, "token_proj_rank", 8)) * (p + w)
+    rank = int(_cfg(config, "token_proj_rank", layers.TOKEN_PROJ_RANK))
+    macs += 2 * num_l * rank * (p + w)
   macs += depth * (2 * s * s * w + (2 * s * kk * w if cross else 0))
   branches = num_branches(cross)
   macs += adaln_blocks * 3 * branches * w * w + 2 * w * w + freq * w + w * w

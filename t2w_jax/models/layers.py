@@ -583,6 +583,8 @@ def layer_norm(*, affine: bool, dtype: Dtype, name: Optional[str] = None) -> nn.
 # ``token_proj_rank`` and the per-token bias: a map per position at a fraction of the
 # parameters.
 TOKEN_PROJECTIONS = ("per_token", "shared", "low_rank")
+# The modules' default rank of "low_rank" (configs/dit.py sets the generator's).
+TOKEN_PROJ_RANK = 8
 
 
 def _check_token_proj(token_proj: str, rank: int) -> None:
@@ -611,7 +613,7 @@ class TokenEmbedding(nn.Module):
   max_blocks: int
   dtype: Dtype = jnp.float32
   token_proj: str = "per_token"
-  token_proj_rank: int = 8
+  token_proj_rank: int = TOKEN_PROJ_RANK
 
   @nn.compact
   def __call__(self, tokens: Array, layer_ids: Array, block_ids: Array) -> Array:
@@ -630,7 +632,8 @@ class TokenEmbedding(nn.Module):
 
 def token_projection(module: nn.Module, x: Array, features: int,
                      axes: tuple[str, str, str], dtype: Dtype, token_proj: str, *,
-                     name: str, zero_init: bool = False, rank: int = 8) -> Array:
+                     name: str, zero_init: bool = False,
+                     rank: int = TOKEN_PROJ_RANK) -> Array:
   """Tokens (B, L, in) -> (B, L, features), made in ``module`` (call from its
   ``@nn.compact`` body): ``name``; with "shared" and "low_rank" also the per-token bias
   "token_bias", and with "low_rank" the per-token factors "token_down" (L, rank, in) and
