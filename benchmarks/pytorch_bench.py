@@ -273,8 +273,8 @@ def _their_precision(dtype: str) -> str:
   return "float32" if dtype == "float32" else f"forwards under torch.autocast({dtype})"
 
 
-# The CPU targets, as (what, comparison key, bound, "min" (at least) or "max" (at most)).
-# (what, comparison key, bar, "min" or "max", the key of its ceiling or None).
+# The CPU targets, as (what, comparison key, bound, "min" (at least) or "max" (at most),
+# the comparison key of its ceiling or None).
 TARGETS = (("token-concat (equal work) train samples/s vs PyTorch",
             "token_concat_train_samples_per_s", 1.2, "min", "token_concat_train_ceiling"),
            ("default (prior attention) train samples/s vs PyTorch", "train_samples_per_s",
