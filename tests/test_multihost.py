@@ -270,9 +270,11 @@ def test_training_resumes_after_one_process_is_killed(reference, two_processes, 
                                     f"--config.checkpoint_every={every}"]
   with _running() as procs:
     pair = _start_pair(procs, cmd, logs, "killed")
-    first = os.path.join(workdir, "checkpoints", str(every))
-    problem = _wait_while_working(pair, logs, "killed", until=lambda: os.path.isdir(first))
-    assert os.path.isdir(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'killed')}"
+    # Committed: its digests are written last; a kill between orbax's commit and the
+    # digests would leave no intact checkpoint to resume from.
+    first = os.path.join(workdir, "checkpoints", str(every), ckpt_lib.DIGESTS_FILE)
+    problem = _wait_while_working(pair, logs, "killed", until=lambda: os.path.exists(first))
+    assert os.path.exists(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'killed')}"
     assert pair[1].poll() is None, "process 1 finished before it could be killed"
     os.killpg(pair[1].pid, signal.SIGKILL)
     pair[1].wait()
