@@ -137,22 +137,18 @@ def fused_qkv_pair(size, rng, dtype=jnp.float32):
               for _ in range(3)] for _ in range(size.depth)]
   fused = [jnp.stack(block) for block in kernels]
 
-  def ours(kernels, x):
-    total = jnp.zeros((), jnp.float32)
-    for wq, wk, wv in kernels:
-      q, k, v = (layers.project(x, w, 1, dtype) for w in (wq, wk, wv))
-      total += jnp.sum(k.astype(jnp.float32)) + jnp.sum(v.astype(jnp.float32))
-      x = x + 1e-3 * q.reshape(x.shape).astype(x.dtype)
-    return total
+  def chain(qkv):
+    def f(blocks, x):
+      total = jnp.zeros((), jnp.float32)
+      for block in blocks:
+        q, k, v = qkv(x, block)
+        total += jnp.sum(k.astype(jnp.float32)) + jnp.sum(v.astype(jnp.float32))
+        x = x + 1e-3 * q.reshape(x.shape).astype(x.dtype)
+      return total
+    return f
 
-  def one_product(fused, x):
-    total = jnp.zeros((), jnp.float32)
-    for w in fused:
-      q, k, v = jnp.moveaxis(layers.project(x, w, 1, dtype), 2, 0)
-      total += jnp.sum(k.astype(jnp.float32)) + jnp.sum(v.astype(jnp.float32))
-      x = x + 1e-3 * q.reshape(x.shape).astype(x.dtype)
-    return total
-
+  ours = chain(lambda x, block: [layers.project(x, w, 1, dtype) for w in block])
+  one_product = chain(lambda x, w: jnp.moveaxis(layers.project(x, w, 1, dtype), 2, 0))
   old, new = jax.jit(ours), jax.jit(one_product)
   return (lambda: old(kernels, x)), (lambda: new(fused, x))
 
