@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from conftest import launch_env
 from benchmarks import corpus_bench, dit_bench
 from configs import corpus as corpus_config
 from configs import dit as dit_config
@@ -70,8 +71,7 @@ def test_small_generator_matches_cnn19k():
 def test_corpus_bench_cli_quick(tmp_path, slowness):
   """Trainer on one single-threaded device per core; baseline subprocess on one device."""
   out = tmp_path / "corpus.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # let the launch script set up its own host devices
+  env = launch_env()
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "corpus",
                          "--quick", "--eval_every", "2", "--json", str(out)], env=env,
                         capture_output=True,

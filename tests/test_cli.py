@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import launch_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,8 +27,7 @@ def _scaled_timeout(slowness):
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-  env.pop("XLA_FLAGS", None)  # each command sets up its own host devices
+  env = launch_env()
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=_TIMEOUT[0])
   assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -135,7 +136,7 @@ def test_enhance_and_few_shot(workdir):
                   strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   np.savez(shots, images=np.zeros((2, size, size, 3), np.uint8))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  env = launch_env()
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "few_shot.py"),
                          f"--workdir={workdir}", "--text=red circle and blue star",
                          f"--shots={shots}", f"--out={out}.bad"], cwd=ROOT, env=env,

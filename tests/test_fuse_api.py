@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import launch_env
 from t2w_jax import api
 from t2w_jax.errors import ConfigError
 
@@ -78,8 +79,7 @@ def test_fuse_errors(gen):
 
 
 def _run_fuse(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-  env.pop("XLA_FLAGS", None)  # the command sets up its own host devices
+  env = launch_env()
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "fuse.py"), *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
