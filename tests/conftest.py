@@ -78,6 +78,24 @@ def launch_env(**extra: str) -> dict:
   return env
 
 
+def child_env(**extra: str) -> dict:
+  """The environment of a child process that runs this checkout's code as the tests do:
+  this process's (its XLA flags, and the data and cache directories the session's fixtures
+  set, so read when the child starts, not when a module is imported), on CPU, and this
+  process's compilation cache, so that the child loads what the tests before it compiled
+  and the tests after it load what it compiled; plus ``extra``."""
+  import jax
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(
+                 jax.config.jax_persistent_cache_min_compile_time_secs),
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=str(
+                 jax.config.jax_persistent_cache_min_entry_size_bytes))
+  env.update(extra)
+  return env
+
+
 def tiny_corpus_config():
   """configs/corpus.py:tiny over 2 devices (2 nets per chunk: shards of 4, 16 nets)."""
   from configs import corpus as corpus_config

@@ -11,7 +11,7 @@ import pytest
 
 from configs import corpus as corpus_config
 from conftest import tiny_corpus_config as tiny_config
-from conftest import wait_for_children
+from conftest import child_env, wait_for_children
 from t2w_jax.data import tasks as tasks_lib
 from t2w_jax.weights.layout import ParamLayout
 from t2w_jax.zoo import corpus as corpus_lib
@@ -149,7 +149,7 @@ def test_resume_after_kill_matches_uninterrupted(built, tmp_path, slowness):
   """kill -9 after the first shard lands; the resumed corpus equals the uninterrupted one."""
   _, _, reference = built
   workdir = str(tmp_path)
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = child_env()
   cmd = [sys.executable, os.path.join(ROOT, "launch", "make_corpus.py"),
          f"--config={os.path.join(ROOT, 'configs', 'corpus.py')}:tiny",
          f"--workdir={workdir}", "--config.num_devices=2"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import dit as dit_config
-from conftest import tiny_corpus_config as tiny_config
+from conftest import child_env, tiny_corpus_config as tiny_config
 from t2w_jax import api, cli
 from t2w_jax.errors import BusyError, ConfigError, CorruptError, MissingError, UserError
 from t2w_jax.train import loop
@@ -25,7 +25,6 @@ from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +194,7 @@ def _hold_lock_in_child(workdir: str) -> subprocess.Popen:
   code = ("import sys, time; from t2w_jax.workdir_lock import workdir_lock\n"
           f"with workdir_lock({workdir!r}, 'make_corpus'):\n"
           "  print('held', flush=True); time.sleep(120)\n")
-  proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE,
+  proc = subprocess.Popen([sys.executable, "-c", code], env=child_env(), stdout=subprocess.PIPE,
                           text=True)
   assert proc.stdout.readline().strip() == "held"
   return proc
@@ -308,7 +307,8 @@ def test_mesh_that_does_not_divide_the_heads_is_refused(built, tmp_path):
 def test_user_errors_are_one_line_without_traceback(tmp_path, script, args, match):
   cmd = [sys.executable, os.path.join(ROOT, "launch", script)]
   cmd += [a.replace("{tmp}", str(tmp_path)) for a in args]
-  out = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(cmd, env=child_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
   assert out.returncode == cli.USER_ERROR_EXIT, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]

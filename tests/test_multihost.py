@@ -3,9 +3,10 @@
 The launch scripts run as a user would run them on two hosts: the same command twice, with
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (docs/scaling_out.md).
 Checked: the tiny corpus is byte for byte the corpus of one process with two devices; the
-generator trained by the two processes (including through a kill -9 of one of them and a
-rerun) has the parameters of one process on four devices; a SIGTERM to one of them stops
-both after the same step, saved, and the rerun reaches the uninterrupted pair's state.
+generator trained by the two processes (also with one of them 40 s late to the first step,
+then through a kill -9 of one of them and a rerun) has the parameters of one process on
+four devices; a SIGTERM to one of them stops both after the same step, saved, and the rerun
+reaches the uninterrupted pair's state.
 """
 import contextlib
 import filecmp
@@ -51,7 +52,8 @@ def _env(**extra) -> dict:
   """The children's environment: two host devices each, offline, this checkout first, and
   one compilation cache (a rerun loads the programs its first run compiled)."""
   env = {k: v for k, v in os.environ.items() if k not in multihost.ENV_VARS.values()}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count=2",
+  env.update(JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count=2",
              PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=_CACHE[0],
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
   return env
@@ -255,42 +257,10 @@ def test_generator_equals_one_process_on_four_devices(reference, two_processes):
     assert f"step {STEPS}: " in f0.read() and f"step {STEPS}: " not in f1.read()
 
 
-@pytest.mark.slow
-def test_training_resumes_after_one_process_is_killed(reference, two_processes, tmp_path):
-  """kill -9 of process 1 mid-run, then of process 0 (which JAX's coordination service
-  would end within its heartbeat timeout, 100 s, if no collective failed first); the same
-  commands rerun resume from the last checkpoint both finished, to the same generator."""
-  ref_dir, ref_state = reference
-  workdir, logs = str(tmp_path / "run"), str(tmp_path)
-  # Killed as soon as the first checkpoint is committed: two thirds of the steps and two
-  # checkpoints are left, so the kill lands mid-run.
-  every = STEPS // 3
-  corpus_dir = os.path.join(two_processes[0], "corpus")
-  cmd = _script("train") + TRAIN + [f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}",
-                                    f"--config.checkpoint_every={every}"]
-  with _running() as procs:
-    pair = _start_pair(procs, cmd, logs, "killed")
-    # Committed: its digests are written last; a kill between orbax's commit and the
-    # digests would leave no intact checkpoint to resume from.
-    first = os.path.join(workdir, "checkpoints", str(every), ckpt_lib.DIGESTS_FILE)
-    problem = _wait_while_working(pair, logs, "killed", until=lambda: os.path.exists(first))
-    assert os.path.exists(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'killed')}"
-    assert pair[1].poll() is None, "process 1 finished before it could be killed"
-    os.killpg(pair[1].pid, signal.SIGKILL)
-    pair[1].wait()
-  # (Leaving the block killed process 0.)
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
-  assert every <= steps[-1] < STEPS
-  _run_pair(cmd, logs, "resumed")
-  with open(os.path.join(logs, "resumed.0.log")) as f:
-    assert f"restored step {steps[-1]}" in f.read()
-  _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
-
-
-def _train_held_back(hold: str) -> str:
-  """A ``python -c`` program: launch/train.py with ``hold`` (statements, indented two
-  spaces) run before each batch is placed."""
-  return f"""
+def _train_held_back(hold: str) -> list[str]:
+  """launch/train.py's command, run through a ``python -c`` program that runs ``hold``
+  (statements, indented two spaces) before each batch is placed."""
+  program = f"""
 import os, runpy, sys, time
 from t2w_jax.train import loop
 put_batch, late = loop.put_batch, [os.environ.get("JAX_PROCESS_ID") == "1"]
@@ -301,53 +271,123 @@ loop.put_batch = held_back
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+  return [sys.executable, "-c", program] + _script("train")[1:]
 
 
-# Process 1 held back before its first step by more than the 30 s that XLA's CPU
-# collectives wait for a peer when they first connect.
-_LATE_TRAIN = _train_held_back("  if late[0]:\n    late[0] = False\n    time.sleep(40)")
-
-
-@pytest.mark.slow
-def test_a_process_late_to_the_first_step_is_waited_for(reference, two_processes, tmp_path):
-  """A process that compiles or loads 40 s slower than the other (a busy host) used to fail
-  the run when the first step's collective gave up on it; the step now waits for both."""
-  ref_dir, ref_state = reference
-  workdir = str(tmp_path / "run")
-  corpus_dir = os.path.join(two_processes[0], "corpus")
-  cmd = [sys.executable, "-c", _LATE_TRAIN] + _script("train")[1:] + TRAIN + [
-      f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}"]
-  _run_pair(cmd, str(tmp_path), "late")
-  _assert_generators_equal(_generator_state(workdir, ref_dir), ref_state)
-
-
+# Process 1 held back before its first step (before it compiles the step) by more than the
+# 30 s that XLA's CPU collectives wait for a peer when they first connect; it says so.
+LATE_SECONDS = 40
+_LATE_TRAIN = _train_held_back(
+    "  if late[0]:\n    late[0] = False\n"
+    f"    print('held back {LATE_SECONDS} s before the first step', flush=True)\n"
+    f"    time.sleep({LATE_SECONDS})")
 # Every step held back half a second (before its batch is placed), so that a signal sent
-# once the first checkpoint is written lands with steps left to run.
+# once a checkpoint is written lands with steps left to run.
 _SLOW_TRAIN = _train_held_back("  time.sleep(0.5)")
+# The interrupted training's checkpoint period: its first run is killed once its first
+# checkpoint is committed, its second is sent SIGTERM once it has written one of its own;
+# each leaves most of the steps to the next run.
+EVERY = 2
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_after_one_step(two_processes, tmp_path):
-  """SIGTERM to process 1 alone, mid-run: both processes finish the same step, save it
-  together and exit with PREEMPTED_EXIT; the same commands rerun resume from that step
-  (not from the periodic checkpoint before it) and end with the uninterrupted pair's
-  state, bit for bit."""
-  workdir, logs = str(tmp_path / "run"), str(tmp_path)
-  every = STEPS // 3
+@pytest.fixture(scope="module")
+def interrupted(two_processes, tmp_path_factory):
+  """One training on the pair's corpus, interrupted twice: three pair runs of the same
+  script and arguments (a checkpoint every EVERY steps), each resuming what the one before
+  left. One pair run per interruption, rather than a fresh training for each, keeps the
+  launches (a start-up and a compile in each process) few.
+
+  1. ``late``: process 1 held back before its first step (``_LATE_TRAIN``); once the first
+     checkpoint is committed, kill -9 of process 1, then of process 0.
+  2. ``stopped``: every step held back a little (``_SLOW_TRAIN``); once the run has
+     written a checkpoint of its own, SIGTERM to process 1 alone.
+  3. ``resumed``: the plain command, to the end.
+
+  Checked here: what the next run needs, each failure naming the behaviour that failed;
+  the tests below check the rest. Returns a dict: ``workdir``, ``logs``, ``killed_at``
+  (the newest checkpoint the kill left), ``trigger`` (the checkpoint whose appearance
+  sent the SIGTERM), ``stopped_rcs`` (the second run's exit statuses) and ``after_stop``
+  (the newest checkpoint the second run left, and ``step_problem``'s finding on it).
+  """
+  workdir = str(tmp_path_factory.mktemp("interrupted") / "run")
+  logs = str(tmp_path_factory.mktemp("interrupted_logs"))
   corpus_dir = os.path.join(two_processes[0], "corpus")
   args = TRAIN + [f"--workdir={workdir}", f"--config.corpus_dir={corpus_dir}",
-                  f"--config.checkpoint_every={every}"]
-  slow = [sys.executable, "-c", _SLOW_TRAIN] + _script("train")[1:]
+                  f"--config.checkpoint_every={EVERY}"]
+  directory = os.path.join(workdir, "checkpoints")
+  out = {"workdir": workdir, "logs": logs}
+
   with _running() as procs:
-    pair = _start_pair(procs, slow + args, logs, "stopped")
-    first = os.path.join(workdir, "checkpoints", str(every))
-    problem = _wait_while_working(pair, logs, "stopped", until=lambda: os.path.isdir(first))
-    assert os.path.isdir(first), f"no checkpoint {every}: {problem}\n{_tail(logs, 'stopped')}"
-    assert all(p.poll() is None for p in pair), "a process finished before the signal"
+    pair = _start_pair(procs, _LATE_TRAIN + args, logs, "late")
+    # Committed: its digests are written last; a kill between orbax's commit and the
+    # digests would leave no intact checkpoint to resume from.
+    first = os.path.join(directory, str(EVERY), ckpt_lib.DIGESTS_FILE)
+    problem = _wait_while_working(pair, logs, "late", until=lambda: os.path.exists(first))
+    assert os.path.exists(first), (
+        f"no checkpoint {EVERY}: the first step did not wait for process 1, held back "
+        f"{LATE_SECONDS} s? {problem}\n{_tail(logs, 'late')}")
+    assert pair[1].poll() is None, "process 1 finished before it could be killed"
+    os.killpg(pair[1].pid, signal.SIGKILL)
+    pair[1].wait()
+  # (Leaving the block killed process 0.)
+  out["killed_at"] = max(int(s) for s in os.listdir(directory) if s.isdigit())
+
+  out["trigger"] = trigger = out["killed_at"] + EVERY
+  with _running() as procs:
+    pair = _start_pair(procs, _SLOW_TRAIN + args, logs, "stopped")
+    mark = os.path.join(directory, str(trigger))
+    problem = _wait_while_working(pair, logs, "stopped", until=lambda: os.path.isdir(mark))
+    assert os.path.isdir(mark), (f"the rerun after the kill wrote no checkpoint {trigger}: "
+                                 f"{problem}\n{_tail(logs, 'stopped')}")
+    assert all(p.poll() is None for p in pair), "a process finished before the SIGTERM"
     pair[1].send_signal(signal.SIGTERM)  # process 1 only
     problem = _wait_while_working(pair, logs, "stopped")
-    assert problem is None, f"{problem}\n{_tail(logs, 'stopped')}"
-  rcs = [p.returncode for p in pair]
+    assert problem is None, f"after the SIGTERM: {problem}\n{_tail(logs, 'stopped')}"
+  out["stopped_rcs"] = [p.returncode for p in pair]
+  newest = max(int(s) for s in os.listdir(directory) if s.isdigit())
+  out["after_stop"] = newest, ckpt_lib.step_problem(directory, newest)
+
+  _run_pair(_script("train") + args, logs, "resumed")
+  return out
+
+
+@pytest.mark.slow
+def test_training_resumes_after_one_process_is_killed(reference, interrupted):
+  """kill -9 of process 1 mid-run, then of process 0 (which JAX's coordination service
+  would end within its heartbeat timeout, 100 s, if no collective failed first): the same
+  script and arguments rerun resume from the last checkpoint both finished, and (through
+  the SIGTERM of the second run and a last rerun) reach the same generator."""
+  ref_dir, ref_state = reference
+  killed_at = interrupted["killed_at"]
+  assert EVERY <= killed_at < STEPS
+  stopped = _log(interrupted["logs"], "stopped")
+  assert f"restored step {killed_at}" in stopped, stopped[-3000:]
+  _assert_generators_equal(_generator_state(interrupted["workdir"], ref_dir), ref_state)
+
+
+@pytest.mark.slow
+def test_a_process_late_to_the_first_step_is_waited_for(reference, interrupted):
+  """A process that compiles or loads 40 s slower than the other (a busy host) used to fail
+  the run when the first step's collective gave up on it; the step now waits for both: in
+  the first run, process 1 held back that long, both processes went on to commit checkpoint
+  EVERY (without it the fixture fails, saying so), and the training they began ends with
+  the one-process generator."""
+  ref_dir, ref_state = reference
+  held = f"held back {LATE_SECONDS} s before the first step"
+  logs = interrupted["logs"]
+  assert held in _log(logs, "late", 1) and held not in _log(logs, "late", 0)
+  assert interrupted["killed_at"] >= EVERY
+  _assert_generators_equal(_generator_state(interrupted["workdir"], ref_dir), ref_state)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_after_one_step(two_processes, interrupted):
+  """SIGTERM to process 1 alone, mid-run: both processes finish the same step, save it
+  together and exit with PREEMPTED_EXIT; the same command rerun resumes from that step
+  (not from the periodic checkpoint before it) and ends with the uninterrupted pair's
+  state, bit for bit."""
+  workdir, logs, trigger = interrupted["workdir"], interrupted["logs"], interrupted["trigger"]
+  rcs = interrupted["stopped_rcs"]
   assert rcs == [preempt.PREEMPTED_EXIT] * 2, f"exit statuses {rcs}\n{_tail(logs, 'stopped')}"
   stopped = []
   for i in range(2):
@@ -356,13 +396,10 @@ def test_sigterm_to_one_process_stops_both_after_one_step(two_processes, tmp_pat
     assert match, f"process {i}:\n{_tail(logs, 'stopped')}"
     stopped.append(int(match.group(1)))
   step = stopped[0]
-  assert stopped == [step, step] and every < step < STEPS, stopped
+  assert stopped == [step, step] and trigger < step < STEPS, (stopped, trigger)
   assert "another process received SIGTERM" in _log(logs, "stopped", 0)
-  directory = os.path.join(workdir, "checkpoints")
-  assert max(int(s) for s in os.listdir(directory) if s.isdigit()) == step
-  assert ckpt_lib.step_problem(directory, step) is None
+  assert interrupted["after_stop"] == (step, None)
 
-  _run_pair(_script("train") + args, logs, "resumed")
   assert f"restored step {step}" in _log(logs, "resumed")
   a, b = full_state(workdir), full_state(two_processes[0])
   assert int(a.step) == int(b.step) == STEPS

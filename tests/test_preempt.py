@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from configs import corpus as corpus_config
-from configs import dit as dit_config
 from t2w_jax import checkpoints as ckpt_lib
 from t2w_jax import cli
 from t2w_jax import preempt
@@ -19,11 +18,9 @@ from t2w_jax.train import loop
 from t2w_jax.zoo import corpus as corpus_lib
 from t2w_jax.zoo import make_corpus as make_corpus_lib
 
-from conftest import full_state
+from conftest import child_env, full_state, tiny_trained_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-NUM_STEPS = 20
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -52,8 +49,8 @@ def test_disabled_requests_leave_the_handlers_alone():
 def _run_until(cmd, ready, timeout=600):
   """Starts ``cmd``; once ``ready()`` holds, sends SIGTERM. Returns (returncode, stderr)."""
   with open(os.devnull, "w") as devnull:
-    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=devnull, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=ROOT, stdout=devnull,
+                            stderr=subprocess.PIPE, text=True)
   lines = []
   deadline = time.time() + timeout
   try:
@@ -70,42 +67,44 @@ def _run_until(cmd, ready, timeout=600):
   return proc.returncode, "".join(lines) + rest
 
 
-@pytest.mark.slow  # a child process: its start-up and compile
-def test_sigterm_during_training_saves_and_the_rerun_is_exact(tiny_corpus_dir, tmp_path):
+@pytest.mark.slow  # a child process: its start-up, and its compile where the cache lacks it
+def test_sigterm_during_training_saves_and_the_rerun_is_exact(tiny_corpus_dir,
+                                                              tiny_trained_dir, tmp_path):
   """SIGTERM as the training starts: the step in progress is finished and saved (no
   periodic checkpoint is due before the end), the exit status is PREEMPTED_EXIT, and the
-  rerun resumes there and ends with the uninterrupted run's state, bit for bit."""
+  rerun resumes there and ends with the uninterrupted run's state, bit for bit: the
+  conftest's ``tiny_trained_dir``, the same config but for its checkpoint period, which
+  leaves the state alone."""
+  config = tiny_trained_config(tiny_corpus_dir)
+  config.checkpoint_every = 1000
+  num_steps = config.num_steps
   workdir = str(tmp_path / "stopped")
-  overrides = [f"--config.corpus_dir={tiny_corpus_dir}", "--config.mesh.data=2",
-               f"--config.num_steps={NUM_STEPS}", "--config.checkpoint_every=1000"]
+  overrides = [f"--config.corpus_dir={config.corpus_dir}",
+               f"--config.mesh.data={config.mesh.data}", f"--config.num_steps={num_steps}",
+               f"--config.checkpoint_every={config.checkpoint_every}"]
   cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
          f"--config={os.path.join(ROOT, 'configs', 'dit.py')}:tiny", f"--workdir={workdir}"]
   code, err = _run_until(cmd + overrides, lambda line: "generator: " in line)
   assert code == preempt.PREEMPTED_EXIT, err[-3000:]
-  match = re.search(rf"stopped by SIGTERM after step (\d+) of {NUM_STEPS} \(saved\); rerun "
+  match = re.search(rf"stopped by SIGTERM after step (\d+) of {num_steps} \(saved\); rerun "
                     "the same command to resume", err)
   assert match, err[-3000:]
   stopped = int(match.group(1))
-  assert 0 < stopped < NUM_STEPS
+  assert 0 < stopped < num_steps
   directory = os.path.join(workdir, "checkpoints")
   ckpt = ckpt_lib.Checkpointer(directory, {}, save_every=0)
   assert ckpt.all_steps() == [stopped]  # saved on the signal, not periodically
   ckpt.close()
   assert ckpt_lib.step_problem(directory, stopped) is None
 
-  config = dit_config.get_config("tiny")
-  config.corpus_dir, config.mesh.data = tiny_corpus_dir, 2
-  config.num_steps, config.checkpoint_every = NUM_STEPS, 1000
   loop.train(config, workdir)  # the rerun
-  reference = str(tmp_path / "uninterrupted")
-  loop.train(config, reference)
-  a, b = full_state(workdir), full_state(reference)
-  assert int(a.step) == int(b.step) == NUM_STEPS
+  a, b = full_state(workdir), full_state(tiny_trained_dir)
+  assert int(a.step) == int(b.step) == num_steps
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.slow  # a child process: its start-up and compile
+@pytest.mark.slow  # a child process: its start-up, and its compile where the cache lacks it
 def test_sigterm_during_the_corpus_saves_the_shard_and_the_rerun_is_exact(tiny_corpus_dir,
                                                                           tmp_path):
   """SIGTERM once the first shard is written: the shard in progress is finished, the run
