@@ -5,21 +5,10 @@ eight host devices that the sharding tests need, and nothing can reach the netwo
 """
 import os
 
-# The tests' programs are tiny and most run a few times, so compiling them costs far more
-# than running them: LLVM's optimisation of the generated code is turned down, in this
-# process and in every child a test starts (``launch_env``). It changes the float
-# rounding of some programs, never what a test compares: both sides of a comparison run
-# under the same flags.
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0"
-                      " --xla_llvm_disable_expensive_passes=true")
-
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
-if "xla_backend_optimization_level" not in _flags:
-  _flags = f"{_flags} {FAST_COMPILE_FLAGS}"
 if "xla_force_host_platform_device_count" not in _flags:
-  _flags += " --xla_force_host_platform_device_count=8"
-os.environ["XLA_FLAGS"] = _flags.strip()
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -70,10 +59,9 @@ def _user_cache_dir(tmp_path_factory):
 
 def launch_env(**extra: str) -> dict:
   """The environment of a child that runs one of the launch scripts: this one, offline and
-  on CPU, with the tests' compile flags but no host device count (each script sets up its
-  own), plus ``extra``."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-             XLA_FLAGS=FAST_COMPILE_FLAGS)
+  on CPU, without XLA_FLAGS (each script sets up its own host devices), plus ``extra``."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  env.pop("XLA_FLAGS", None)
   env.update(extra)
   return env
 

@@ -1,14 +1,13 @@
 """Ablations: variants get their overrides and one budget, and the table has a row each."""
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from configs import ablations as ablation_configs
-from configs import corpus as corpus_config
 from launch import ablate as ablations
 from t2w_jax.evaluate import run as eval_run
-from t2w_jax.zoo import make_corpus as make_corpus_lib
 
 
 def test_variant_configs():
@@ -70,10 +69,20 @@ def test_seeds_average_each_task_before_pairing(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_ablations_tiny(tmp_path):
-  c = corpus_config.get_config("tiny")
-  c.num_devices = 2
-  make_corpus_lib.make_corpus(c, str(tmp_path))
+def test_run_ablations_tiny(tiny_corpus_dir, tmp_path, monkeypatch):
+  # The conftest's tiny corpus (configs/corpus.py:tiny over 2 devices), copied: the
+  # variants train beside it.
+  shutil.copytree(tiny_corpus_dir, tmp_path / "corpus")
+  # Each variant on one device: the orchestration does not depend on the mesh, and one
+  # device compiles fastest.
+  dit_config = ablations.dit_configs.get_config
+
+  def one_device(arg=None):
+    c = dit_config(arg)
+    c.mesh.data = 1
+    return c
+
+  monkeypatch.setattr(ablations.dit_configs, "get_config", one_device)
   config = ablation_configs.get_config("tiny")
   config.variants = "full,token_concat"
   out = ablations.run_ablations(config, str(tmp_path))

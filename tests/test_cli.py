@@ -119,8 +119,10 @@ def test_enhance_and_few_shot(workdir):
   np.savez(shots, images=rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8),
            labels=np.array([0, 0, 0, 1, 1, 1]))
   out = os.path.join(workdir, "few_shot.npz")
+  # The smallest step cap few_shot takes (one check at its eval_every): what is checked is
+  # the command's net, not its quality.
   _run("few_shot.py", f"--workdir={workdir}", "--text=red circle and blue star",
-       f"--shots={shots}", f"--out={out}", "--max_steps=50", "--method=finetune")
+       f"--shots={shots}", f"--out={out}", "--max_steps=25", "--method=finetune")
   got_net = api.load_net(out)
   got, got_names = got_net.params, list(got_net.class_names)
   assert got_names == ["red circle", "blue star"]

@@ -353,8 +353,25 @@ def _ensemble_accuracy(wide, members, task) -> tuple[float, int]:
 
 @pytest.mark.slow
 def test_fusion(ctx, tmp_path):
-  out = fusion_lib.fusion(ctx, jax.random.PRNGKey(0), num_pairs=2, num_samples=2,
-                          out_dir=str(tmp_path))
+  # Every call of the trainers the evaluator makes, with what it was given and gave back.
+  calls, real_make_trainer = [], masstrain.make_trainer
+
+  def recording(model, spec, mesh=None, *, own_starts=False):
+    train = real_make_trainer(model, spec, mesh, own_starts=own_starts)
+
+    def run(data, starts, tasks):
+      res = train(data, starts, tasks)
+      calls.append(dict(model=model, spec=spec, own_starts=own_starts, data=data,
+                        starts=starts, tasks=tasks, result=res))
+      return res
+    return run
+
+  # The independent parents' step cap at 2x the corpus trainer's (4x by default, checked
+  # below): fewer steps to run, and still a factor that 1 is not.
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(masstrain, "make_trainer", recording)
+    out = fusion_lib.fusion(ctx, jax.random.PRNGKey(0), num_pairs=2, num_samples=2,
+                            indep_cap_factor=2, out_dir=str(tmp_path))
   assert list(out["methods"]) == list(fusion_lib.METHODS)
   assert {k: m["size"] for k, m in out["methods"].items() if m["size"] != 1} == {"ensemble": 2}
   p_n = out["num_pairs"]
@@ -406,21 +423,37 @@ def test_fusion(ctx, tmp_path):
     assert p["accuracy"]["generated"] == pytest.approx(acc[i].mean(), abs=1e-12)
     assert p["accuracy"]["generated_best"] == pytest.approx(acc[i].max(), abs=1e-12)
   # The independent parents: the evaluator's random inits (its second key), trained with
-  # the corpus recipe at 4x its step cap (the default indep_cap_factor), early-stopped.
+  # the corpus recipe at the cap factor times its step cap, early-stopped, in one call of
+  # the corpus trainer (own starts). The call is checked, not made again: the evaluator
+  # trains over every local device, whose program rounds unlike a one-device one, so a
+  # second training may early-stop elsewhere.
+  assert registry.get("fusion").options["indep_cap_factor"] == 4
   trainer = make_corpus_lib.trainer_spec(
       ml_collections.ConfigDict({"trainer": ctx.corpus.meta["trainer"]}))
-  indep_spec = dataclasses.replace(trainer, steps=4 * trainer.steps)
+  indep_spec = dataclasses.replace(trainer, steps=2 * trainer.steps)
   inits = finetune_lib.random_inits(ctx.model, layout, int(ctx.corpus.meta["image_size"]),
                                     init_rng, 2 * p_n)
   tasks_ab = ctx.tasks(rows_a) + ctx.tasks(rows_b)
   ids, tmask = wide.padded(tasks_ab)
   seeds = np.array([t.seed for t in tasks_ab], np.uint32)
-  train = masstrain.make_trainer(ctx.model, indep_spec, own_starts=True)
-  res = train(ctx.data, jax.vmap(layout.unflatten)(inits), masstrain.TaskBatch(ids, tmask, seeds))
+  own_starts = [c for c in calls if c["own_starts"]]
+  assert len(own_starts) == 1, calls
+  call = own_starts[0]
+  assert call["spec"] == indep_spec
+  assert call["model"] is ctx.model and call["data"] is ctx.data
+  n = 2 * p_n  # the nets after n are copies of the last, filling the devices' chunks
+  np.testing.assert_array_equal(np.asarray(jax.vmap(layout.flatten)(call["starts"]))[:n],
+                                inits)
+  np.testing.assert_array_equal(np.asarray(call["tasks"].classes)[:n], ids)
+  np.testing.assert_array_equal(np.asarray(call["tasks"].mask)[:n], tmask)
+  np.testing.assert_array_equal(np.asarray(call["tasks"].seeds)[:n], seeds)
+  res = jax.tree.map(lambda a: np.asarray(a)[:n], call["result"])
   trained = np.asarray(jax.vmap(layout.flatten)(res.params))
-  # Own starts: the starting accuracy is each random init's own.
+  # Own starts: the starting accuracy is each random init's own, and the trained one each
+  # kept net's own.
   np.testing.assert_allclose(np.asarray(res.base_acc), ctx.accuracy(inits, tasks_ab), atol=1e-6)
   own = np.asarray(res.trained_acc)
+  np.testing.assert_allclose(own, ctx.accuracy(trained, tasks_ab), atol=1e-6)
   ind = out["independent_parents"]
   assert ind["step_cap"] == indep_spec.steps
   assert ind["ran_to_cap"] == int(np.sum(np.asarray(res.steps_run) >= indep_spec.steps))
