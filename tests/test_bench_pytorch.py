@@ -116,8 +116,14 @@ def test_compare_on_fixed_numbers():
   # The ceilings: 150 GFLOP/s over the step's FLOPs per example, over their 3.2 samples/s.
   assert q["train_ceiling"] == pytest.approx(150e9 / 21e9 / 3.2)
   assert q["token_concat_train_ceiling"] == pytest.approx(150e9 / 10.5e9 / 3.2)
+  # With their 100 GFLOP/s matmul instead of our 150, the rest of the step unchanged:
+  # 1/12.8 s per example less 10.5 GFLOP at 150 GFLOP/s plus 10.5 GFLOP at 100.
+  swapped = 1 / (1 / 12.8 - 10.5 / 150 + 10.5 / 100) / 3.2
+  assert q["token_concat_train_at_their_matmul"] == pytest.approx(swapped)
+  assert q["train_at_their_matmul"] == pytest.approx(1 / (1 / 6.4 - 21 / 150 + 21 / 100) / 3.2)
   assert (f"{q['token_concat_train_samples_per_s']:.4g}x, met (at 100 % of this run's "
-          f"float32 matmul it would be {150 / 10.5 / 3.2:.3g}x)") in report
+          f"float32 matmul it would be {150 / 10.5 / 3.2:.3g}x; with its products at "
+          f"torch's matmul rate, the rest unchanged, {swapped:.3g}x)") in report
   # 7 GFLOP/example x 3.2 examples/s over a 100 GFLOP/s matmul.
   assert q["their_matmul_fraction"] == pytest.approx(0.224)
   assert pytorch_bench.matmul_fraction(None, 3.2, 100.0) is None
