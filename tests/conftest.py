@@ -5,10 +5,22 @@ eight host devices that the sharding tests need, and nothing can reach the netwo
 """
 import os
 
+# The tests' programs are tiny and most run a few times, so compiling them costs far more
+# than running them: LLVM's optimisation of the generated code is turned down, in this
+# process and in every child a test starts (``launch_env``, ``child_env``). It changes the
+# float rounding of some programs, never what a test compares: both sides of a comparison
+# run under the same flags, and a learning test judges its margin over enough tasks or
+# images that rounding cannot move it.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0"
+                      " --xla_llvm_disable_expensive_passes=true")
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _flags:
+  _flags = f"{_flags} {FAST_COMPILE_FLAGS}"
 if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+  _flags += " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -16,6 +28,7 @@ os.environ["TFDS_DISABLE_GCS"] = "1" if "TFDS_DISABLE_GCS" not in os.environ els
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -57,21 +70,30 @@ def _user_cache_dir(tmp_path_factory):
   yield
 
 
+def xla_flags_without_device_count() -> str:
+  """This process's XLA flags (the tests' compile flags, or what the caller's XLA_FLAGS set
+  instead) without the host device count, for a child that sets up its own devices."""
+  return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                  if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 def launch_env(**extra: str) -> dict:
   """The environment of a child that runs one of the launch scripts: this one, offline and
-  on CPU, without XLA_FLAGS (each script sets up its own host devices), plus ``extra``."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-  env.pop("XLA_FLAGS", None)
+  on CPU, with this process's compile flags but no host device count (each script sets up
+  its own), plus ``extra``."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+             XLA_FLAGS=xla_flags_without_device_count())
   env.update(extra)
   return env
 
 
 def child_env(**extra: str) -> dict:
   """The environment of a child process that runs this checkout's code as the tests do:
-  this process's (its XLA flags, and the data and cache directories the session's fixtures
-  set, so read when the child starts, not when a module is imported), on CPU, and this
-  process's compilation cache, so that the child loads what the tests before it compiled
-  and the tests after it load what it compiled; plus ``extra``."""
+  this process's (its XLA flags, the tests' compile flags and eight host devices, and the
+  data and cache directories the session's fixtures set, so read when the child starts,
+  not when a module is imported), on CPU, and this process's compilation cache, so that
+  the child loads what the tests before it compiled and the tests after it load what it
+  compiled; plus ``extra``."""
   import jax
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
@@ -234,6 +256,12 @@ def wait_for_children(procs, log_paths=(), *, quiet: float, cpu_budget: float,
       return f"not done in {wall_cap:.0f} s"
     time.sleep(0.2)
   return None
+
+
+def binomial_tail(n: int, k: int, p: float = 0.5) -> float:
+  """P(X >= k) for X ~ Binomial(n, p): the chance of a paired comparison's ``k`` wins of
+  ``n`` (ties left out) were neither side better."""
+  return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
 def tiny_trained_config(corpus_dir):

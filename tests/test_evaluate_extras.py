@@ -351,6 +351,22 @@ def _ensemble_accuracy(wide, members, task) -> tuple[float, int]:
   return float((probs.argmax(-1) == labels)[valid].mean()), int(valid.sum())
 
 
+def test_fusion_trains_on_the_devices_its_nets_fill():
+  """The fusion study's trainer calls use every local device, as the corpus run does, once
+  the nets fill a chunk on each; fewer nets use the first devices, a chunk each, so that
+  no device trains padding only."""
+  devices = jax.local_devices()
+  assert len(devices) == 8
+  for n, c, want in ((1, 2, 1), (2, 2, 1), (3, 2, 2), (4, 2, 2), (5, 2, 3), (15, 2, 8),
+                     (16, 2, 8), (40, 2, 8), (96, 8, 8), (7, 8, 1)):
+    mesh = fusion_lib.train_mesh(n, c)
+    assert mesh.axis_names == ("nets",)
+    assert list(mesh.devices) == devices[:want], (n, c)
+  two = devices[:2]
+  assert list(fusion_lib.train_mesh(48, 8, two).devices) == two
+  assert list(fusion_lib.train_mesh(3, 8, two).devices) == two[:1]
+
+
 @pytest.mark.slow
 def test_fusion(ctx, tmp_path):
   # Every call of the trainers the evaluator makes, with what it was given and gave back.
@@ -361,7 +377,7 @@ def test_fusion(ctx, tmp_path):
 
     def run(data, starts, tasks):
       res = train(data, starts, tasks)
-      calls.append(dict(model=model, spec=spec, own_starts=own_starts, data=data,
+      calls.append(dict(model=model, spec=spec, mesh=mesh, own_starts=own_starts, data=data,
                         starts=starts, tasks=tasks, result=res))
       return res
     return run
@@ -425,8 +441,8 @@ def test_fusion(ctx, tmp_path):
   # The independent parents: the evaluator's random inits (its second key), trained with
   # the corpus recipe at the cap factor times its step cap, early-stopped, in one call of
   # the corpus trainer (own starts). The call is checked, not made again: the evaluator
-  # trains over every local device, whose program rounds unlike a one-device one, so a
-  # second training may early-stop elsewhere.
+  # trains over several devices, whose program rounds unlike a one-device one, so a second
+  # training may early-stop elsewhere.
   assert registry.get("fusion").options["indep_cap_factor"] == 4
   trainer = make_corpus_lib.trainer_spec(
       ml_collections.ConfigDict({"trainer": ctx.corpus.meta["trainer"]}))
@@ -441,7 +457,11 @@ def test_fusion(ctx, tmp_path):
   call = own_starts[0]
   assert call["spec"] == indep_spec
   assert call["model"] is ctx.model and call["data"] is ctx.data
-  n = 2 * p_n  # the nets after n are copies of the last, filling the devices' chunks
+  n = 2 * p_n  # the nets after n are copies of the last, filling the last chunk
+  # Spread over as many devices as the nets fill chunks (fusion.train_mesh), no more.
+  c = indep_spec.nets_per_chunk
+  assert call["mesh"].size == fusion_lib.train_mesh(n, c).size == -(-n // c) < jax.device_count()
+  assert len(call["tasks"].seeds) == c * call["mesh"].size
   np.testing.assert_array_equal(np.asarray(jax.vmap(layout.flatten)(call["starts"]))[:n],
                                 inits)
   np.testing.assert_array_equal(np.asarray(call["tasks"].classes)[:n], ids)
@@ -474,6 +494,9 @@ def test_fusion(ctx, tmp_path):
     assert p["units_moved"]["indep"] == pytest.approx(moved[-1])
   # Independent inits leave real permutations to find; the corpus parents (one basin) not.
   assert ind["units_moved"]["mean"] > out["corpus_units_moved"]["mean"]
+  # The specialists: one call from the shared start, as few devices as the nets fill.
+  shared = [k for k in calls if not k["own_starts"]]
+  assert len(shared) == 1 and shared[0]["mesh"].size == -(-p_n // trainer.nets_per_chunk)
   # The specialist on the union: the corpus trainer from the generalist; started through
   # the own-starts path here, every net from the generalist.
   ids, umask = wide.padded(unions)

@@ -8,7 +8,6 @@ margin over many tasks, so it holds on any CPU (training numerics differ between
 while a generator that ignores its text (every text gives the same net: no task wins) or
 maps texts to nets at random (each task wins with probability at most 1/2) fails it.
 """
-import math
 import os
 
 import jax
@@ -17,6 +16,7 @@ import pytest
 
 from configs import corpus as corpus_config
 from configs import dit as dit_config
+from conftest import binomial_tail
 from t2w_jax import api
 from t2w_jax.evaluate.context import EvalContext
 from t2w_jax.train import loop
@@ -28,11 +28,6 @@ FALSE_PASS = 0.01
 # How far below the generalist the generated nets' mean accuracy may be: they are
 # task-specific offsets from it, and a broken net would be near chance (1/K).
 ACCURACY_SLACK = 0.05
-
-
-def binomial_tail(n: int, k: int, p: float = 0.5) -> float:
-  """P(X >= k) for X ~ Binomial(n, p)."""
-  return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
 def test_binomial_tail():

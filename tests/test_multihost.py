@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from configs import dit as dit_config
-from conftest import full_state, wait_for_children
+from conftest import full_state, wait_for_children, xla_flags_without_device_count
 from t2w_jax import multihost
 from t2w_jax import preempt
 from t2w_jax.errors import ConfigError
@@ -49,10 +49,12 @@ TIMED = {"progress.json", "summary.json"}
 
 
 def _env(**extra) -> dict:
-  """The children's environment: two host devices each, offline, this checkout first, and
-  one compilation cache (a rerun loads the programs its first run compiled)."""
+  """The children's environment: the tests' compile flags, two host devices each, offline,
+  this checkout first, and one compilation cache (a rerun loads the programs its first run
+  compiled)."""
   env = {k: v for k, v in os.environ.items() if k not in multihost.ENV_VARS.values()}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  flags = xla_flags_without_device_count()
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=2",
              PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=_CACHE[0],
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **extra)
   return env

@@ -246,10 +246,22 @@ METHODS = {
 BY_SPLIT = ("specialist", "ensemble", "generalist", "aligned", "indep_aligned")
 
 
+def train_mesh(n: int, nets_per_chunk: int, devices=None):
+  """The ``nets`` mesh that ``_train`` spreads ``n`` nets over: every local device (or of
+  ``devices``), as the corpus run, where the nets fill a chunk on each; fewer nets take the
+  first devices, one chunk each. Each device runs the same one-chunk program either way and
+  net i keeps its device and slot, so no net trains differently; only the padding copies
+  that would have filled the idle devices are left out."""
+  devices = jax.local_devices() if devices is None else list(devices)
+  chunks = -(-int(n) // int(nets_per_chunk))
+  return masstrain.nets_mesh(devices[:max(1, min(len(devices), chunks))])
+
+
 def _train(ctx, spec: masstrain.TrainerSpec, starts: np.ndarray,
            tasks: Sequence[tasks_lib.Task], kmax: int) -> tuple[np.ndarray, dict]:
   """Nets trained on ``tasks`` by the corpus trainer (``masstrain``: one call, early stopping
-  on the validation rows), spread over every local device like the corpus run.
+  on the validation rows), spread over the local devices like the corpus run
+  (``train_mesh``).
 
   Args:
     ctx: the ``EvalContext`` (its model and device data).
@@ -262,9 +274,9 @@ def _train(ctx, spec: masstrain.TrainerSpec, starts: np.ndarray,
     ((n, D) trained nets, {"test_acc", "steps", "steps_run"}: (n,) arrays).
   """
   layout = ctx.corpus.layout
-  mesh = masstrain.nets_mesh()
   tasks = list(tasks)
   n = len(tasks)
+  mesh = train_mesh(n, spec.nets_per_chunk)
   tasks += tasks[-1:] * (-n % (spec.nets_per_chunk * mesh.size))  # one fixed shape
   ids, mask = tasks_lib.pad_tasks(tasks, kmax)
   seeds = np.array([t.seed for t in tasks], np.uint32)
