@@ -67,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dit_variant = "small"      # configs/dit.py variant every ablation starts from
   c.num_steps = 1500           # the shared training budget (the default's)
+  # Devices of the data axis each variant trains on (0: configs/dit.py's mesh, every device).
+  c.data_devices = 0
   c.variants = ",".join(VARIANTS)
   c.splits = ("unseen", "heldout")
   c.num_samples = 2            # generated nets per task

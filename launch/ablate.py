@@ -52,6 +52,8 @@ def variant_config(config, name: str, seed: int = 0) -> ml_collections.ConfigDic
   c = dit_configs.get_config(config.dit_variant)
   c.num_steps = config.num_steps
   c.checkpoint_every = config.num_steps
+  if config.get("data_devices", 0):
+    c.mesh.data = config.data_devices
   for key, value in ablation_configs.VARIANTS[name].items():
     node = c
     *parents, leaf = key.split(".")

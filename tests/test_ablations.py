@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import ablations as ablation_configs
+from configs import dit as dit_configs
 from launch import ablate as ablations
 from t2w_jax.evaluate import run as eval_run
 
@@ -27,6 +28,10 @@ def test_variant_configs():
   assert ablations.variant_config(config, "corpus_252").seen_limit == 252
   wide = ablations.variant_config(config, "dit_128x4").model
   assert (wide.width, wide.depth) == (128, 4)
+  # The data axis is configs/dit.py's unless the ablation config names a device count.
+  assert full.mesh.data == dit_configs.get_config(config.dit_variant).mesh.data
+  config.data_devices = 2
+  assert ablations.variant_config(config, "token_concat").mesh.data == 2
   with pytest.raises(ValueError, match="unknown ablation variant"):
     ablations.variant_config(config, "no_such_thing")
 
@@ -69,22 +74,15 @@ def test_seeds_average_each_task_before_pairing(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_ablations_tiny(tiny_corpus_dir, tmp_path, monkeypatch):
+def test_run_ablations_tiny(tiny_corpus_dir, tmp_path):
   # The conftest's tiny corpus (configs/corpus.py:tiny over 2 devices), copied: the
   # variants train beside it.
   shutil.copytree(tiny_corpus_dir, tmp_path / "corpus")
-  # Each variant on one device: the orchestration does not depend on the mesh, and one
-  # device compiles fastest.
-  dit_config = ablations.dit_configs.get_config
-
-  def one_device(arg=None):
-    c = dit_config(arg)
-    c.mesh.data = 1
-    return c
-
-  monkeypatch.setattr(ablations.dit_configs, "get_config", one_device)
   config = ablation_configs.get_config("tiny")
   config.variants = "full,token_concat"
+  # Each variant on one device: the orchestration does not depend on the mesh, and one
+  # device compiles fastest.
+  config.data_devices = 1
   out = ablations.run_ablations(config, str(tmp_path))
   assert set(out["variants"]) == {"full", "token_concat"}
   for name in ("full", "token_concat"):
