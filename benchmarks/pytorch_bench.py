@@ -154,7 +154,6 @@ def compare(ours: dict, theirs: dict) -> dict:
   block = ours.get("adaln_block")
   per_token = ours.get("per_token")
   peak = ours["matmul"][ours["train"]["dtype"]]["gflops_per_s"] * 1e9
-
   their_peak = theirs["matmul"]["gflops_per_s"] * 1e9
 
   def ceiling(result):

@@ -61,13 +61,15 @@ def test_loss_goes_down(corpus_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reaches_same_state(corpus_dir, tmp_path):
-  a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  config = tiny(corpus_dir, num_steps=20, checkpoint_every=10)
-  loop.train(config, a)
-  loop.train(config, b, stop_after=10)  # "killed" after the step-10 checkpoint
+def test_resume_reaches_same_state(corpus_dir, tiny_trained_dir, tmp_path):
+  # The uninterrupted run is the session's (tiny_trained_config: 20 steps, checkpoints
+  # every 10); this one is "killed" after the step-10 checkpoint, then resumed.
+  b = str(tmp_path / "b")
+  config = tiny_trained_config(corpus_dir)
+  assert (config.num_steps, config.checkpoint_every) == (20, 10)
+  loop.train(config, b, stop_after=10)
   loop.train(config, b)
-  ga, gb = api.load(a), api.load(b)
+  ga, gb = api.load(tiny_trained_dir), api.load(b)
   assert ga.step == gb.step == 20
   _leaves_close(ga.params, gb.params, atol=1e-6)
 
