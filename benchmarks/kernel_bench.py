@@ -37,6 +37,11 @@ call by call so that both see the same machine:
   batch 1, per-token products** (lower precision only; the DiT with a map per token
   position): ``layers.PerTokenProjection``'s products in the compute dtype (the code
   before) against float32;
+* **train step, conditioning path** and **denoising call, batch 1, conditioning path**
+  (lower precision only): the whole default DiT with its conditioning path
+  (``models.dit.CONDITIONING_MODULES``: the timestep and text embeddings and the adaLN
+  modulations, one row per example) in the compute dtype, as before, against float32, the
+  sampling params made by ``generator.inference_params`` either way;
 * **optimiser update**: ``optax.chain(clip_by_global_norm, adamw)`` against
   ``train.adamw.clipped_adamw`` on the default DiT's parameter tree at that size, donated.
 
@@ -58,6 +63,7 @@ import optax
 from flax.linen import initializers as flax_init
 
 from benchmarks import dit_bench, harness
+from t2w_jax.models import dit as dit_lib
 from t2w_jax.models import layers
 from t2w_jax.train import state as state_lib
 
@@ -256,6 +262,18 @@ def _per_token_in_dtype():
   return _patched(PerTokenProjection=_PerTokenInDtype)
 
 
+@contextlib.contextmanager
+def _conditioning_in_dtype():
+  """Models run their conditioning path in the compute dtype (the code before it ran in
+  float32) and sampling casts its kernels."""
+  real = dit_lib.CONDITIONING_DTYPE
+  dit_lib.CONDITIONING_DTYPE = None
+  try:
+    yield
+  finally:
+    dit_lib.CONDITIONING_DTYPE = real
+
+
 def per_token_pair(size, rng, dtype):
   """(old, new) the per-token input projection, forward + backward: products in ``dtype``
   against float32."""
@@ -401,7 +419,11 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
               ("train step, Q, K, V and GELU input", f"in {compute.name}", "in float32",
                lambda: step_pair(size, config, dtype, _compute_dtype_results)),
               ("denoising call, batch 1, Q, K, V and GELU input", f"in {compute.name}",
-               "in float32", lambda: denoise_pair(size, dtype, _compute_dtype_results))]
+               "in float32", lambda: denoise_pair(size, dtype, _compute_dtype_results)),
+              ("train step, conditioning path", f"in {compute.name}", "in float32",
+               lambda: step_pair(size, config, dtype, _conditioning_in_dtype)),
+              ("denoising call, batch 1, conditioning path", f"in {compute.name}",
+               "in float32", lambda: denoise_pair(size, dtype, _conditioning_in_dtype))]
   # Both sides' projections return the compute dtype, as they did then: the layout alone.
   pairs += [("train step, kernels", "(in, out)", "(out, in)",
              lambda: step_pair(size, config, dtype, _kernels_in_out,

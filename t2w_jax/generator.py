@@ -34,6 +34,7 @@ from t2w_jax.checkpoints import CHECKPOINT_DIR
 from t2w_jax.diffusion import denoise_from, get_sampler, get_schedule, q_sample
 from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.models import DiT
+from t2w_jax.models import dit as dit_lib
 from t2w_jax.models import layers
 from t2w_jax.text.condition import text_condition
 from t2w_jax.weights import BlockTokenizer, LayerNorms, ParamLayout
@@ -184,8 +185,9 @@ def build_dit(spec: GeneratorSpec) -> DiT:
 
 def inference_params(params, dtype):
   """The DiT's parameters as sampling reads them: every projection kernel
-  (``layers.projection_kernel_inputs``) cast once to the compute ``dtype``; the rest stays
-  float32.
+  (``layers.projection_kernel_inputs``) that computes in the compute ``dtype`` cast once to
+  it; the rest, the conditioning path's kernels among it (``dit.on_conditioning_path``:
+  they compute in float32), stays float32.
 
   The DiT casts each of those kernels to its compute dtype before every product
   (``models.layers.einsum``), so its outputs are bit-identical; what changes is that a call
@@ -195,7 +197,8 @@ def inference_params(params, dtype):
   if jnp.dtype(dtype) == jnp.float32:
     return params
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: x.astype(dtype) if layers.projection_kernel_inputs(path, x.shape) else x,
+      lambda path, x: (x.astype(dtype) if layers.projection_kernel_inputs(path, x.shape)
+                       and not dit_lib.on_conditioning_path(path) else x),
       params)
 
 

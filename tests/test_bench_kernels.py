@@ -98,10 +98,24 @@ def test_per_token_pair_agrees_and_restores_the_projection():
   assert kernel_bench.layers.PerTokenProjection is real
 
 
+def test_conditioning_context_restores_the_float32_path():
+  """Within the baseline's context the conditioning path computes in the compute dtype and
+  sampling casts its kernels; after it, float32 again."""
+  dit = kernel_bench.dit_lib
+  path = (jax.tree_util.DictKey("adaLN_single"), jax.tree_util.DictKey("kernel"))
+  with kernel_bench._conditioning_in_dtype():
+    assert dit.conditioning_dtype(jnp.bfloat16) == jnp.bfloat16
+    assert not dit.on_conditioning_path(path)
+  assert dit.conditioning_dtype(jnp.bfloat16) == jnp.float32
+  assert dit.on_conditioning_path(path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype,step_row", [
     ("float32", []), ("bfloat16", ["train step, biases", "train step, Q, K, V and GELU input",
-                                   "denoising call, batch 1, Q, K, V and GELU input"])])
+                                   "denoising call, batch 1, Q, K, V and GELU input",
+                                   "train step, conditioning path",
+                                   "denoising call, batch 1, conditioning path"])])
 def test_quick_run_reports_every_pair(dtype, step_row):
   result = kernel_bench.run(dit_config.get_config("small"), quick=True, dtype=dtype)
   low = ["per-token projection", "train step, per-token products",

@@ -583,6 +583,51 @@ def test_inference_params_give_bit_identical_outputs_in_bf16():
   cast = generator_lib.inference_params(params, jnp.bfloat16)
   dtypes = {x.dtype for x in jax.tree.leaves(cast)}
   assert dtypes == {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)}
+  # The conditioning path computes in float32: its kernels are not cast.
+  for path, x in jax.tree_util.tree_leaves_with_path(cast):
+    names = {getattr(k, "key", None) for k in path}
+    if names & {"adaLN_single", "adaLN_modulation", "t_embed"}:
+      assert x.dtype == jnp.float32, path
+    if "query_kernel" in names or names >= {"mlp", "kernel"}:
+      assert x.dtype == jnp.bfloat16, path
   np.testing.assert_array_equal(model.apply(cast, x_t, t, LAYER_IDS, BLOCK_IDS, text),
                                 model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text))
   assert generator_lib.inference_params(params, jnp.float32) is params
+
+
+def _dot_operand_dtypes(jaxpr, batch):
+  """The operand dtypes of every dot_general in ``jaxpr`` (and the jaxprs within it) whose
+  left operand is 2-D with ``batch`` rows: the products with one row per example."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      lhs, rhs = (v.aval for v in eqn.invars)
+      if lhs.ndim == 2 and lhs.shape[0] == batch:
+        found.append((lhs.dtype, rhs.dtype))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found += _dot_operand_dtypes(inner, batch)
+  return found
+
+
+@pytest.mark.parametrize("adaln,text_as_token,expected", [
+    ("single", False, 6),  # timestep MLP 2, text MLP 2, adaLN-single 1, the final layer's 1
+    ("block", True, 2 + 2 + 1 + 2 + 1)])  # ... the text token 1, one per block (depth 2)
+def test_bf16_conditioning_path_computes_in_float32(adaln, text_as_token, expected):
+  """In bf16 every product with one row per example (the conditioning path:
+  ``dit.CONDITIONING_MODULES``) multiplies float32 operands, the token products bf16 ones;
+  the output follows the float32 model."""
+  model = make_model(dtype=jnp.bfloat16, adaln=adaln, text_as_token=text_as_token, depth=2)
+  x_t, t, text = make_inputs()
+  variables, _ = init_apply(model, x_t, t, text)
+  params = perturb(variables)
+  jaxpr = jax.make_jaxpr(lambda p: model.apply(p, x_t, t, LAYER_IDS, BLOCK_IDS, text))(params)
+  per_example = _dot_operand_dtypes(jaxpr.jaxpr, B)
+  assert per_example == [(jnp.dtype(jnp.float32), jnp.dtype(jnp.float32))] * expected
+  token_rows = _dot_operand_dtypes(jaxpr.jaxpr, B * len(LAYER_IDS))
+  assert token_rows and all(d == (jnp.dtype(jnp.bfloat16),) * 2 for d in token_rows)
+  out16 = model.apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  out32 = model.clone(dtype=jnp.float32).apply(params, x_t, t, LAYER_IDS, BLOCK_IDS, text)
+  np.testing.assert_allclose(out16, out32, atol=0.05 * float(jnp.abs(out32).max()))

@@ -42,6 +42,32 @@ Array = jax.Array
 # How the blocks get their adaLN modulation (see ``DiT.adaln``).
 ADALN_KINDS = ("block", "single")
 
+# The modules of the per-example conditioning path: the timestep and text embeddings, the
+# text token and every adaLN modulation, whose products have one row per example. They
+# compute in ``CONDITIONING_DTYPE`` (float32) whatever the compute dtype: XLA's CPU
+# backend runs a bfloat16 product with so few rows by converting its kernel to float32
+# first, which in a batch-1 call cost more than the products themselves, and the
+# modulations are then not rounded before they scale every token. Their outputs are cast
+# to the compute dtype where they meet the tokens. ``generator.inference_params`` leaves
+# their kernels float32.
+CONDITIONING_MODULES = ("t_embed", "text_embed_fc1", "text_embed_fc2", "text_token",
+                        "adaLN_single", "adaLN_modulation")
+# None: the compute dtype (how the path computed before; ``launch/bench.py kernels``
+# times the two).
+CONDITIONING_DTYPE = jnp.float32
+
+
+def conditioning_dtype(dtype: Any) -> Any:
+  """The dtype the conditioning path (``CONDITIONING_MODULES``) computes in."""
+  return dtype if CONDITIONING_DTYPE is None else CONDITIONING_DTYPE
+
+
+def on_conditioning_path(path: Any) -> bool:
+  """Whether a parameter at ``path`` (a pytree key path) belongs to a module of the
+  conditioning path that computes in float32, whatever the compute dtype."""
+  return (CONDITIONING_DTYPE is not None and jnp.dtype(CONDITIONING_DTYPE) == jnp.float32
+          and any(getattr(k, "key", None) in CONDITIONING_MODULES for k in path))
+
 
 def num_branches(cross_attention: bool) -> int:
   """Residual branches of a block (self-attention, [cross-attention], MLP); each has its
@@ -78,7 +104,7 @@ class DiTBlock(nn.Module):
     """Args:
       x: (B, S, width) tokens.
       c: (B, width) conditioning vector; with ``adaln="single"`` the shared modulation,
-        (B, 3 * branches * width).
+        (B, 3 * branches * width); in ``conditioning_dtype``.
       kv: (B, K', width) class tokens (cross_attention only).
       kv_bias: (B, 1, 1, K') additive attention bias, or None.
       kv_mask: (B, 1, 1, K') boolean key mask.
@@ -92,10 +118,12 @@ class DiTBlock(nn.Module):
       offsets = self.param("adaLN_offsets", layers.partitioned(nn.initializers.zeros_init(),
                                                                ("mlp",)),
                            (3 * n_branches * width,), jnp.float32)
-      mod = c + offsets.astype(self.dtype)
+      mod = c + offsets.astype(c.dtype)
     else:
-      mod = layers.dense(3 * n_branches * width, ("embed", "mlp"), dtype=self.dtype,
-                         zero_init=True, name="adaLN_modulation")(nn.silu(c))
+      mod = layers.dense(3 * n_branches * width, ("embed", "mlp"),
+                         dtype=conditioning_dtype(self.dtype), zero_init=True,
+                         name="adaLN_modulation")(nn.silu(c))
+    mod = mod.astype(self.dtype)
     chunks = jnp.split(mod, 3 * n_branches, axis=-1)
 
     shift, scale, gate = chunks[0:3]
@@ -138,9 +166,9 @@ class FinalLayer(nn.Module):
   def __call__(self, x: Array, c: Array) -> Array:
     """Args: x (B, L, width), c (B, width). Returns (B, L, P)."""
     width = x.shape[-1]
-    mod = layers.dense(2 * width, ("embed", "mlp"), dtype=self.dtype, zero_init=True,
-                       name="adaLN_modulation")(nn.silu(c))
-    shift, scale = jnp.split(mod, 2, axis=-1)
+    mod = layers.dense(2 * width, ("embed", "mlp"), dtype=conditioning_dtype(self.dtype),
+                       zero_init=True, name="adaLN_modulation")(nn.silu(c))
+    shift, scale = jnp.split(mod.astype(self.dtype), 2, axis=-1)
     x = layers.modulate(layers.layer_norm(affine=False, dtype=self.dtype, name="norm")(x),
                         shift, scale)
     return layers.token_projection(self, x, self.block_size, ("tokens", "embed", "block"),
@@ -191,7 +219,8 @@ class DiT(nn.Module):
       ``token_proj_rank``; ``layers.TOKEN_PROJECTIONS``).
     token_proj_rank: the rank of "low_rank"'s per-token corrections.
     frequency_dim: size of the sinusoidal timestep features.
-    dtype: compute dtype (params are float32; the output is float32).
+    dtype: compute dtype (params are float32; the output is float32; the conditioning
+      path, ``CONDITIONING_MODULES``, computes in float32).
   """
   width: int
   depth: int
@@ -256,7 +285,8 @@ class DiT(nn.Module):
                               dtype=self.dtype, token_proj=self.token_proj,
                               token_proj_rank=self.token_proj_rank,
                               name="embed")(x_t, layer_ids, block_ids)
-    c = layers.TimestepEmbedder(self.width, self.frequency_dim, dtype=self.dtype,
+    cond_dtype = conditioning_dtype(self.dtype)
+    c = layers.TimestepEmbedder(self.width, self.frequency_dim, dtype=cond_dtype,
                                 name="t_embed")(t)
 
     if self.cond_adaln or self.text_as_token:
@@ -264,17 +294,17 @@ class DiT(nn.Module):
       _check_shape('text["fused"]', fused, (batch, self.text_dim))
       null_fused = self.param("null_fused", layers.partitioned(layers.embed_init, ("text",)),
                               (self.text_dim,), jnp.float32)
-      fused = jnp.where(drop[:, None], null_fused[None], fused).astype(self.dtype)
+      fused = jnp.where(drop[:, None], null_fused[None], fused).astype(cond_dtype)
       if self.cond_adaln:
-        y = layers.dense(self.width, ("text", "mlp"), dtype=self.dtype,
+        y = layers.dense(self.width, ("text", "mlp"), dtype=cond_dtype,
                          name="text_embed_fc1")(fused)
-        y = layers.dense(self.width, ("mlp", "embed"), dtype=self.dtype,
+        y = layers.dense(self.width, ("mlp", "embed"), dtype=cond_dtype,
                          name="text_embed_fc2")(nn.silu(y))
         c = c + y
       if self.text_as_token:
-        tok = layers.dense(self.width, ("text", "embed"), dtype=self.dtype,
+        tok = layers.dense(self.width, ("text", "embed"), dtype=cond_dtype,
                            name="text_token")(fused)
-        h = jnp.concatenate([tok[:, None, :], h], axis=1)
+        h = jnp.concatenate([tok[:, None, :].astype(h.dtype), h], axis=1)
     h = layers.constrain_tokens(h)
 
     kv = kv_bias = kv_mask = None
@@ -285,7 +315,7 @@ class DiT(nn.Module):
     if self.adaln == "single":
       n_branches = num_branches(self.cross_attention)
       block_cond = layers.dense(3 * n_branches * self.width, ("embed", "mlp"),
-                                dtype=self.dtype, zero_init=True,
+                                dtype=cond_dtype, zero_init=True,
                                 name="adaLN_single")(nn.silu(c))
     for i in range(self.depth):
       h = DiTBlock(self.num_heads, self.mlp_ratio, self.cross_attention, adaln=self.adaln,
