@@ -295,14 +295,18 @@ def test_sampling_params_are_the_kernels_cast_once_per_params(gen):
                     gen.params)
   cast = g.sampling_params
   assert cast is g.sampling_params
-  from t2w_jax.models import layers
+  from t2w_jax.models import dit, layers
   leaves = jax.tree_util.tree_leaves_with_path(cast)
-  kernels = [x for p, x in leaves if layers.projection_kernel_inputs(p, x.shape)]
+
+  def low(p, x):
+    return layers.projection_kernel_inputs(p, x.shape) and not dit.on_conditioning_path(p)
+  kernels = [x for p, x in leaves if low(p, x)]
   assert kernels and all(x.dtype == jnp.bfloat16 for x in kernels)
-  # Everything else (the per-token projections, used in float32, among it) stays float32.
+  # Everything else (the per-token projections and the conditioning path, used in
+  # float32, among it) stays float32.
+  assert any(dit.on_conditioning_path(p) for p, _ in leaves)
   assert len(kernels) < len(leaves)
-  assert all(x.dtype == jnp.float32 for p, x in leaves
-             if not layers.projection_kernel_inputs(p, x.shape))
+  assert all(x.dtype == jnp.float32 for p, x in leaves if not low(p, x))
   g.params = jax.tree.map(lambda x: x + 1.0, gen.params)
   assert g.sampling_params is not cast
   a = jax.tree.leaves(g.sampling_params)[0]
