@@ -10,7 +10,10 @@ call by call so that both see the same machine:
   2-D product; (out, in) kernels);
 * **attention projections**: Q, K, V as ``einsum("bld,dhk->blhk")`` and the output as
   ``einsum("bqhd,hdo->bqo")`` against ``layers.project``;
-* **attention core**: ``layers.attention_weights`` + AV (ours, kept) against
+* **attention core, layout**, **train step, attention layout** and **denoising call,
+  batch 1, attention layout**: attention's two products on (B, L, H, Dh) operands as they
+  come (the code before) against ``layers.attend``, which moves the heads first;
+* **attention core**: ``layers.attend`` (ours, kept) against
   ``jax.nn.dot_product_attention`` (self-attention and masked, biased cross-attention to 33
   keys);
 * **self-attention Q, K, V, batch 1** (forward, every block): three products on three
@@ -332,28 +335,56 @@ def denoise_pair(size, dtype, before=contextlib.nullcontext, old_size=None,
     return old, build(size)
 
 
-def attention_pair(size, rng):
-  """(ours, jax.nn.dot_product_attention): self- and cross-attention, forward + backward."""
+def _attend_token_major(q, k, v, bias=None, mask=None):
+  """``layers.attend`` as it was: both products on (B, L, H, Dh) operands as they come, the
+  heads between tokens and features."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = jnp.where(mask, logits, layers._MASK_VALUE)  # noqa: SLF001
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+def _attention_token_major():
+  """Models attend with both products on (B, L, H, Dh) operands (the code before
+  ``layers.attend`` moved the heads first)."""
+  return _patched(attend=_attend_token_major)
+
+
+def _attention_operands(size, rng):
   b, l, h, k = size.batch_size, size.num_tokens, size.num_heads, size.max_classes + 1
   dh = size.width // h
   q, kk, v = (jnp.asarray(rng.standard_normal((b, l, h, dh), np.float32)) for _ in range(3))
   kc, vc = (jnp.asarray(rng.standard_normal((b, k, h, dh), np.float32)) for _ in range(2))
   bias = jnp.asarray(rng.standard_normal((b, 1, 1, k), np.float32))
   mask = jnp.asarray(rng.random((b, 1, 1, k)) > 0.3)
+  return (q, kk, v, kc, vc), bias, mask
 
-  def ours(q, kk, v, kc, vc):
-    out = layers.einsum("bhqk,bkhd->bqhd", layers.attention_weights(q, kk, None, None), v,
-                        jnp.float32)
-    cross = layers.einsum("bhqk,bkhd->bqhd", layers.attention_weights(q, kc, bias, mask), vc,
-                          jnp.float32)
-    return jnp.sum(out * cross)
 
-  def fused(q, kk, v, kc, vc):
-    out = jax.nn.dot_product_attention(q, kk, v)
-    cross = jax.nn.dot_product_attention(q, kc, vc, bias=bias, mask=mask)
-    return jnp.sum(out * cross)
+def _attention_loss(attend, bias, mask):
+  """Self-attention and masked, biased cross-attention to the class tokens, as a loss."""
+  def loss(q, kk, v, kc, vc):
+    return jnp.sum(attend(q, kk, v) * attend(q, kc, vc, bias, mask))
+  return loss
 
-  return _grad_call(ours, q, kk, v, kc, vc), _grad_call(fused, q, kk, v, kc, vc)
+
+def attention_pair(size, rng):
+  """(ours, jax.nn.dot_product_attention): self- and cross-attention, forward + backward."""
+  args, bias, mask = _attention_operands(size, rng)
+
+  def fused(q, k, v, bias=None, mask=None):
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+
+  return (_grad_call(_attention_loss(layers.attend, bias, mask), *args),
+          _grad_call(_attention_loss(fused, bias, mask), *args))
+
+
+def attention_layout_pair(size, rng):
+  """(token-major, heads first): ``layers.attend``'s layouts, forward + backward."""
+  args, bias, mask = _attention_operands(size, rng)
+  return (_grad_call(_attention_loss(_attend_token_major, bias, mask), *args),
+          _grad_call(_attention_loss(layers.attend, bias, mask), *args))
 
 
 def optimiser_pair(size, config):
@@ -408,7 +439,9 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
             lambda: mlp_pair(size, rng, compute)),
            ("attention projections", "einsum bld,dhk->blhk / bqhd,hdo->bqo",
             "layers.project", lambda: projection_pair(size, rng, compute)),
-           ("attention core", "ours (attention_weights + AV)",
+           ("attention core, layout", "(B, L, H, Dh) products", "heads first (layers.attend)",
+            lambda: attention_layout_pair(size, rng)),
+           ("attention core", "ours (layers.attend)",
             "jax.nn.dot_product_attention", lambda: attention_pair(size, rng)),
            ("self-attention Q, K, V, batch 1 (forward)", "three products (ours)",
             "one fused product", lambda: fused_qkv_pair(size, rng, compute)),
@@ -424,6 +457,10 @@ def run(config, *, quick: bool = False, repeats: int | None = None, seed: int = 
                lambda: step_pair(size, config, dtype, _conditioning_in_dtype)),
               ("denoising call, batch 1, conditioning path", f"in {compute.name}",
                "in float32", lambda: denoise_pair(size, dtype, _conditioning_in_dtype))]
+  pairs += [("train step, attention layout", "(B, L, H, Dh) products", "heads first",
+             lambda: step_pair(size, config, dtype, _attention_token_major)),
+            ("denoising call, batch 1, attention layout", "(B, L, H, Dh) products",
+             "heads first", lambda: denoise_pair(size, dtype, _attention_token_major))]
   # Both sides' projections return the compute dtype, as they did then: the layout alone.
   pairs += [("train step, kernels", "(in, out)", "(out, in)",
              lambda: step_pair(size, config, dtype, _kernels_in_out,

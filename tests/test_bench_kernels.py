@@ -11,7 +11,8 @@ from configs import dit as dit_config
 # Input dimensions of each argument that is a projection kernel (0: not one): the old side
 # takes (*in, *out) kernels, the new side (*out, *in) (both sides of the bias pair do).
 KERNEL_INPUTS = {"mlp_pair": (1, 1, 0), "projection_pair": (1, 1, 1, 2, 0),
-                 "attention_pair": (0,) * 5, "bias_pair": (0,) * 5}
+                 "attention_pair": (0,) * 5, "attention_layout_pair": (0,) * 5,
+                 "bias_pair": (0,) * 5}
 
 
 def _old_layout(pair_name, new_grads):
@@ -121,8 +122,9 @@ def test_quick_run_reports_every_pair(dtype, step_row):
   low = ["per-token projection", "train step, per-token products",
          "denoising call, batch 1, per-token products"] if step_row else []
   assert [r["what"] for r in result["rows"]] == [
-      "MLP", "attention projections", "attention core",
+      "MLP", "attention projections", "attention core, layout", "attention core",
       "self-attention Q, K, V, batch 1 (forward)", "MLP biases", *step_row,
+      "train step, attention layout", "denoising call, batch 1, attention layout",
       "train step, kernels", "denoising call, batch 1, kernels",
       "train step, token projections", "denoising call, batch 1, token projections", *low,
       "optimiser update"]

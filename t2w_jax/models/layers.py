@@ -473,12 +473,12 @@ class PerTokenProjection(nn.Module):
 
 
 def attention_weights(q: Array, k: Array, bias: Optional[Array],
-                             mask: Optional[Array]) -> Array:
+                      mask: Optional[Array]) -> Array:
   """Softmax attention weights in float32.
 
   Args:
-    q: (B, Lq, H, Dh) queries.
-    k: (B, Lk, H, Dh) keys.
+    q: (B, H, Lq, Dh) queries, heads first.
+    k: (B, H, Lk, Dh) keys, heads first.
     bias: additive logit bias broadcastable to (B, H, Lq, Lk), or None.
     mask: boolean, broadcastable to (B, H, Lq, Lk); False keys get zero weight, or None.
 
@@ -489,12 +489,34 @@ def attention_weights(q: Array, k: Array, bias: Optional[Array],
   # In float32 whatever the compute dtype: a few percent of the FLOPs at these token
   # counts, and XLA's CPU backend cannot run every layout of their bf16 gradients with a
   # float32 result (``einsum``).
-  logits = einsum("bqhd,bkhd->bhqk", q, k, jnp.float32) * scale
+  logits = einsum("bhqd,bhkd->bhqk", q, k, jnp.float32) * scale
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, _MASK_VALUE)
   return jax.nn.softmax(logits, axis=-1)
+
+
+def attend(q: Array, k: Array, v: Array, bias: Optional[Array] = None,
+           mask: Optional[Array] = None) -> Array:
+  """Softmax attention of (B, L, H, Dh) queries, keys and values, in float32.
+
+  The heads move in front of the tokens first, so that both products batch over (B, H)
+  as their leading dimensions: XLA's CPU backend runs these many small products, and their
+  gradients, faster in that layout than with the heads between tokens and features
+  (``python launch/bench.py kernels`` times both).
+
+  Args:
+    q: (B, Lq, H, Dh) queries.
+    k, v: (B, Lk, H, Dh) keys and values.
+    bias, mask: as ``attention_weights``'s.
+
+  Returns:
+    (B, Lq, H, Dh) float32.
+  """
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+  out = einsum("bhqk,bhkd->bhqd", attention_weights(q, k, bias, mask), v, jnp.float32)
+  return jnp.swapaxes(out, 1, 2)
 
 
 class Attention(nn.Module):
@@ -537,8 +559,7 @@ class Attention(nn.Module):
     q = proj("query", x)
     k = proj("key", kv)
     v = proj("value", kv)
-    weights = attention_weights(q, k, bias, mask)
-    out = einsum("bhqk,bkhd->bqhd", weights, v, jnp.float32)  # (see attention_weights)
+    out = attend(q, k, v, bias, mask)
     out_kernel = projection_kernel(self, "out_kernel", (self.num_heads, head_dim), (width,),
                                    ("heads", "kv"), ("embed",))
     out_bias = self.param("out_bias", partitioned(nn.initializers.zeros_init(), ("embed",)),
