@@ -572,11 +572,16 @@ def test_moving_projection_kernels_is_exact_and_leaves_the_rest(token_proj):
     layers.move_projection_kernels(params, "out_in", "io")
 
 
-def test_inference_params_give_bit_identical_outputs_in_bf16():
+# Between them the two models hold every module of the conditioning path (adaLN-single and
+# the per-block modulations, the text MLP and the text token), so a conditioning module
+# that ``dit.CONDITIONING_MODULES`` missed would be cast and change the outputs.
+@pytest.mark.parametrize("switches", [dict(adaln="single", text_head=16),
+                                      dict(adaln="block", text_as_token=True)])
+def test_inference_params_give_bit_identical_outputs_in_bf16(switches):
   """Sampling's params (kernels and tables cast once to bf16) give exactly the outputs of
   the float32 params; in float32 they are the params themselves."""
   from t2w_jax import generator as generator_lib
-  model = make_model(dtype=jnp.bfloat16, adaln="single", text_head=16)
+  model = make_model(dtype=jnp.bfloat16, **switches)
   x_t, t, text = make_inputs(drop=[False, True, False, False])
   variables, _ = init_apply(model, x_t, t, text)
   params = perturb(variables)
