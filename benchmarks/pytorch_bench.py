@@ -194,12 +194,13 @@ def compare(ours: dict, theirs: dict) -> dict:
 def measure_ours(dit_config: ml_collections.ConfigDict, *, quick: bool, repeats: int,
                  train_steps: int, matmul_size: int, denoise_repeats: int,
                  default_cnn: dict | None, default_image_size: int, seed: int = 0,
-                 dtype: str = "float32") -> dict:
+                 dtype: str = "float32", targets_only: bool = False) -> dict:
   """Our side: ``dit_bench.measure_cifar`` in ``dtype``, the train step with the token-concat
   conditioning (``token_concat``) and with DiT's adaLN per block (``adaln_block``; our
   default at this size is adaLN-single), the train step and the denoising call with a map
   per token position (``per_token``; when the size's default is another token
-  projection), and the one-net default figure."""
+  projection), and the one-net default figure. ``targets_only``: the first two only (what
+  the ratios of ``ROUND_KEYS`` need)."""
   size = dit_bench.QUICK_SIZE if quick else dit_bench.CIFAR_SIZE
   ours = dit_bench.measure_cifar(size, dit_config, dtype=dtype, repeats=repeats,
                                  train_steps=train_steps, matmul_size=matmul_size,
@@ -207,6 +208,8 @@ def measure_ours(dit_config: ml_collections.ConfigDict, *, quick: bool, repeats:
   ours["token_concat"] = dit_bench.measure_train(
       dataclasses.replace(size, conditioning="token"), dit_config, dtype=dtype,
       repeats=repeats, train_steps=train_steps, matmul=ours["matmul"][dtype], seed=seed)
+  if targets_only:
+    return ours
   ours["adaln_block"] = dit_bench.measure_train(
       dataclasses.replace(size, adaln="block"), dit_config, dtype=dtype,
       repeats=repeats, train_steps=train_steps, matmul=ours["matmul"][dtype], seed=seed)
@@ -227,9 +230,16 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
         repeats: int | None = None, train_steps: int | None = None,
         matmul_size: int | None = None, default_cnn: dict | None = None,
         default_image_size: int = 16, seed: int = 0, timeout: float = 3600,
-        dtype: str = "float32") -> dict:
+        dtype: str = "float32", rounds: int = 1) -> dict:
   """The side-by-side benchmark: the PyTorch side first (it fails fast on a bad checkout),
-  then ours, on the same machine.
+  then ours, on the same machine; with ``rounds`` > 1, again in alternating order.
+
+  One run of each side moves by several percent on a small CPU (other load, clocks), so a
+  single pair of runs can put a ratio on either side of a target. Each further round times
+  both sides again (the figures of ``ROUND_KEYS`` only), ours first in odd rounds and
+  theirs first in even ones, so that a drift of the machine during the run favours
+  neither; the targets are then judged on each ratio's median over the rounds
+  (``summarise_rounds``). The first round is the full report.
 
   Args:
     t2w_repo: path of a checkout of the PyTorch T2W.
@@ -247,13 +257,18 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
     seed: data and parameter seed of both sides.
     timeout: seconds the PyTorch side may take.
     dtype: "float32" or "bfloat16", both sides (module docstring).
+    rounds: how many times both sides are timed (at least 1).
 
   Returns:
-    JSON-ready results (see ``format_report``).
+    JSON-ready results (see ``format_report``); with torch, "rounds" holds each round's
+    figures and ratios and "medians" each ratio's median and range over them.
 
   Raises:
     MissingError, ConfigError: a bad checkout or interpreter (see ``run_torch_side``).
+    ConfigError: ``rounds`` below 1.
   """
+  if rounds < 1:
+    raise ConfigError(f"--rounds must be at least 1, got {rounds}")
   repo = check_t2w_repo(t2w_repo)
   python = check_python(torch_python or sys.executable)
   on_cpu = jax.default_backend() == "cpu"
@@ -264,18 +279,69 @@ def run(t2w_repo: str, dit_config: ml_collections.ConfigDict, *,
   threads = threads or os.cpu_count() or 1
   cfg = PYTORCH_QUICK if quick else PYTORCH_CIFAR
   date = harness.utc_now()
-  theirs = run_torch_side(repo, python, cfg, repeats=repeats, train_steps=train_steps,
+
+  def time_theirs():
+    return run_torch_side(repo, python, cfg, repeats=repeats, train_steps=train_steps,
                           denoise_repeats=denoise_repeats, threads=threads,
                           matmul_size=matmul_size, seed=seed, timeout=timeout, dtype=dtype)
+
+  def time_ours(targets_only):
+    return measure_ours(dit_config, quick=quick, repeats=repeats, train_steps=train_steps,
+                        matmul_size=matmul_size, denoise_repeats=denoise_repeats,
+                        default_cnn=default_cnn, default_image_size=default_image_size,
+                        seed=seed, dtype=dtype, targets_only=targets_only)
+
+  theirs = time_theirs()
   theirs.update(checkout=repo, checkout_commit=harness.git_commit(repo), config=cfg)
-  ours = measure_ours(dit_config, quick=quick, repeats=repeats, train_steps=train_steps,
-                      matmul_size=matmul_size, denoise_repeats=denoise_repeats,
-                      default_cnn=default_cnn, default_image_size=default_image_size,
-                      seed=seed, dtype=dtype)
+  ours = time_ours(False)
   ours.update(commit=harness.git_commit(ROOT), machine=harness.machine_info())
-  return {"benchmark": "pytorch", "date": date, "quick": quick, "ours": ours,
-          "theirs": theirs,
-          "comparison": compare(ours, theirs) if theirs["status"] == "ok" else None}
+  result = {"benchmark": "pytorch", "date": date, "quick": quick, "ours": ours,
+            "theirs": theirs, "comparison": None}
+  if theirs["status"] != "ok":
+    return result
+  result["comparison"] = compare(ours, theirs)
+  result["rounds"] = [round_figures(ours, theirs, result["comparison"], ours_first=False)]
+  for i in range(1, rounds):
+    ours_first = i % 2 == 1
+    if ours_first:
+      o = time_ours(True)
+      t = time_theirs()
+    else:
+      t = time_theirs()
+      o = time_ours(True)
+    result["rounds"].append(round_figures(o, t, compare(o, t), ours_first=ours_first))
+  result["medians"] = summarise_rounds(result["rounds"])
+  return result
+
+
+# The ratios timed again in every round, and judged on their median over the rounds.
+ROUND_KEYS = ("train_samples_per_s", "token_concat_train_samples_per_s", "denoise_speedup")
+
+
+def round_figures(ours: dict, theirs: dict, comparison: dict, *, ours_first: bool) -> dict:
+  """One round's timings of both sides and its ratios of ``ROUND_KEYS``."""
+  dtype = ours["train"]["dtype"]
+  return {
+      "ours_first": ours_first,
+      "ours": {"train_samples_per_s": ours["train"]["samples_per_s"],
+               "token_concat_train_samples_per_s":
+                   ours["token_concat"]["train"]["samples_per_s"],
+               "denoise_seconds": ours["denoise"]["seconds_median"],
+               "matmul_gflops_per_s": ours["matmul"][dtype]["gflops_per_s"]},
+      "theirs": {"train_samples_per_s": theirs["train"]["samples_per_s"],
+                 "denoise_seconds": theirs["denoise"]["seconds_median"],
+                 "matmul_gflops_per_s": theirs["matmul"]["gflops_per_s"]},
+      "ratios": {k: comparison[k] for k in ROUND_KEYS},
+  }
+
+
+def summarise_rounds(rounds: list[dict]) -> dict:
+  """Each ratio of ``ROUND_KEYS``: its median, min and max over the rounds."""
+  out = {}
+  for k in ROUND_KEYS:
+    xs = [r["ratios"][k] for r in rounds]
+    out[k] = {"median": harness.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+  return out
 
 
 def _ms(seconds: float) -> str:
@@ -296,9 +362,12 @@ TARGETS = (("token-concat (equal work) train samples/s vs PyTorch",
            ("default parameters vs PyTorch", "params", 1.2, "max", None))
 
 
-def target_lines(ours: dict, comparison: dict | None, quick: bool = False) -> list[str]:
+def target_lines(ours: dict, comparison: dict | None, quick: bool = False,
+                 medians: dict | None = None) -> list[str]:
   """One line per target of ``TARGETS``: its figure and met / NOT met (on a CPU at the
-  CIFAR size only: not with quick)."""
+  CIFAR size only: not with quick). A ratio in ``medians`` (``summarise_rounds``) of more
+  than one round is judged on its median, and its range is given; the bounds in brackets
+  are the first round's."""
   if quick or ours["machine"]["backend"] != "cpu":
     return []
   lines = []
@@ -306,10 +375,17 @@ def target_lines(ours: dict, comparison: dict | None, quick: bool = False) -> li
     value = (comparison or {}).get(key)
     if value is None:
       continue
+    spread = (medians or {}).get(key)
+    if spread and spread["n"] > 1:
+      value = spread["median"]
+      figure = (f"{value:.4g}x (median of {spread['n']} rounds, "
+                f"{spread['min']:.3g}x-{spread['max']:.3g}x)")
+    else:
+      figure = f"{value:.4g}x"
     met = value >= bar if kind == "min" else value <= bar
     ceiling = (comparison or {}).get(f"{ceiling_key}_ceiling") if ceiling_key else None
     swapped = (comparison or {}).get(f"{ceiling_key}_at_their_matmul") if ceiling_key else None
-    lines.append(f"target: {what} {'>=' if kind == 'min' else '<='} {bar:g}x: {value:.4g}x, "
+    lines.append(f"target: {what} {'>=' if kind == 'min' else '<='} {bar:g}x: {figure}, "
                  f"{'met' if met else 'NOT met'}"
                  + (f" (at 100 % of this run's {ours['train']['dtype']} matmul it would be "
                     f"{ceiling:.3g}x" if ceiling else "")
@@ -317,6 +393,28 @@ def target_lines(ours: dict, comparison: dict | None, quick: bool = False) -> li
                     f"{swapped:.3g}x" if ceiling and swapped else "")
                  + (")" if ceiling else ""))
   return lines
+
+
+def rounds_lines(rounds: list[dict]) -> list[str]:
+  """The table of every round's timings and ratios (nothing for a single round)."""
+  if len(rounds) < 2:
+    return []
+  rows = []
+  for i, r in enumerate(rounds):
+    o, t, q = r["ours"], r["theirs"], r["ratios"]
+    rows.append([i + 1, "ours" if r["ours_first"] else "theirs",
+                 f"{o['train_samples_per_s']:.4g} / {t['train_samples_per_s']:.4g}",
+                 f"{q['train_samples_per_s']:.3g}x",
+                 f"{q['token_concat_train_samples_per_s']:.3g}x",
+                 f"{1e3 * o['denoise_seconds']:.4g} / {1e3 * t['denoise_seconds']:.4g}",
+                 f"{q['denoise_speedup']:.3g}x",
+                 f"{o['matmul_gflops_per_s']:.4g} / {t['matmul_gflops_per_s']:.4g}"])
+  return ["", f"Every round (the first is the table above; later rounds alternate which "
+              f"side runs first):",
+          harness.format_table(
+              ["round", "first", "train samples/s, ours / theirs", "train ratio",
+               "token-concat ratio", "batch-1 call ms, ours / theirs", "batch-1 speedup",
+               "matmul GFLOP/s, ours / theirs"], rows)]
 
 
 def _describe_theirs(t: dict) -> str:
@@ -415,7 +513,8 @@ def format_report(r: dict) -> str:
         "torch.utils.flop_counter on one step; each fraction is over its own library's "
         "matmul.",
     ]
-  lines += ["", *target_lines(o, q, r["quick"])]
+  lines += rounds_lines(r.get("rounds") or [])
+  lines += ["", *target_lines(o, q, r["quick"], r.get("medians"))]
   lines += ["", *dit_bench.describe_default_generation(
       o["generate_default"], o["machine"]["backend"], r["quick"])]
   return "\n".join(lines)

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--train_steps", type=int, help="train steps per timed repeat")
   t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                  help="both sides' compute dtype (theirs: torch.autocast for bfloat16)")
+  t.add_argument("--rounds", type=int, default=1,
+                 help="time both sides this many times, alternating which runs first; "
+                      "the targets are judged on each ratio's median")
   pr = sub.add_parser("profile", parents=[common],
                       help="per-op profile of the DiT train step and denoising call")
   pr.add_argument("--conditioning", choices=["prior", "token"], default="prior",
@@ -220,7 +223,7 @@ def _main(argv=None) -> int:
         torch_python=args.torch_python, threads=args.torch_threads, quick=args.quick,
         repeats=args.repeats, train_steps=args.train_steps, matmul_size=args.matmul_size,
         default_cnn=None if args.quick else cnn, default_image_size=image_size,
-        timeout=args.torch_timeout, dtype=args.dtype)
+        timeout=args.torch_timeout, dtype=args.dtype, rounds=args.rounds)
     report = pytorch_bench.format_report(result)
   print(report, flush=True)
   if args.json:

@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks import dit_bench, pytorch_bench
 from configs import dit as dit_config
-from t2w_jax.errors import MissingError
+from t2w_jax.errors import ConfigError, MissingError
 from t2w_jax.models import model_flops_per_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,8 +237,10 @@ def test_cli_bad_t2w_repo_is_one_line_exit_2(tmp_path):
                     reason="needs T2W_TORCH_PYTHON (a Python with torch) and T2W_REPO")
 def test_quick_side_by_side_with_torch():
   r = pytorch_bench.run(os.environ["T2W_REPO"], dit_config.get_config("tiny"),
-                        torch_python=os.environ["T2W_TORCH_PYTHON"], quick=True)
+                        torch_python=os.environ["T2W_TORCH_PYTHON"], quick=True, rounds=2)
   t, q = r["theirs"], r["comparison"]
+  assert [x["ours_first"] for x in r["rounds"]] == [False, True]
+  assert r["medians"]["denoise_speedup"]["n"] == 2
   assert t["status"] == "ok" and t["num_tokens"] == 44 and t["D"] == 148
   assert t["train"]["samples_per_s"] > 0 and t["denoise"]["seconds_median"] > 0
   assert q["train_samples_per_s"] == pytest.approx(
@@ -256,3 +258,52 @@ def test_cifar_size_is_the_base_config():
   if m.token_proj == "low_rank":
     assert s.token_proj_rank == m.token_proj_rank
   assert s.block_size == dit_config.get_config("base").block_size
+
+
+def test_rounds_alternate_and_judge_the_targets_on_medians(tmp_path, monkeypatch):
+  """Three rounds of fixed figures: the order alternates after the first round, later
+  rounds time only what the ratios need, and each target is judged on its median."""
+  calls = []
+  their_rates = iter([3.2, 8.0, 6.4])  # train ratios 2x, 0.8x, 1x: median 1x, met
+  our_denoise = iter([0.1, 2.0, 0.5])  # batch-1 speedups 10x, 0.5x, 2x: median 2x
+
+  def fake_theirs(*args, **kwargs):
+    calls.append("theirs")
+    return _theirs(samples_per_s=next(their_rates))
+
+  def fake_ours(*args, targets_only=False, **kwargs):
+    calls.append(("ours", targets_only))
+    o = _ours(denoise_s=next(our_denoise))
+    if targets_only:
+      for k in ("adaln_block", "per_token", "generate_default"):
+        del o[k]
+    return o
+
+  monkeypatch.setattr(pytorch_bench, "run_torch_side", fake_theirs)
+  monkeypatch.setattr(pytorch_bench, "measure_ours", fake_ours)
+  repo = _fake_checkout(tmp_path / "T2W")
+  r = pytorch_bench.run(repo, dit_config.get_config("tiny"), torch_python=sys.executable,
+                        rounds=3)
+  assert calls == ["theirs", ("ours", False), ("ours", True), "theirs", "theirs",
+                   ("ours", True)]
+  assert [x["ours_first"] for x in r["rounds"]] == [False, True, False]
+  m = r["medians"]
+  assert m["train_samples_per_s"] == {"median": pytest.approx(1.0), "min": pytest.approx(0.8),
+                                      "max": pytest.approx(2.0), "n": 3}
+  assert m["denoise_speedup"]["median"] == pytest.approx(2.0)
+  assert m["token_concat_train_samples_per_s"]["median"] == pytest.approx(2.0)
+  # The first round is the full report.
+  assert r["comparison"]["train_samples_per_s"] == pytest.approx(2.0)
+  text = pytorch_bench.format_report(r)
+  assert ("default (prior attention) train samples/s vs PyTorch >= 1x: 1x (median of 3 "
+          "rounds, 0.8x-2x), met") in text
+  assert "batch-1 denoising call vs PyTorch >= 1x: 2x (median of 3 rounds, 0.5x-10x)" in text
+  rows = [line for line in text.splitlines() if line.startswith("| 2 ")]
+  assert rows == ["| 2 | ours | 6.4 / 8 | 0.8x | 1.6x | 2000 / 1000 | 0.5x | 150 / 100 |"]
+  json.dumps(r)
+
+
+def test_rounds_below_one_is_a_user_error(tmp_path):
+  with pytest.raises(ConfigError, match="--rounds must be at least 1, got 0"):
+    pytorch_bench.run(_fake_checkout(tmp_path / "T2W"), dit_config.get_config("tiny"),
+                      rounds=0)
