@@ -28,6 +28,7 @@ No PyTorch figure is printed here: ``python launch/bench.py pytorch --t2w_repo P
 """
 import dataclasses
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ from benchmarks import harness
 from t2w_jax import api
 from t2w_jax import generator as generator_lib
 from t2w_jax.diffusion import get_schedule, q_sample, x0_loss
+from t2w_jax.errors import ConfigError
 from t2w_jax.models import DiT, layers, model_flops_per_example, param_count, unbox
 from t2w_jax.text.condition import text_condition
 from t2w_jax.train import state as state_lib
@@ -101,6 +103,9 @@ QUICK_CNN = dict(widths=(4, 8), strides=(1, 2), logit_scale=10.0, embed_dim=16)
 # The target for one net, text to weights, at the default config on the project's 2-core
 # CPU, in seconds.
 ONE_NET_TARGET_SECONDS = 0.05
+# The target for the CIFAR-size train step on an accelerator: its bf16 model FLOP
+# utilisation at the batch that fills the chip (``batch_sweep``).
+MFU_TARGET = 0.40
 DEFAULT_TEXT = "apple, bus and tulip"  # a default-sized task (2-4 classes)
 
 
@@ -439,6 +444,53 @@ def measure_train(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: st
           "mfu_peak": f"matmul {matmul['n']}^3 {dtype}"}
 
 
+def batch_sweep(size: DiTSize, config: ml_collections.ConfigDict, *, dtype: str,
+                batch_sizes: Sequence[int], repeats: int, train_steps: int, matmul: dict,
+                seed: int = 0) -> list[dict]:
+  """The train step of ``size`` at each batch of ``batch_sizes``, in increasing order.
+
+  A batch that does not fit in the device's memory ends the sweep with its error (the
+  larger ones would not fit either).
+
+  Returns:
+    One dict per batch: batch_size, samples_per_s, achieved_gflops_per_s and mfu (over
+    ``matmul``, measured in the same run); or batch_size and error.
+  """
+  rows = []
+  for b in sorted(set(batch_sizes)):
+    try:
+      r = measure_train(dataclasses.replace(size, batch_size=b), config, dtype=dtype,
+                        repeats=repeats, train_steps=train_steps, matmul=matmul, seed=seed)
+    except Exception as e:  # noqa: BLE001  (only running out of memory is expected here)
+      if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+        raise
+      rows.append({"batch_size": b, "error": " ".join(str(e).split())[:300]})
+      break
+    rows.append({"batch_size": b, "samples_per_s": r["train"]["samples_per_s"],
+                 "achieved_gflops_per_s": r["achieved_gflops_per_s"], "mfu": r["mfu"]})
+  return rows
+
+
+def describe_batch_sweep(rows: list[dict], backend: str, dtype: str) -> list[str]:
+  """The sweep's table, and on an accelerator in bfloat16 the MFU target's line."""
+  if not rows:
+    return []
+  lines = ["train step by batch (MFU over the same-run matmul above):",
+           harness.format_table(
+               ["batch", "samples/s", "achieved GFLOP/s", "MFU"],
+               [[x["batch_size"], x["error"], "", ""] if "error" in x else
+                [x["batch_size"], f"{x['samples_per_s']:.4g}",
+                 f"{x['achieved_gflops_per_s']:.4g}", f"{100 * x['mfu']:.1f} %"]
+                for x in rows])]
+  best = max((x for x in rows if "mfu" in x), key=lambda x: x["mfu"], default=None)
+  if best and backend != "cpu" and dtype == "bfloat16":
+    met = best["mfu"] >= MFU_TARGET
+    lines.append(f"  target: bf16 MFU >= {100 * MFU_TARGET:.0f} % at the CIFAR size: "
+                 f"{100 * best['mfu']:.1f} % at batch {best['batch_size']}, "
+                 f"{'met' if met else 'NOT met'}")
+  return lines + [""]
+
+
 def resolve_dtype(dtype: str) -> str:
   """"auto" -> float32 on CPU, bfloat16 elsewhere; refuses anything but those two."""
   if dtype == "auto":
@@ -451,7 +503,7 @@ def resolve_dtype(dtype: str) -> str:
 def run(config: ml_collections.ConfigDict, *, quick: bool = False, repeats: int | None = None,
         dtype: str = "auto", matmul_size: int | None = None, train_steps: int | None = None,
         default_cnn: dict | None = None, default_image_size: int = 16,
-        seed: int = 0) -> dict:
+        seed: int = 0, batch_sizes: Sequence[int] = ()) -> dict:
   """The whole DiT benchmark.
 
   Args:
@@ -467,10 +519,14 @@ def run(config: ml_collections.ConfigDict, *, quick: bool = False, repeats: int 
       for the one-net figure; None: ``QUICK_CNN`` with quick, else ``CNN19K``.
     default_image_size: the default corpus's image size.
     seed: data and parameter seed.
+    batch_sizes: train batches timed after the main figures (``batch_sweep``): on an
+      accelerator, the batch that fills the chip is where its MFU is read.
 
   Returns:
     JSON-ready results (see ``format_report``).
   """
+  if any(b < 1 for b in batch_sizes):
+    raise ConfigError(f"--batch_sizes must be positive, got {list(batch_sizes)}")
   on_cpu = jax.default_backend() == "cpu"
   dtype = resolve_dtype(dtype)
   repeats = repeats or (1 if quick else 3)
@@ -489,9 +545,11 @@ def run(config: ml_collections.ConfigDict, *, quick: bool = False, repeats: int 
   steps = 3 if quick else 50
   generate = bench_generate(gen, (1, 4) if quick else (1, 64), steps, repeats, seed)
 
+  sweep = batch_sweep(size, config, dtype=dtype, batch_sizes=batch_sizes, repeats=repeats,
+                      train_steps=train_steps, matmul=cifar["matmul"][dtype], seed=seed)
   lat = cifar["denoise"]["seconds_median"]
   return dict(
-      cifar, benchmark="dit", quick=quick, machine=harness.machine_info(),
+      cifar, benchmark="dit", quick=quick, machine=harness.machine_info(), batch_sweep=sweep,
       generate=generate, generate_config="tiny" if quick else "small",
       generate_default=default,
       derived={"ddpm1000_minutes_per_net": 1000 * lat / 60.0,
@@ -565,6 +623,7 @@ def format_report(r: dict) -> str:
       *describe_default_generation(r["generate_default"], r["machine"]["backend"],
                                    r["quick"]),
       "",
+      *describe_batch_sweep(r.get("batch_sweep") or [], r["machine"]["backend"], t["dtype"]),
       f"generation at the {r['generate_config']} config: DDIM-{g['steps']}, guidance "
       f"{g['guidance']:g}, {g['num_tokens']} tokens x {g['block_size']} (D={g['D']}), "
       f"{g['params'] / 1e6:.2f} M params, random weights and class embeddings",

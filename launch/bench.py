@@ -38,6 +38,18 @@ sys.path.insert(0, _ROOT)
 from t2w_jax import platform  # noqa: E402  (must run before JAX is imported)
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+  """"32,128,512" -> (32, 128, 512); anything but positive integers is refused."""
+  try:
+    sizes = tuple(int(x) for x in text.split(",") if x.strip())
+  except ValueError:
+    sizes = ()
+  if not sizes or min(sizes) < 1:
+    raise argparse.ArgumentTypeError(
+        f"expected positive integers separated by commas, got {text!r}")
+  return sizes
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="which", required=True)
@@ -86,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--host_devices", action="store_true",
                  help="one single-threaded XLA device per CPU core (batch split over them)")
   d.add_argument("--train_steps", type=int, help="train steps per timed repeat")
+  d.add_argument("--batch_sizes", type=_batch_sizes, default=(),
+                 help="comma-separated train batches timed after the main figures (e.g. "
+                      "32,128,512 on a GPU: its MFU at the batch that fills the chip)")
 
   t = sub.add_parser("pytorch", parents=[common],
                      help="ours and the PyTorch T2W side by side at its CIFAR size")
@@ -186,7 +201,8 @@ def _main(argv=None) -> int:
                            quick=args.quick, repeats=args.repeats, dtype=args.dtype,
                            matmul_size=args.matmul_size, train_steps=args.train_steps,
                            default_cnn=None if args.quick else cnn,
-                           default_image_size=image_size)
+                           default_image_size=image_size,
+                           batch_sizes=args.batch_sizes)
     report = dit_bench.format_report(result)
   elif args.which == "profile":
     from configs import dit as dit_config  # noqa: PLC0415

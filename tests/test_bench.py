@@ -17,6 +17,7 @@ from conftest import launch_env
 from benchmarks import corpus_bench, dit_bench
 from configs import corpus as corpus_config
 from configs import dit as dit_config
+from t2w_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,7 +106,10 @@ def test_corpus_bench_cli_quick(tmp_path, slowness):
 
 @pytest.mark.slow
 def test_dit_bench_quick():
-  r = dit_bench.run(dit_config.get_config("tiny"), quick=True)
+  r = dit_bench.run(dit_config.get_config("tiny"), quick=True, batch_sizes=(8, 2))
+  sweep = r["batch_sweep"]
+  assert [x["batch_size"] for x in sweep] == [2, 8]
+  assert all(x["samples_per_s"] > 0 and x["mfu"] > 0 for x in sweep)
   assert r["train"]["samples_per_s"] > 0 and r["denoise"]["seconds_median"] > 0
   assert r["train"]["final_loss"] == r["train"]["final_loss"]  # not NaN
   assert 0 < r["mfu"] and r["model_flops_per_example"] > 0
@@ -123,10 +127,49 @@ def test_dit_bench_quick():
   assert (d["sampler"], d["steps"]) == ("ddim", 10)  # the tiny config's default sampler
   text = dit_bench.format_report(r)
   for needle in ("train samples/s", "one denoising call, batch 1", "MFU", "DDIM-3",
-                 "launch/bench.py pytorch", "one net at the tiny config (--quick)"):
+                 "launch/bench.py pytorch", "one net at the tiny config (--quick)",
+                 "train step by batch", "| 8 |"):
     assert needle in text
   assert "PyTorch T2W |" not in text
+  assert "target: bf16 MFU" not in text  # an accelerator's target only
   json.dumps(r)  # JSON-ready
+
+
+def test_batch_sweep_stops_at_the_first_batch_out_of_memory(monkeypatch):
+  def fake_measure_train(size, *args, **kwargs):
+    if size.batch_size >= 64:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB")
+    return {"train": {"samples_per_s": 10.0 * size.batch_size},
+            "achieved_gflops_per_s": 1.0 * size.batch_size, "mfu": size.batch_size / 100}
+
+  monkeypatch.setattr(dit_bench, "measure_train", fake_measure_train)
+  kw = dict(dtype="bfloat16", repeats=1, train_steps=1, matmul={})
+  rows = dit_bench.batch_sweep(dit_bench.QUICK_SIZE, None, batch_sizes=(128, 32, 64, 16),
+                               **kw)
+  assert [x["batch_size"] for x in rows] == [16, 32, 64]  # 128 never tried
+  assert rows[-1]["error"].startswith("RESOURCE_EXHAUSTED: Out of memory")
+  text = "\n".join(dit_bench.describe_batch_sweep(rows, "gpu", "bfloat16"))
+  assert "| 32 | 320 | 32 | 32.0 % |" in text
+  assert "bf16 MFU >= 40 % at the CIFAR size: 32.0 % at batch 32, NOT met" in text
+  rows[1]["mfu"] = 0.45
+  assert "45.0 % at batch 32, met" in "\n".join(
+      dit_bench.describe_batch_sweep(rows, "gpu", "bfloat16"))
+  assert "target" not in "\n".join(dit_bench.describe_batch_sweep(rows, "gpu", "float32"))
+
+  def broken(size, *args, **kwargs):
+    raise ValueError("a bug, not memory")
+  monkeypatch.setattr(dit_bench, "measure_train", broken)
+  with pytest.raises(ValueError, match="a bug"):
+    dit_bench.batch_sweep(dit_bench.QUICK_SIZE, None, batch_sizes=(2,), **kw)
+  with pytest.raises(ConfigError, match="--batch_sizes must be positive"):
+    dit_bench.run(dit_config.get_config("tiny"), quick=True, batch_sizes=(0,))
+
+
+def test_dit_bench_cli_refuses_bad_batch_sizes():
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "dit",
+                         "--batch_sizes", "32,x"], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 2 and "expected positive integers" in proc.stderr
 
 
 def test_step_bench_settings_and_report():
