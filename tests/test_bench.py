@@ -5,6 +5,7 @@ reported figures, and the device set-up of each side, are checked.
 """
 import ast
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -240,3 +241,33 @@ def test_family_bench_quick_runs_both_families_on_the_same_tasks():
   text = family_bench.format_report(r)
   assert "adapter / CNN nets per hour" in text and "target >= 10x" in text
   json.dumps(r)
+
+
+def test_gpu_checks_script_runs_commands_the_benchmark_accepts(tmp_path):
+  """scripts/gpu_checks.sh run, with a recording python3 and nvidia-smi on PATH: every
+  benchmark it starts is a command line that launch/bench.py's parser accepts."""
+  fake = tmp_path / "bin"
+  fake.mkdir()
+  calls = tmp_path / "calls.txt"
+  for name in ("python3", "nvidia-smi"):
+    (fake / name).write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {calls}\n')
+    (fake / name).chmod(0o755)
+  env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+  script = os.path.join(ROOT, "scripts", "gpu_checks.sh")
+  proc = subprocess.run(["bash", script, "run", str(tmp_path / "out")], env=env,
+                        capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr
+  benches = [line.split()[2:] for line in calls.read_text().splitlines()
+             if line.startswith("python3 launch/bench.py")]
+  assert [b[0] for b in benches][:2] == ["dit", "corpus"]
+  spec = importlib.util.spec_from_file_location("launch_bench",
+                                                os.path.join(ROOT, "launch", "bench.py"))
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  for argv in benches:
+    bench._parser().parse_args(argv)  # exits (SystemExit) on a flag it does not know
+  dit = bench._parser().parse_args(benches[0])
+  assert dit.dtype == "bfloat16" and dit.batch_sizes == (32, 128, 256, 512, 1024)
+  usage = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60,
+                         check=False)
+  assert usage.returncode == 2 and "usage" in usage.stderr
