@@ -409,8 +409,8 @@ def rounds_lines(rounds: list[dict]) -> list[str]:
                  f"{1e3 * o['denoise_seconds']:.4g} / {1e3 * t['denoise_seconds']:.4g}",
                  f"{q['denoise_speedup']:.3g}x",
                  f"{o['matmul_gflops_per_s']:.4g} / {t['matmul_gflops_per_s']:.4g}"])
-  return ["", f"Every round (the first is the table above; later rounds alternate which "
-              f"side runs first):",
+  return ["", "Every round (the first is the table above; later rounds alternate which "
+              "side runs first):",
           harness.format_table(
               ["round", "first", "train samples/s, ours / theirs", "train ratio",
                "token-concat ratio", "batch-1 call ms, ours / theirs", "batch-1 speedup",
