@@ -125,6 +125,36 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", repeats: int = 3,
           "gflops_per_s_per_device": gflops / k}
 
 
+def row_products_rate(rows: int, width: int, count: int, dtype: str = "float32",
+                      repeats: int = 5) -> dict:
+  """GFLOP/s of a chain of ``count`` dependent (rows, width) x (width, width) products, each
+  over its own kernel stored (out, in), on the default device: the products of a batch-1
+  denoising call (one row per weight token), which read every kernel once per call.
+
+  A small-row product is bound by reading and packing its kernel, not by arithmetic, so
+  the 2048^3 matmul (``matmul_peak``) overstates what such a call can reach; this is its
+  same-run reference. A tanh between products keeps them in order; in bfloat16 the
+  kernels and inputs are bf16 and each product accumulates in float32, as the models' do.
+
+  Returns:
+    dict with rows, width, count, dtype, seconds (median per chain), gflops_per_s.
+  """
+  rng = np.random.default_rng(0)
+  dt = jnp.dtype(dtype)
+  kernels = [jnp.asarray(rng.standard_normal((width, width), np.float32) / np.sqrt(width),
+                         dt) for _ in range(count)]
+  x = jnp.asarray(rng.standard_normal((rows, width), np.float32))
+
+  @jax.jit
+  def chain(x, kernels):
+    for k in kernels:
+      x = jnp.tanh(jnp.dot(x.astype(dt), k.T, preferred_element_type=jnp.float32))
+    return x
+  seconds = median(time_calls(chain, x, kernels, repeats=repeats))
+  return {"rows": rows, "width": width, "count": count, "dtype": dtype, "seconds": seconds,
+          "gflops_per_s": count * 2.0 * rows * width * width / seconds / 1e9}
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """A Markdown table; floats get 4 significant digits."""
   def cell(v):

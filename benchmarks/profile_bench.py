@@ -258,9 +258,13 @@ def run(config, *, quick: bool = False, conditioning: str = "prior", dtype: str 
   n = matmul_size or (128 if quick else harness.default_matmul_size())
   matmul = harness.matmul_peak(n, "bfloat16" if dtype == "bfloat16" else "float32",
                                repeats=repeats, devices=jax.local_devices()[:1])
+  # As many products as the call's attention has (self: 4, cross: 4, per block).
+  row_products = harness.row_products_rate(size.num_tokens, size.width, 8 * size.depth,
+                                           dtype, repeats=max(repeats, 3))
   return {"benchmark": "profile", "date": harness.utc_now(), "machine": harness.machine_info(),
           "commit": harness.git_commit(harness.ROOT), "quick": quick,
           "size": dataclasses.asdict(size), "dtype": dtype, "matmul": matmul,
+          "row_products": row_products,
           "train": profile_train(size, config, dtype, calls, repeats),
           "denoise": profile_denoise(size, dtype, calls, repeats)}
 
@@ -300,7 +304,16 @@ def format_report(result: dict) -> str:
           f"{s['depth']}, {s['num_tokens']} tokens of {s['block_size']}, conditioning "
           f"{s['conditioning']!r}, {result['dtype']}")
   mm = result["matmul"]["gflops_per_s"]
+  denoise = _table(result["denoise"], mm, "denoising call, batch 1")
+  rp = result.get("row_products")
+  if rp and result["denoise"]["matmul_ms"]:
+    achieved = result["denoise"]["flops"] / (result["denoise"]["matmul_ms"] / 1e3) / 1e9
+    denoise += (f"\n{100 * achieved / rp['gflops_per_s']:.1f} % of a same-run chain of "
+                f"{rp['count']} dependent ({rp['rows']} x {rp['width']}) x ({rp['width']} x "
+                f"{rp['width']}) {rp['dtype']} products over distinct kernels "
+                f"({rp['gflops_per_s']:.1f} GFLOP/s: a small-row product is bound by reading "
+                f"its kernel)")
   return "\n\n".join([head,
                       _table(result["train"], mm, f"train step, batch {s['batch_size']}"),
-                      _table(result["denoise"], mm, "denoising call, batch 1")])
+                      denoise])
 

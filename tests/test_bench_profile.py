@@ -77,9 +77,19 @@ def test_profile_cli_quick(tmp_path):
                          str(out)], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "train step, batch 4" in proc.stdout and "denoising call, batch 1" in proc.stdout
+  assert "dependent (6 x 32) x (32 x 32) float32 products over distinct kernels" in proc.stdout
   result = json.loads(out.read_text())
+  assert result["row_products"]["count"] == 8 and result["row_products"]["gflops_per_s"] > 0
   for which in ("train", "denoise"):
     parts = {r["part"] for r in result[which]["rows"]}
     assert parts <= set(pb.PARTS) and "MLP" in parts
   assert any(r["phase"] == "backward" for r in result["train"]["rows"])
   assert all(r["phase"] != "backward" for r in result["denoise"]["rows"])
+
+
+def test_row_products_rate_in_both_dtypes():
+  from benchmarks import harness
+  for dtype in ("float32", "bfloat16"):
+    r = harness.row_products_rate(4, 16, 3, dtype, repeats=1)
+    assert (r["rows"], r["width"], r["count"], r["dtype"]) == (4, 16, 3, dtype)
+    assert r["gflops_per_s"] == pytest.approx(3 * 2 * 4 * 16 * 16 / r["seconds"] / 1e9)
