@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from t2w_jax.errors import MissingError
+from t2w_jax.models import layers
 from t2w_jax.platform import cpu_model
 
 
@@ -133,8 +134,9 @@ def row_products_rate(rows: int, width: int, count: int, dtype: str = "float32",
 
   A small-row product is bound by reading and packing its kernel, not by arithmetic, so
   the 2048^3 matmul (``matmul_peak``) overstates what such a call can reach; this is its
-  same-run reference. A tanh between products keeps them in order; in bfloat16 the
-  kernels and inputs are bf16 and each product accumulates in float32, as the models' do.
+  same-run reference. Each product is the models' own (``models.layers.project``: in
+  bfloat16 on kernels held in bf16, as sampling holds them, accumulating in float32); a
+  tanh between products keeps them in order.
 
   Returns:
     dict with rows, width, count, dtype, seconds (median per chain), gflops_per_s.
@@ -148,7 +150,7 @@ def row_products_rate(rows: int, width: int, count: int, dtype: str = "float32",
   @jax.jit
   def chain(x, kernels):
     for k in kernels:
-      x = jnp.tanh(jnp.dot(x.astype(dt), k.T, preferred_element_type=jnp.float32))
+      x = jnp.tanh(layers.project(x, k, 1, dt, out_dtype=jnp.float32))
     return x
   seconds = median(time_calls(chain, x, kernels, repeats=repeats))
   return {"rows": rows, "width": width, "count": count, "dtype": dtype, "seconds": seconds,
