@@ -132,8 +132,9 @@ def row_products_rate(rows: int, width: int, count: int, dtype: str = "float32",
   over its own kernel stored (out, in), on the default device: the products of a batch-1
   denoising call (one row per weight token), which read every kernel once per call.
 
-  A small-row product is bound by reading and packing its kernel, not by arithmetic, so
-  the 2048^3 matmul (``matmul_peak``) overstates what such a call can reach; this is its
+  A small-row product's time follows the bytes of its kernel (read and packed for a few
+  rows of arithmetic: on a CPU the bf16 chain runs at about twice the f32 one), so the
+  2048^3 matmul (``matmul_peak``) overstates what such a call can reach; this is its
   same-run reference. Each product is the models' own (``models.layers.project``: in
   bfloat16 on kernels held in bf16, as sampling holds them, accumulating in float32); a
   tanh between products keeps them in order.

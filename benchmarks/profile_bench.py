@@ -311,8 +311,8 @@ def format_report(result: dict) -> str:
     denoise += (f"\n{100 * achieved / rp['gflops_per_s']:.1f} % of a same-run chain of "
                 f"{rp['count']} dependent ({rp['rows']} x {rp['width']}) x ({rp['width']} x "
                 f"{rp['width']}) {rp['dtype']} products over distinct kernels "
-                f"({rp['gflops_per_s']:.1f} GFLOP/s: a small-row product is bound by reading "
-                f"its kernel)")
+                f"({rp['gflops_per_s']:.1f} GFLOP/s; a small-row product's time follows its "
+                f"kernel's bytes)")
   return "\n\n".join([head,
                       _table(result["train"], mm, f"train step, batch {s['batch_size']}"),
                       denoise])
