@@ -18,7 +18,9 @@ Each row is the time the ops of that part ran, per step, summed over threads (XL
 independent ops side by side, so rows can add up to more than the wall time). The wall
 time per step comes from untraced timed steps; "host and idle" is the part of it in which
 no op ran. The matmul line divides the model's FLOPs (``model_flops_per_example``) by the
-time spent in matmuls and compares it with a large matmul measured in the same run.
+time spent in matmuls and compares it with a large matmul measured in the same run; the
+batch-1 call's also with a same-run chain of products with as few rows
+(``harness.row_products_rate``), which is what such a call can reach.
 """
 import collections
 import dataclasses
