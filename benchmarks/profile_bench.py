@@ -260,8 +260,9 @@ def run(config, *, quick: bool = False, conditioning: str = "prior", dtype: str 
   n = matmul_size or (128 if quick else harness.default_matmul_size())
   matmul = harness.matmul_peak(n, "bfloat16" if dtype == "bfloat16" else "float32",
                                repeats=repeats, devices=jax.local_devices()[:1])
-  # As many products as the call's attention has (self: 4, cross: 4, per block).
-  row_products = harness.row_products_rate(size.num_tokens, size.width, 8 * size.depth,
+  # As many products as the call's attention has: 4 per block, 4 more with cross-attention.
+  per_block = 8 if size.dit_switches()["cross_attention"] else 4
+  row_products = harness.row_products_rate(size.num_tokens, size.width, per_block * size.depth,
                                            dtype, repeats=max(repeats, 3))
   return {"benchmark": "profile", "date": harness.utc_now(), "machine": harness.machine_info(),
           "commit": harness.git_commit(harness.ROOT), "quick": quick,
